@@ -46,8 +46,9 @@ class VisionConfig:
                 raise ValueError(f"a ViT tower needs an int layer count, got layers={self.layers!r}")
             if self.image_size % self.patch_size:
                 raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.width % self.head_width:
-            raise ValueError(f"width {self.width} is not a multiple of head_width {self.head_width}")
+        attn_width = self.width * 32 if self.is_resnet else self.width
+        if attn_width % self.head_width:
+            raise ValueError(f"attention width {attn_width} is not a multiple of head_width {self.head_width}")
 
     @property
     def is_resnet(self) -> bool:

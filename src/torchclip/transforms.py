@@ -1,0 +1,285 @@
+"""Image preprocessing: OpenAI's eval transform, reproduced exactly, and an OpenCLIP-style train crop.
+
+Pillow and torch only (no torchvision), so the eval path is a handful of explicit Pillow calls whose order
+matters: OpenAI resizes and crops *before* converting to RGB, so Pillow resamples in the file's own mode.
+Palette and 1-bit images therefore resize with nearest whatever filter is asked, RGBA is resized
+premultiplied, and the later RGB conversion drops alpha without compositing (transparent pixels become
+black). Converting first would be "cleaner" but would not give the numbers the released checkpoints were
+evaluated with, so we do not.
+
+The transforms are small classes rather than closures so that DataLoader workers can pickle them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "OPENAI_MEAN",
+    "OPENAI_STD",
+    "ImageDecodeError",
+    "load_image",
+    "resize_shorter_side",
+    "center_crop",
+    "to_tensor",
+    "EvalTransform",
+    "TrainTransform",
+    "image_transform",
+]
+
+OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+_BICUBIC = Image.Resampling.BICUBIC
+
+
+class ImageDecodeError(ValueError):
+    """A file could not be decoded as an image (not an image, truncated, corrupt, or too large).
+
+    A ValueError so that callers filtering bad samples in a dataset can catch one type; the message names
+    the file, because inside a DataLoader worker the traceback is often all a user gets.
+    """
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open *and fully decode* an image file.
+
+    ``Image.open`` is lazy: a truncated JPEG only fails later, inside the transform, far from the file
+    name. Decoding here makes every failure an :class:`ImageDecodeError` that names the file and the
+    reason. A missing file or a permission problem is not a decoding problem and propagates unchanged.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"cannot load image {os.fspath(path)!s}: {exc}") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            f"cannot load image {os.fspath(path)!s}: not a recognised image format ({exc})"
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        # Pillow's plugins report broken data with any of these (OSError "image file is truncated",
+        # SyntaxError "broken PNG file", EOFError, struct.error on short headers).
+        raise ImageDecodeError(
+            f"cannot load image {os.fspath(path)!s}: corrupt or truncated data ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def resize_shorter_side(img: Image.Image, size: int) -> Image.Image:
+    """Resize so the shorter side is ``size``, keeping the aspect ratio, with Pillow bicubic.
+
+    The long side is ``int(size * long / short)`` (truncation, as OpenAI's pipeline computes it), not a
+    rounded value: rounding shifts the later centre crop by a pixel on some aspect ratios.
+    """
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+    # Pillow returns a plain copy when the size is unchanged, so an RGBA image already at size keeps its
+    # colours under transparent pixels, exactly as in the reference.
+    return img.resize((new_w, new_h), _BICUBIC)
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Crop the central ``size`` x ``size`` square, zero-padding first if the image is smaller.
+
+    Offsets are ``round((H - size) / 2)`` with Python's ties-to-even rounding, which is what the reference
+    does; padding splits the deficit with the smaller half on the top/left, as the reference does.
+    """
+    w, h = img.size
+    if w < size or h < size:
+        pad_l = (size - w) // 2 if size > w else 0
+        pad_t = (size - h) // 2 if size > h else 0
+        new_w, new_h = max(w, size), max(h, size)
+        # Image.new(..., 0) is zero in every band; for palette images that is index 0, as in the reference.
+        canvas = Image.new(img.mode, (new_w, new_h), 0)
+        if img.mode == "P":
+            palette = img.getpalette()
+            if palette is not None:
+                canvas.putpalette(palette)
+            if "transparency" in img.info:
+                canvas.info["transparency"] = img.info["transparency"]
+        canvas.paste(img, (pad_l, pad_t))
+        img, (w, h) = canvas, (new_w, new_h)
+        if (w, h) == (size, size):
+            return img
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB-convert and return a float32 ``[3, H, W]`` tensor in [0, 1].
+
+    Goes through numpy in one vectorised step; the copy makes the array writable, which torch requires.
+    """
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    arr = np.array(img, dtype=np.uint8, copy=True)
+    return torch.from_numpy(arr).permute(2, 0, 1).to(torch.float32).div_(255.0)
+
+
+class _Normalized:
+    """Shared mean/std handling: stored as plain tuples so the object pickles small and device-free."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {len(mean)} and {len(std)}")
+        if any(s <= 0 for s in std):
+            raise ValueError(f"std must be positive, got {tuple(std)}")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def _normalize(self, t: torch.Tensor) -> torch.Tensor:
+        # Subtract then divide in float32, the same arithmetic as the reference, so results match bit-for-bit.
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return t.sub_(mean).div_(std)
+
+
+class EvalTransform(_Normalized):
+    """OpenAI's eval preprocessing: shorter side -> R (bicubic), centre crop R, RGB, /255, normalize."""
+
+    def __init__(
+        self,
+        image_size: int,
+        mean: Sequence[float] = OPENAI_MEAN,
+        std: Sequence[float] = OPENAI_STD,
+    ) -> None:
+        super().__init__(mean, std)
+        self.image_size = _check_size(image_size)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        img = center_crop(resize_shorter_side(img, self.image_size), self.image_size)
+        return self._normalize(to_tensor(img))
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(image_size={self.image_size}, mean={self.mean}, std={self.std})"
+
+
+class TrainTransform(_Normalized):
+    """Random resized crop (OpenCLIP's default scale (0.9, 1.0)), bicubic, RGB, normalize. No flip.
+
+    Randomness comes from torch's global RNG unless a ``generator`` is given. The global RNG is the right
+    default: DataLoader reseeds it per worker, whereas a generator stored in the transform is copied into
+    every worker with the same state and would give all workers the same crops.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        scale: tuple[float, float] = (0.9, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        mean: Sequence[float] = OPENAI_MEAN,
+        std: Sequence[float] = OPENAI_STD,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(mean, std)
+        self.image_size = _check_size(image_size)
+        lo, hi = (float(v) for v in scale)
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale must satisfy 0 < min <= max, got {scale}")
+        rlo, rhi = (float(v) for v in ratio)
+        if not 0 < rlo <= rhi:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
+        self.scale = (lo, hi)
+        self.ratio = (rlo, rhi)
+        self.generator = generator
+
+    def get_params(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """Sample a crop box ``(left, top, crop_w, crop_h)`` inside a ``width`` x ``height`` image.
+
+        Tries 10 times to draw an area fraction from ``scale`` and a log-uniform aspect ratio from
+        ``ratio`` that fits; otherwise falls back to the largest centred crop with the ratio clamped into
+        range, so the box is always inside the image.
+        """
+        g = self.generator
+        area = width * height
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            u = torch.rand(2, generator=g, dtype=torch.float64).tolist()
+            target_area = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[0])
+            aspect = math.exp(log_lo + (log_hi - log_lo) * u[1])
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (1,), generator=g))
+                left = int(torch.randint(0, width - w + 1, (1,), generator=g))
+                return left, top, w, h
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            w = width
+            h = int(round(w / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            h = height
+            w = int(round(h * self.ratio[1]))
+        else:
+            w, h = width, height
+        w, h = max(1, min(w, width)), max(1, min(h, height))
+        return (width - w) // 2, (height - h) // 2, w, h
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        left, top, w, h = self.get_params(*img.size)
+        # Crop then resize (not resize(box=...)) so border pixels are treated as a crop-then-resize pipeline
+        # treats them; RGB conversion stays after the resize, as in the eval path.
+        img = img.crop((left, top, left + w, top + h))
+        img = img.resize((self.image_size, self.image_size), _BICUBIC)
+        return self._normalize(to_tensor(img))
+
+    def __getstate__(self) -> dict:
+        # torch.Generator is not reliably picklable; carry its state instead.
+        state = self.__dict__.copy()
+        g = state.pop("generator")
+        state["_generator_state"] = None if g is None else (str(g.device), g.get_state())
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        gen_state = state.pop("_generator_state", None)
+        self.__dict__.update(state)
+        self.generator = None
+        if gen_state is not None:
+            device, rng_state = gen_state
+            self.generator = torch.Generator(device=device)
+            self.generator.set_state(rng_state)
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainTransform(image_size={self.image_size}, scale={self.scale}, ratio={self.ratio}, "
+            f"mean={self.mean}, std={self.std})"
+        )
+
+
+def _check_size(image_size: int) -> int:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    return image_size
+
+
+def image_transform(
+    image_size: int,
+    train: bool = False,
+    *,
+    mean: Sequence[float] = OPENAI_MEAN,
+    std: Sequence[float] = OPENAI_STD,
+    scale: tuple[float, float] = (0.9, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Callable[[Image.Image], torch.Tensor]:
+    """Build the preprocessing for a model of input resolution ``image_size``.
+
+    ``train=False`` gives OpenAI's eval transform (the one the released numbers depend on); ``train=True``
+    gives the random-resized-crop augmentation used by OpenCLIP. Both return picklable objects mapping a
+    PIL image to a float32 ``[3, image_size, image_size]`` tensor.
+    """
+    if train:
+        return TrainTransform(image_size, scale=scale, ratio=ratio, mean=mean, std=std)
+    return EvalTransform(image_size, mean=mean, std=std)

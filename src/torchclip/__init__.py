@@ -1,0 +1,34 @@
+"""torchclip: CLIP (Radford et al., 2021) in PyTorch.
+
+Faithful models (the nine released architectures plus small CPU presets), OpenAI's tokenizer exactly,
+loading of OpenAI, OpenCLIP and HF checkpoints, OpenAI-exact preprocessing.
+"""
+
+from .api import available_models, create_model, load, pretrained_models
+from .checkpoints import load_model, read_checkpoint, save, save_hf, save_openai
+from .config import CLIPConfig, TextConfig, VisionConfig, get_preset
+from .formats import CheckpointError
+from .model import CLIP, CLIPOutput
+from .transforms import image_transform
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CLIP",
+    "CLIPConfig",
+    "CLIPOutput",
+    "CheckpointError",
+    "TextConfig",
+    "VisionConfig",
+    "available_models",
+    "create_model",
+    "get_preset",
+    "image_transform",
+    "load",
+    "load_model",
+    "pretrained_models",
+    "read_checkpoint",
+    "save",
+    "save_hf",
+    "save_openai",
+]

@@ -1,0 +1,90 @@
+"""The entry points users of openai/CLIP and OpenCLIP reach for: ``available_models``, ``load``,
+``create_model``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoints import load_model
+from .config import CLIPConfig, canonical_name, get_preset, list_presets
+from .model import CLIP
+
+__all__ = ["available_models", "load", "create_model", "pretrained_models"]
+
+# The nine released OpenAI checkpoints; the small CPU presets have no published weights.
+_OPENAI_RELEASED = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14",
+                    "ViT-L/14@336px")
+
+
+def available_models() -> list[str]:
+    """Names of every model preset (the nine OpenAI models first, then the small CPU presets)."""
+    return list_presets()
+
+
+def pretrained_models() -> list[str]:
+    """Presets with downloadable OpenAI weights."""
+    return list(_OPENAI_RELEASED)
+
+
+def _resolve_weights(name_or_path: str | os.PathLike[str]) -> Path:
+    if isinstance(name_or_path, str) and canonical_name(name_or_path) is not None:
+        name = canonical_name(name_or_path)
+        if name not in _OPENAI_RELEASED:
+            raise ValueError(
+                f"{name!r} is a preset without published weights: use create_model({name!r}) for a "
+                f"randomly initialised one; pretrained: {', '.join(_OPENAI_RELEASED)}"
+            )
+        from .download import download_pretrained
+
+        return download_pretrained(name)
+    path = Path(name_or_path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{name_or_path!r} is neither a model name ({', '.join(available_models())}) nor an existing file"
+        )
+    return path
+
+
+def _preprocess_for(model: CLIP) -> Callable[[Any], torch.Tensor]:
+    from .transforms import image_transform
+
+    return image_transform(model.config.vision.image_size)
+
+
+def load(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu", *,
+         activation: str | None = None) -> tuple[CLIP, Callable[[Any], torch.Tensor]]:
+    """``(model, preprocess)`` for a pretrained model name or any checkpoint file/folder.
+
+    Names download (with checksum) into ``$TORCHCLIP_CACHE``. Files are auto-detected: OpenAI TorchScript
+    archives (read without executing them), OpenAI/OpenCLIP state dicts and training checkpoints, HF
+    ``CLIPModel`` folders and torchclip safetensors. The model is in eval mode in fp32.
+    """
+    model = load_model(_resolve_weights(name_or_path), device=device, activation=activation)
+    return model, _preprocess_for(model)
+
+
+def create_model(name_or_config: str | CLIPConfig, pretrained: str | os.PathLike[str] | None = None,
+                 device: str | torch.device = "cpu") -> CLIP:
+    """A model from a preset name or config: random init (the paper's), or ``pretrained`` weights.
+
+    ``pretrained`` may be ``"openai"`` (the released weights for that name) or a checkpoint path; the
+    checkpoint's architecture must equal the preset's.
+    """
+    config = get_preset(name_or_config) if isinstance(name_or_config, str) else name_or_config
+    if pretrained is None:
+        return CLIP(config).to(device)
+    source = name_or_config if pretrained == "openai" else pretrained
+    if pretrained == "openai" and not isinstance(name_or_config, str):
+        raise ValueError("pretrained='openai' needs a model name")
+    model = load_model(_resolve_weights(source), device=device, activation=config.activation)
+    got = model.config.replace(source="", init_logit_scale=config.init_logit_scale)
+    if got != config.replace(source=""):
+        raise ValueError(f"checkpoint {pretrained} holds a different architecture than {name_or_config!r}: "
+                         f"{got} vs {config}")
+    return model

@@ -40,7 +40,7 @@ def _resolve_weights(name_or_path: str | os.PathLike[str]) -> Path:
                 f"{name!r} is a preset without published weights: use create_model({name!r}) for a "
                 f"randomly initialised one; pretrained: {', '.join(_OPENAI_RELEASED)}"
             )
-        from .download import download_pretrained
+        from .pretrained import download_pretrained
 
         return download_pretrained(name)
     path = Path(name_or_path)

@@ -16,12 +16,9 @@ import pytest
 
 import torchclip.download as dl
 from torchclip.config import list_presets
-from torchclip.download import (
+from torchclip.download import ChecksumError, DownloadError, cache_dir, download
+from torchclip.pretrained import (
     OPENAI_PRETRAINED,
-    ChecksumError,
-    DownloadError,
-    cache_dir,
-    download,
     download_pretrained,
     list_pretrained,
     pretrained_file,

@@ -173,11 +173,12 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu",
                activation: str | None = None) -> CLIP:
     """Build the model a checkpoint describes and load its weights strictly, shapes checked first."""
     ckpt = read_checkpoint(path, activation)
+    # Built on the meta device, the module allocates nothing and skips the random init that the loaded
+    # weights would overwrite (seconds for the large models); ``assign`` then adopts the loaded tensors.
     with torch.device("meta"):
-        skeleton = CLIP(ckpt.config)
-    check_state_dict(ckpt.state_dict, skeleton.state_dict(), str(ckpt.path))
-    model = CLIP(ckpt.config)
-    model.load_state_dict(ckpt.state_dict, strict=True)
+        model = CLIP(ckpt.config)
+    check_state_dict(ckpt.state_dict, model.state_dict(), str(ckpt.path))
+    model.load_state_dict(ckpt.state_dict, strict=True, assign=True)
     return model.to(device).eval()
 
 

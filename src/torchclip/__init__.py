@@ -7,13 +7,26 @@ loading of OpenAI, OpenCLIP and HF checkpoints, OpenAI-exact preprocessing.
 from .api import available_models, create_model, load, pretrained_models
 from .checkpoints import load_model, read_checkpoint, save, save_hf, save_openai
 from .config import CLIPConfig, TextConfig, VisionConfig, get_preset
+from .download import ChecksumError, DownloadError, cache_dir, download
 from .formats import CheckpointError
 from .model import CLIP, CLIPOutput
-from .transforms import image_transform
+from .pretrained import download_pretrained, list_pretrained, pretrained_url
+from .transforms import OPENAI_MEAN, OPENAI_STD, ImageDecodeError, image_transform, load_image
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "OPENAI_MEAN",
+    "OPENAI_STD",
+    "ChecksumError",
+    "DownloadError",
+    "ImageDecodeError",
+    "cache_dir",
+    "download",
+    "download_pretrained",
+    "list_pretrained",
+    "load_image",
+    "pretrained_url",
     "CLIP",
     "CLIPConfig",
     "CLIPOutput",

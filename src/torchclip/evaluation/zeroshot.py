@@ -1,0 +1,169 @@
+"""Zero-shot classification: class names x prompt templates -> one unit vector per class.
+
+The classifier follows the paper exactly (reference §8): every prompt embedding is L2-normalized, the
+prompts of a class (all templates, and all synonyms when a class has several names) are averaged, and the
+mean is re-normalized. Normalizing before averaging matters: otherwise prompts with larger raw norms would
+dominate the ensemble. Logits are ``100 * normalize(image) @ W``: the paper's fixed scale, not the learned
+one, which changes no ranking but keeps probabilities comparable across models.
+
+Classifiers are cached on disk under a key built from the model's weights and the *token ids* of every
+prompt (not the prompt strings), so a different vocabulary or context length cannot hit a stale entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ..model import CLIP
+from .datasets import ImageDataset
+from .features import (
+    TextTokenizer,
+    cache_root,
+    encode_texts,
+    extract_image_features,
+    model_fingerprint,
+    tokenize_for,
+)
+from .metrics import classification_metrics, confusion_matrix
+from .templates import ClassName, fill, resolve_templates
+
+__all__ = ["LOGIT_SCALE", "build_classifier", "zeroshot_logits", "ZeroShotResult", "evaluate_zeroshot",
+           "align_classnames"]
+
+LOGIT_SCALE = 100.0
+
+
+def _synonyms(name: ClassName, i: int) -> list[str]:
+    names = [name] if isinstance(name, str) else list(name)
+    if not names or any(not isinstance(n, str) or not n.strip() for n in names):
+        raise ValueError(f"class {i}: empty or non-string class name {name!r}")
+    return names
+
+
+def build_classifier(model: CLIP, tokenizer: TextTokenizer, classnames: Sequence[ClassName],
+                     templates: str | Sequence[str] = "photo", *, batch_size: int = 256,
+                     cache_dir: str | os.PathLike[str] | None | Literal[False] = None,
+                     progress: bool = False) -> torch.Tensor:
+    """The zero-shot weights ``[E, C]``: column c is the renormalized mean of class c's normalized prompt
+    embeddings. ``templates`` is a set name, a file or a list (see ``resolve_templates``)."""
+    templates = resolve_templates(templates)
+    if isinstance(classnames, str) or not len(classnames):
+        raise ValueError("classnames must be a non-empty list of names (or lists of synonyms)")
+    prompts: list[str] = []
+    owner: list[int] = []
+    for c, name in enumerate(classnames):
+        for synonym in _synonyms(name, c):
+            prompts += [fill(t, synonym) for t in templates]
+            owner += [c] * len(templates)
+    owner_t = torch.tensor(owner)
+    path = None
+    if cache_dir is not False:
+        ids = tokenize_for(model, tokenizer, prompts)  # [P, L]
+        h = hashlib.sha256(model_fingerprint(model).encode())
+        h.update(ids.to(torch.int64).contiguous().numpy().tobytes())
+        h.update(owner_t.numpy().tobytes())
+        path = cache_root(cache_dir) / "classifiers" / f"{h.hexdigest()[:32]}.safetensors"
+        if path.is_file():
+            return load_file(path)["weights"]
+    emb = F.normalize(encode_texts(model, tokenizer, prompts, batch_size=batch_size, progress=progress), dim=-1)
+    sums = torch.zeros(len(classnames), emb.shape[1]).index_add_(0, owner_t, emb)  # [C, E]
+    weights = F.normalize(sums / torch.bincount(owner_t, minlength=len(classnames))[:, None], dim=-1).t()
+    weights = weights.contiguous()  # [E, C]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"weights": weights}, str(tmp), metadata={"classes": str(len(classnames)),
+                                                            "templates": str(len(templates))})
+        os.replace(tmp, path)
+    return weights
+
+
+def zeroshot_logits(image_features: torch.Tensor, classifier: torch.Tensor,
+                    scale: float = LOGIT_SCALE) -> torch.Tensor:
+    """``scale * normalize(image_features) @ classifier``: [N, E] x [E, C] -> [N, C]."""
+    if image_features.dim() != 2 or classifier.dim() != 2:
+        raise ValueError("image features must be [N, E] and the classifier [E, C]")
+    if image_features.shape[1] != classifier.shape[0]:
+        raise ValueError(
+            f"embedding sizes differ: image features have {image_features.shape[1]} dims, the classifier "
+            f"{classifier.shape[0]}. Were the features taken before the projection (kind='pre_projection'), "
+            "or from another model?")
+    return scale * F.normalize(image_features.float(), dim=-1) @ classifier.float()
+
+
+def align_classnames(dataset_classes: Sequence[str], classnames: Sequence[ClassName] | Mapping[str, ClassName] | None,
+                     rename: Callable[[str], str] | None = None) -> list[ClassName]:
+    """The prompt name(s) of each dataset class, in the dataset's label order.
+
+    ``classnames`` may be a list aligned with the labels, or a mapping from the dataset's class names to
+    prompt names; a mapping that misses a class or names a class the dataset does not have is an error
+    (a typo there would otherwise silently drop or shift a class). ``rename`` edits default names.
+    """
+    if classnames is None:
+        return [rename(c) if rename else c for c in dataset_classes]
+    if isinstance(classnames, Mapping):
+        unknown = sorted(set(classnames) - set(dataset_classes))
+        if unknown:
+            raise ValueError(f"unknown class name(s) {unknown[:10]}; the dataset's classes: {list(dataset_classes)[:20]}")
+        missing = [c for c in dataset_classes if c not in classnames]
+        if missing:
+            raise ValueError(f"no prompt name for class(es) {missing[:10]}")
+        return [classnames[c] for c in dataset_classes]
+    if len(classnames) != len(dataset_classes):
+        raise ValueError(f"{len(classnames)} class names for a dataset with {len(dataset_classes)} classes")
+    return list(classnames)
+
+
+@dataclass
+class ZeroShotResult:
+    """Metrics plus what they were computed from, so plots and reports need no second pass."""
+
+    metrics: dict[str, float]
+    logits: torch.Tensor  # [N, C]
+    labels: np.ndarray  # [N]
+    classnames: list[str]
+    templates: tuple[str, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits.argmax(dim=1).numpy()
+
+    def confusion(self) -> np.ndarray:
+        """``[true, predicted]`` counts."""
+        return confusion_matrix(self.predictions, self.labels, len(self.classnames))
+
+
+def evaluate_zeroshot(model: CLIP, dataset: ImageDataset, tokenizer: TextTokenizer,
+                      templates: str | Sequence[str] = "photo",
+                      classnames: Sequence[ClassName] | Mapping[str, ClassName] | None = None, *,
+                      transform: Callable[[Any], torch.Tensor] | None = None,
+                      image_features: torch.Tensor | None = None, batch_size: int = 64, num_workers: int = 0,
+                      cache_dir: str | os.PathLike[str] | None | Literal[False] = None,
+                      progress: bool = True) -> ZeroShotResult:
+    """Zero-shot top-1/top-5 accuracy and mean per-class recall of ``model`` on a labelled dataset.
+
+    ``classnames`` defaults to the dataset's own; ``image_features`` ([N, E], e.g. shared between template
+    sets) skips extraction.
+    """
+    dataset.require_labels()
+    names = align_classnames(dataset.classnames, classnames)
+    if image_features is None:
+        image_features = extract_image_features(model, dataset, transform, batch_size=batch_size,
+                                                num_workers=num_workers, cache_dir=cache_dir, progress=progress)
+    if image_features.shape[0] != len(dataset):
+        raise ValueError(f"{image_features.shape[0]} feature rows for {len(dataset)} images")
+    templates = resolve_templates(templates)
+    weights = build_classifier(model, tokenizer, names, templates, cache_dir=cache_dir, progress=progress)
+    logits = zeroshot_logits(image_features, weights)
+    metrics = classification_metrics(logits, dataset.labels)
+    return ZeroShotResult(metrics, logits, dataset.labels.copy(), list(dataset.classnames), templates)

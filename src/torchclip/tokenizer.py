@@ -18,7 +18,6 @@ downloads it with its SHA-256 checked, as checkpoints are. HF ``vocab.json`` + `
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import weakref
@@ -399,31 +398,21 @@ def _encode_part(texts: list[str]) -> list[list[int]]:
 # ---- where the vocabulary comes from -------------------------------------------------------------------
 
 
-def _cache_dir() -> Path:
-    try:
-        from torchclip.download import cache_dir
-    except ImportError:  # pragma: no cover - only before torchclip.download exists
-        return Path(os.environ.get("TORCHCLIP_CACHE") or Path.home() / ".cache" / "torchclip")
-    return Path(cache_dir())
+_DEFAULT_PATHS: dict[Path, Path] = {}  # cache dir -> verified vocabulary file, so tokenize() rehashes nothing
 
 
 def default_vocab_path(*, progress: bool = True) -> Path:
-    """OpenAI's merges file: ``$TORCHCLIP_CACHE/bpe_simple_vocab_16e6.txt.gz``, else downloaded and verified.
+    """OpenAI's merges file: ``$TORCHCLIP_CACHE/bpe_simple_vocab_16e6.txt.gz`` when present with the
+    published SHA-256, else downloaded from OpenAI's repository and verified, like a checkpoint."""
+    from torchclip.download import cache_dir, download
 
-    A cached copy is checked against the published SHA-256 too: a truncated or foreign file would silently
-    change every id.
-    """
-    path = _cache_dir() / OPENAI_BPE_FILENAME
-    if path.is_file():
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest != OPENAI_BPE_SHA256:
-            raise ValueError(
-                f"{path} has SHA-256 {digest}, expected {OPENAI_BPE_SHA256}; delete it to download it again"
-            )
-        return path
-    from torchclip.download import download
-
-    return Path(download(OPENAI_BPE_URL, OPENAI_BPE_SHA256, OPENAI_BPE_FILENAME, progress=progress))
+    root = cache_dir()
+    known = _DEFAULT_PATHS.get(root)
+    if known is not None and known.is_file():
+        return known
+    path = Path(download(OPENAI_BPE_URL, OPENAI_BPE_SHA256, OPENAI_BPE_FILENAME, progress=progress))
+    _DEFAULT_PATHS[root] = path
+    return path
 
 
 @lru_cache(maxsize=8)

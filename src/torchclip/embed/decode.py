@@ -32,7 +32,7 @@ __all__ = ["open_image", "prepare_pixels", "prepare_batch", "normalize_batch", "
 T = TypeVar("T")
 R = TypeVar("R")
 
-# (index in batch, uint8 [R, R, 3] or None, error message or None)
+# (uint8 [R, R, 3] pixels or None, error message or None) for one item
 Prepared = tuple[np.ndarray | None, str | None]
 
 
@@ -43,23 +43,29 @@ def open_image(
     draft_size: int | None = None,
     draft_factor: float = 2.0,
     formats: tuple[str, ...] | None = None,
+    max_pixels: int | None = None,
 ) -> Image.Image:
     """Open and fully decode an image file or bytes; every decoding failure is an ``ImageDecodeError``.
 
     ``draft_size``: the model resolution; when given and the file is a JPEG whose shorter side is at least
     ``2 * draft_factor * draft_size``, it is decoded at the largest DCT reduction that still leaves a shorter
     side of ``draft_factor * draft_size`` (None: exact decoding, the default everywhere). ``formats``
-    restricts the accepted Pillow formats (uploads). A missing file propagates as ``FileNotFoundError``.
+    restricts the accepted Pillow formats and ``max_pixels`` the image area, checked from the header before
+    any pixel is decoded (uploads). A missing file propagates as ``FileNotFoundError``.
     """
     label = name or (os.fspath(source) if not isinstance(source, bytes) else "<bytes>")
     fp: Any = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with Image.open(fp, formats=list(formats) if formats else None) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageDecodeError(
+                    f"image {label} is {img.width}x{img.height} pixels, more than the limit of {max_pixels:,}"
+                )
             if draft_size and img.format == "JPEG":
                 _apply_draft(img, draft_size, draft_factor)
             img.load()
             return img
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
+    except (FileNotFoundError, IsADirectoryError, PermissionError, ImageDecodeError):
         raise
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"cannot load image {label}: {exc}") from exc

@@ -1,0 +1,298 @@
+"""``torchclip serve``: a small web app and JSON API over an index, on 127.0.0.1 only.
+
+The standard library's ``ThreadingHTTPServer`` is enough for a local tool and adds no dependency; the
+page is static HTML/JS that talks to the JSON API:
+
+| method, path | answer |
+| --- | --- |
+| ``GET /`` , ``GET /static/app.js`` , ``GET /static/style.css`` | the page |
+| ``GET /api/info`` | collection size, model, label set, upload limits |
+| ``GET /api/search?q=TEXT&k=12`` | ``{"results": [...]}``: text -> image |
+| ``GET /api/similar?row=N&k=12`` | neighbours of an indexed item, and its zero-shot labels |
+| ``POST /api/upload?k=12`` (body: the image bytes, ``Content-Type: image/...``) | neighbours and labels |
+| ``GET /image/N``, ``GET /thumb/N`` | the indexed image of row N, or a JPEG thumbnail of it |
+
+Every result carries ``image``/``thumb`` URLs built from its row number; no request ever names a file, and
+``files.CollectionFiles`` confines what a row can reach to the collection root. Uploads are limited in size
+(checked from ``Content-Length`` before reading), type (the header *and* the decoded format) and pixel
+count (checked from the image header before decoding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import threading
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from ..embed.decode import open_image
+from ..embed.modelspec import add_model_arguments, spec_from_args
+from ..search.query import Hit, Searcher
+from ..transforms import ImageDecodeError
+from .files import CollectionFiles, FileRefused
+
+__all__ = ["ServeConfig", "create_server", "serve_in_thread", "build_parser", "main", "UPLOAD_TYPES"]
+
+# Content-Type -> the Pillow format the bytes must actually decode as.
+UPLOAD_TYPES: dict[str, str] = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP",
+                                "image/gif": "GIF", "image/bmp": "BMP"}
+_STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
+           "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+           "/static/style.css": ("style.css", "text/css; charset=utf-8")}
+_ROW_ROUTE = re.compile(r"/(image|thumb)/(\d{1,12})")
+_CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'"
+
+
+class ServeConfig:
+    """Limits of the app: upload bytes and pixels, results per query, and where the images live."""
+
+    def __init__(self, max_upload_bytes: int = 8 << 20, max_upload_pixels: int = 40_000_000,
+                 default_k: int = 12, max_k: int = 100, root: str | Path | None = None) -> None:
+        self.max_upload_bytes = max_upload_bytes
+        self.max_upload_pixels = max_upload_pixels
+        self.default_k = default_k
+        self.max_k = max_k
+        self.root = root
+
+
+def _load_static() -> dict[str, tuple[bytes, str]]:
+    folder = resources.files("torchclip.serve") / "static"
+    return {route: ((folder / name).read_bytes(), mime) for route, (name, mime) in _STATIC.items()}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "torchclip-serve"
+    protocol_version = "HTTP/1.1"
+    app: _App  # set on the subclass made by create_server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        if self.app.verbose:
+            super().log_message(format, *args)
+
+    # ---- responses -------------------------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes, mime: str, *, cache: bool = False, close: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", mime)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Content-Security-Policy", _CSP)
+        self.send_header("Cache-Control", "private, max-age=3600" if cache else "no-store")
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any, *, close: bool = False) -> None:
+        self._send(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json", close=close)
+
+    def _error(self, status: int, message: str, *, close: bool = False) -> None:
+        self._json(status, {"error": message, "status": status}, close=close)
+
+    # ---- routing ---------------------------------------------------------------------------------------
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+        self.do_GET()
+
+    def do_GET(self) -> None:  # noqa: N802
+        url = urlsplit(self.path)
+        try:
+            if url.path in self.app.static:
+                body, mime = self.app.static[url.path]
+                self._send(200, body, mime)
+            elif m := _ROW_ROUTE.fullmatch(url.path):
+                self._row_file(m.group(1), int(m.group(2)))
+            elif url.path == "/api/info":
+                self._json(200, self.app.info())
+            elif url.path == "/api/search":
+                self._search(parse_qs(url.query))
+            elif url.path == "/api/similar":
+                self._similar(parse_qs(url.query))
+            else:
+                self._error(404, "not found")
+        except ValueError as exc:
+            self._error(400, str(exc))
+
+    def do_POST(self) -> None:  # noqa: N802
+        url = urlsplit(self.path)
+        if url.path != "/api/upload":
+            self._error(404, "not found", close=True)
+            return
+        try:
+            self._upload(parse_qs(url.query))
+        except ValueError as exc:
+            self._error(400, str(exc), close=True)
+
+    # ---- endpoints -------------------------------------------------------------------------------------
+
+    def _k(self, query: dict[str, list[str]]) -> int:
+        raw = query.get("k", [str(self.app.config.default_k)])[0]
+        if not raw.isdigit() or not 1 <= int(raw) <= self.app.config.max_k:
+            raise ValueError(f"k must be an integer in [1, {self.app.config.max_k}]")
+        return int(raw)
+
+    def _row_file(self, kind: str, row: int) -> None:
+        try:
+            if kind == "thumb":
+                self._send(200, self.app.files.thumbnail(row), "image/jpeg", cache=True)
+            else:
+                data, mime = self.app.files.read(row)
+                self._send(200, data, mime, cache=True)
+        except FileRefused as exc:
+            self._error(exc.status, "not available" if exc.status == 403 else "not found")
+
+    def _search(self, query: dict[str, list[str]]) -> None:
+        text = query.get("q", [""])[0].strip()
+        if not text:
+            raise ValueError("missing query text (?q=...)")
+        if len(text) > 1000:
+            raise ValueError("query text longer than 1000 characters")
+        hits = self.app.searcher.search_text(text, self._k(query))
+        self._json(200, {"query": text, "results": self.app.results(hits)})
+
+    def _similar(self, query: dict[str, list[str]]) -> None:
+        raw = query.get("row", [""])[0]
+        if not raw.isdigit() or int(raw) >= len(self.app.searcher.index):
+            raise ValueError("row must be the row number of an indexed item")
+        row = int(raw)
+        s = self.app.searcher
+        hits = s.similar(row, self._k(query))
+        labels = s.label_vector(s.index.vector(row))
+        self._json(200, {"row": row, "results": self.app.results(hits), "labels": labels})
+
+    def _upload(self, query: dict[str, list[str]]) -> None:
+        cfg = self.app.config
+        length = self.headers.get("Content-Length")
+        if length is None or self.headers.get("Transfer-Encoding"):
+            self._error(411, "send the image as the request body with a Content-Length", close=True)
+            return
+        if not length.isdigit():
+            raise ValueError("bad Content-Length")
+        if int(length) > cfg.max_upload_bytes:
+            # Refused before reading: the connection is closed instead of draining the body.
+            self._error(413, f"upload of {int(length):,} bytes exceeds the limit of {cfg.max_upload_bytes:,} bytes",
+                        close=True)
+            return
+        mime = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if mime not in UPLOAD_TYPES:
+            self._error(415, f"unsupported upload type {mime or 'none'!r}; accepted: {', '.join(UPLOAD_TYPES)}",
+                        close=True)
+            return
+        k = self._k(query)
+        body = self.rfile.read(int(length))
+        if len(body) != int(length):
+            raise ValueError("upload ended early")
+        try:
+            img = open_image(body, name="upload", formats=tuple(sorted(set(UPLOAD_TYPES.values()))),
+                             max_pixels=cfg.max_upload_pixels)
+        except ImageDecodeError as exc:
+            status = 413 if "more than the limit" in str(exc) else 400
+            self._error(status, f"could not use the upload: {str(exc).replace('cannot load image upload: ', '')}")
+            return
+        vec = self.app.searcher.encode_image([img])
+        hits = self.app.searcher.search_vector(vec, k)
+        self._json(200, {"width": img.width, "height": img.height, "results": self.app.results(hits),
+                         "labels": self.app.searcher.label_vector(vec)})
+
+
+class _App:
+    """What the handler threads share: searcher, files, limits and the static page."""
+
+    def __init__(self, searcher: Searcher, config: ServeConfig, verbose: bool = False) -> None:
+        self.searcher = searcher
+        self.config = config
+        self.verbose = verbose
+        root = config.root or searcher.index.meta.get("root")
+        self.files = CollectionFiles(searcher.index.records, root)
+        self.static = _load_static()
+
+    def results(self, hits: list[Hit]) -> list[dict[str, Any]]:
+        out = []
+        for h in hits:
+            d = {"row": h.row, "id": h.id, "score": round(h.score, 5)}
+            if "text" in h.record:
+                d["text"] = h.record["text"]
+            if "source" in h.record:
+                d["image"], d["thumb"] = f"/image/{h.row}", f"/thumb/{h.row}"
+            out.append(d)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        meta = self.searcher.index.meta
+        model = meta.get("model") or {}
+        return {
+            "count": len(self.searcher.index),
+            "kind": self.searcher.index.kind,
+            "modality": meta.get("modality"),
+            "model": model.get("model"),
+            "labels": self.searcher.labels.names if self.searcher.labels else [],
+            "max_upload_bytes": self.config.max_upload_bytes,
+            "upload_types": list(UPLOAD_TYPES),
+        }
+
+
+def create_server(searcher: Searcher, port: int = 0, config: ServeConfig | None = None,
+                  verbose: bool = False) -> ThreadingHTTPServer:
+    """A server bound to 127.0.0.1:``port`` (0: any free port; see ``server.server_address``)."""
+    app = _App(searcher, config or ServeConfig(), verbose)
+    handler = type("Handler", (_Handler,), {"app": app})
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def serve_in_thread(searcher: Searcher, config: ServeConfig | None = None) -> tuple[ThreadingHTTPServer, str]:
+    """Start a server on a free port in a daemon thread: ``(server, base_url)``; ``server.shutdown()`` stops it."""
+    server = create_server(searcher, 0, config)
+    threading.Thread(target=server.serve_forever, name="torchclip-serve", daemon=True).start()
+    host, port = server.server_address[:2]
+    return server, f"http://{host}:{port}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="torchclip serve", description="Web app and JSON API over an index "
+                                "(binds 127.0.0.1 only).")
+    p.add_argument("index", help="index folder written by torchclip index")
+    p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000; 0: any free port)")
+    p.add_argument("--root", help="folder the indexed files live in (default: the one recorded in the index)")
+    p.add_argument("--labels", help="zero-shot label set for uploads (overrides the index's)")
+    p.add_argument("--templates", help="prompt templates for the labels")
+    p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest accepted upload (default 8 MB)")
+    p.add_argument("--verbose", action="store_true", help="log every request")
+    add_model_arguments(p, required=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        searcher = Searcher.open(args.index, spec=spec_from_args(args), device=args.device, labels=args.labels,
+                                 templates=args.templates)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"torchclip serve: {exc}", file=sys.stderr)
+        return 1
+    config = ServeConfig(max_upload_bytes=int(args.max_upload_mb * (1 << 20)), root=args.root)
+    server = create_server(searcher, args.port, config, verbose=args.verbose)
+    host, port = server.server_address[:2]
+    print(f"serving {len(searcher.index)} items on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,7 +5,7 @@ page is static HTML/JS that talks to the JSON API:
 
 | method, path | answer |
 | --- | --- |
-| ``GET /`` , ``GET /static/app.js`` , ``GET /static/style.css`` | the page |
+| ``GET /``, ``/static/app.js``, ``/static/style.css``, ``/favicon.svg`` | the page |
 | ``GET /api/info`` | collection size, model, label set, upload limits |
 | ``GET /api/search?q=TEXT&k=12`` | ``{"results": [...]}``: text -> image |
 | ``GET /api/similar?row=N&k=12`` | neighbours of an indexed item, and its zero-shot labels |
@@ -45,7 +45,8 @@ UPLOAD_TYPES: dict[str, str] = {"image/jpeg": "JPEG", "image/png": "PNG", "image
                                 "image/gif": "GIF", "image/bmp": "BMP"}
 _STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
            "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
-           "/static/style.css": ("style.css", "text/css; charset=utf-8")}
+           "/static/style.css": ("style.css", "text/css; charset=utf-8"),
+           "/favicon.svg": ("favicon.svg", "image/svg+xml")}
 _ROW_ROUTE = re.compile(r"/(image|thumb)/(\d{1,12})")
 _CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'"
 

@@ -146,6 +146,9 @@ def retrieval_recall(similarity: torch.Tensor | np.ndarray, positives: torch.Ten
     top K, so several captions per image (COCO's five) and several images per text are both handled.
     """
     sim, pos = _as_tensor(similarity), _as_tensor(positives).bool()
+    ks = sorted(set(ks))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"recall K must be >= 1, got {ks}")
     if sim.dim() != 2 or sim.shape != pos.shape:
         raise ValueError(f"similarity {tuple(sim.shape)} and positives {tuple(pos.shape)} must be equal 2-D shapes")
     if 0 in sim.shape:

@@ -26,6 +26,7 @@ __all__ = ["ProbeResult", "FewShotResult", "fit_logistic", "sweep_C", "linear_pr
            "stratified_split", "preprocess_features"]
 
 Normalize = Literal["none", "l2", "standardize"]
+_SMALL = 4_000_000  # feature-matrix entries below which BLAS threading does not pay
 
 
 def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -47,11 +48,16 @@ def preprocess_features(train: np.ndarray, *others: np.ndarray, how: Normalize =
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, C: float, *, max_iter: int = 1000, seed: int = 0) -> Any:
     """One L-BFGS multinomial logistic regression. Convergence warnings are silenced: at extreme C the
-    sweep deliberately visits badly conditioned problems, and their validation score already says so."""
+    sweep deliberately visits badly conditioned problems, and their validation score already says so.
+
+    Small problems run single-threaded: BLAS threads spinning on a 100 x 200 matrix cost 5-10x more than
+    they save, worse still on a machine busy with other work.
+    """
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     clf = LogisticRegression(C=C, max_iter=max_iter, solver="lbfgs", random_state=seed)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), threadpool_limits(limits=1 if x.size < _SMALL else None):
         warnings.simplefilter("ignore")
         clf.fit(x, y)
     return clf

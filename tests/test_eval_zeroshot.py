@@ -1,0 +1,139 @@
+"""Zero-shot classifier construction, its cache, feature extraction and the feature cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from evalkit import byte_tokenizer, color_shard, tiny_model
+
+from torchclip.evaluation.datasets import load_webdataset
+from torchclip.evaluation.features import extract_image_features, model_fingerprint
+from torchclip.evaluation.retrieval import caption_gallery, evaluate_retrieval
+from torchclip.evaluation.zeroshot import (
+    align_classnames,
+    build_classifier,
+    evaluate_zeroshot,
+    zeroshot_logits,
+)
+from torchclip.tokenizer import Tokenizer
+
+
+def test_classifier_is_renormalized_mean_of_normalized_prompts() -> None:
+    model, tok = tiny_model(), byte_tokenizer()
+    templates = ["a {}.", "the {} here", "{}"]
+    w = build_classifier(model, tok, ["cat", ["dog", "puppy"]], templates, cache_dir=False)
+    assert w.shape == (32, 2)
+    with torch.no_grad():
+        def unit(texts: list[str]) -> torch.Tensor:
+            return F.normalize(model.encode_text(tok(texts, context_length=24)), dim=-1)
+
+        cat = F.normalize(unit([t.replace("{}", "cat") for t in templates]).mean(0), dim=0)
+        dog_prompts = [t.replace("{}", n) for n in ("dog", "puppy") for t in templates]
+        dog = F.normalize(unit(dog_prompts).mean(0), dim=0)
+    torch.testing.assert_close(w[:, 0], cat, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w[:, 1], dog, atol=1e-5, rtol=1e-5)
+
+
+def test_classifier_cache_hits_and_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tok = tiny_model(), byte_tokenizer()
+    w1 = build_classifier(model, tok, ["a", "b"], "ensemble", cache_dir=tmp_path)
+    calls = []
+    original = model.encode_text
+    monkeypatch.setattr(model, "encode_text", lambda ids, **kw: calls.append(1) or original(ids, **kw))
+    w2 = build_classifier(model, tok, ["a", "b"], "ensemble", cache_dir=tmp_path)
+    assert torch.equal(w1, w2) and not calls  # served from disk
+    build_classifier(model, tok, ["a", "c"], "ensemble", cache_dir=tmp_path)
+    assert calls  # other prompts: recomputed
+    calls.clear()
+    with torch.no_grad():
+        model.text.proj.mul_(torch.rand_like(model.text.proj) + 0.5)  # new weights: not the old entry
+    w3 = build_classifier(model, tok, ["a", "b"], "ensemble", cache_dir=tmp_path)
+    assert calls and not torch.allclose(w1, w3)
+
+
+def test_logits_and_embedding_mismatch() -> None:
+    w = F.normalize(torch.randn(8, 3), dim=0)
+    feats = torch.randn(5, 8)
+    logits = zeroshot_logits(feats, w)
+    torch.testing.assert_close(logits, 100 * F.normalize(feats, dim=-1) @ w)
+    with pytest.raises(ValueError, match="embedding sizes differ.*pre_projection"):
+        zeroshot_logits(torch.randn(5, 16), w)
+
+
+def test_align_classnames_errors() -> None:
+    assert align_classnames(["x", "y"], {"x": "ex", "y": ["why", "wye"]}) == ["ex", ["why", "wye"]]
+    with pytest.raises(ValueError, match=r"unknown class name\(s\) \['z'\]"):
+        align_classnames(["x", "y"], {"x": "a", "y": "b", "z": "c"})
+    with pytest.raises(ValueError, match="no prompt name"):
+        align_classnames(["x", "y"], {"x": "a"})
+    with pytest.raises(ValueError, match="3 class names for a dataset with 2"):
+        align_classnames(["x", "y"], ["a", "b", "c"])
+
+
+def test_evaluate_zeroshot_end_to_end(tmp_path: Path) -> None:
+    ds = load_webdataset(color_shard(tmp_path / "s.tar", per_class=3), label_key="json:category")
+    model, tok = tiny_model(), byte_tokenizer()
+    res = evaluate_zeroshot(model, ds, tok, "bare", cache_dir=tmp_path / "c", progress=False)
+    assert set(res.metrics) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert np.isnan(res.metrics["acc5"])  # 3 classes
+    assert res.logits.shape == (9, 3) and res.confusion().sum() == 9
+    # an "oracle" classifier built from the class-mean image features scores perfectly
+    feats = extract_image_features(model, ds, cache_dir=tmp_path / "c", progress=False)
+    means = torch.stack([F.normalize(feats[ds.labels == c], dim=-1).mean(0) for c in range(3)])
+    pred = zeroshot_logits(feats, F.normalize(means, dim=-1).t()).argmax(1).numpy()
+    assert (pred == ds.labels).mean() == 1.0
+
+
+def test_feature_cache_and_kinds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = load_webdataset(color_shard(tmp_path / "s.tar", per_class=2))
+    model = tiny_model()
+    model.train()
+    a = extract_image_features(model, ds, cache_dir=tmp_path, progress=False)
+    assert model.training  # the caller's mode comes back
+    assert a.shape == (6, 32) and len(list((tmp_path / "features").iterdir())) == 1
+    monkeypatch.setattr(model, "encode_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    b = extract_image_features(model, ds, cache_dir=tmp_path, progress=False)
+    assert torch.equal(a, b)
+    monkeypatch.undo()
+    pre = extract_image_features(model, ds, kind="pre_projection", cache_dir=False, progress=False)
+    assert pre.shape == (6, 64)  # vision width, before the projection
+    with torch.no_grad():
+        torch.testing.assert_close(pre @ model.visual.proj, a, atol=1e-5, rtol=1e-5)
+    rn = tiny_model(resnet=True)
+    assert extract_image_features(rn, ds, kind="pre_projection", cache_dir=False, progress=False).shape == (6, 256)
+    fp = model_fingerprint(model)
+    with torch.no_grad():
+        model.visual.proj.mul_(2)
+    assert model_fingerprint(model) != fp
+
+
+def test_uncached_transform_without_stable_repr(tmp_path: Path) -> None:
+    ds = load_webdataset(color_shard(tmp_path / "s.tar", per_class=1))
+    model = tiny_model()
+    from torchclip.transforms import image_transform
+
+    base = image_transform(32)
+    extract_image_features(model, ds, lambda img: base(img), cache_dir=tmp_path, progress=False)
+    assert not (tmp_path / "features").exists()  # a lambda's repr holds an address: never cached
+
+
+def test_retrieval_end_to_end_and_gallery(tmp_path: Path) -> None:
+    texts, pos = caption_gallery([["a", "b"], ["b"], ["c"]])
+    assert texts == ["a", "b", "c"] and pos.tolist() == [[True, True, False], [False, True, False],
+                                                          [False, False, True]]
+    with pytest.raises(ValueError, match="no caption"):
+        caption_gallery([["a"], []])
+    ds = load_webdataset(color_shard(tmp_path / "s.tar", per_class=2))
+    res = evaluate_retrieval(tiny_model(), ds, byte_tokenizer(), ks=(1, 5), cache_dir=False, progress=False)
+    assert res.similarity.shape == (6, len(res.texts)) and 0 <= res.metrics["text_retrieval_recall@1"] <= 1
+
+
+def test_tokenizer_mismatch_is_named() -> None:
+    model = tiny_model()
+    big = Tokenizer([("a", "b")], context_length=24)  # 515 ids: the model's table has 514
+    with pytest.raises(ValueError, match="vocabulary"):
+        build_classifier(model, big, ["x"], "bare", cache_dir=False)

@@ -1,0 +1,467 @@
+"""Training data: WebDataset tar shards and CSV/TSV files -> batches of (pixels, token ids).
+
+Sources
+    * WebDataset shards (``data/shard-{000..099}.tar``, several specs joined with ``::``): members that share
+      a key (``dir/key.ext``) form one sample; the image is ``.jpg``/``.jpeg``/``.png``/``.webp`` and the
+      caption is ``.txt`` or a field of ``.json`` -- the layout img2dataset writes. Read with our own
+      streaming tar reader (``tarfile`` in stream mode), so no extra dependency.
+    * CSV/TSV with a header (OpenCLIP's ``filepath``/``title`` columns by default); image paths are relative
+      to the file's folder.
+
+Why the stream is built the way it is
+    Each (rank, DataLoader worker) pair is one *stream*: a deterministic function of ``(seed, stream id)``.
+    The pipeline is raw bytes -> shuffle buffer -> decode -> augment -> batch, and every batch carries the
+    stream's *cursor* (raw items consumed so far). Resuming therefore replays the cheap raw part (no image
+    decoding) up to the saved cursor and continues exactly where the interrupted run was, mid-epoch, with
+    the same shuffle and the same augmentations: each sample's randomness is seeded from its position,
+    never from a global RNG. Streams are infinite (epochs loop; ``resampled`` draws shards with
+    replacement), which is what step-based training wants.
+
+Broken data never crashes a run: undecodable images, missing members and empty captions are skipped and
+counted; each batch carries the counts since the previous batch of its stream so the trainer can log them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import re
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+
+__all__ = [
+    "IMAGE_EXTS",
+    "CaptionAugment",
+    "ImageAugment",
+    "Batch",
+    "ContrastiveStream",
+    "SkipSample",
+    "expand_urls",
+    "iter_tar",
+    "read_csv",
+    "decode_image",
+    "get_caption",
+    "load_eval_samples",
+]
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+SKIP_REASONS = ("missing_image", "missing_caption", "empty_caption", "corrupt_image", "bad_shard")
+Raw = dict[str, Any]  # {"__key__": str, "__url__": str, ext: bytes, ...} or {"__key__", "__path__", "caption"}
+
+
+class SkipSample(Exception):
+    """A sample that cannot be used; ``reason`` is one of ``SKIP_REASONS``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+# ---- sources ------------------------------------------------------------------------------------------------
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_urls(spec: str | Sequence[str]) -> list[str]:
+    """``'a-{000..002}.tar::b.tar'`` -> ``['a-000.tar', 'a-001.tar', 'a-002.tar', 'b.tar']``.
+
+    Numeric ranges keep the zero padding of the lower bound; ``{x,y}`` lists expand too (braceexpand's
+    grammar, minus nesting, which shard names never use).
+    """
+    parts = list(spec) if not isinstance(spec, str) else [p for p in spec.split("::") if p]
+    out: list[str] = []
+    for part in parts:
+        m = _BRACE.search(part)
+        if m is None:
+            out.append(part)
+            continue
+        body, head, tail = m.group(1), part[: m.start()], part[m.end():]
+        if ".." in body:
+            lo, hi = body.split("..", 1)
+            width = len(lo) if lo.startswith("0") else 0
+            choices = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+        else:
+            choices = body.split(",")
+        out.extend(expand_urls([head + c + tail for c in choices]))
+    return out
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    """``'dir/abc.01.jpg'`` -> (``'dir/abc'``, ``'01.jpg'``): webdataset keys end at the basename's first dot."""
+    slash = name.rfind("/")
+    dot = name.find(".", slash + 1)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1:].lower()
+
+
+def iter_tar(path: str, counts: dict[str, int] | None = None) -> Iterator[Raw]:
+    """Stream the samples of one tar: consecutive members with the same key, ``{ext: bytes}``.
+
+    A truncated or unreadable tar ends early with ``counts['bad_shard'] += 1`` instead of raising: one bad
+    shard out of thousands must not end a multi-day run.
+    """
+    current: Raw | None = None
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = _split_key(member.name)
+                if not ext or Path(member.name).name.startswith("."):
+                    continue
+                f = tar.extractfile(member)
+                data = f.read() if f is not None else b""
+                if current is None or current["__key__"] != key:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": key, "__url__": path}
+                current[ext] = data
+    except (tarfile.TarError, OSError, EOFError):
+        if counts is not None:
+            counts["bad_shard"] = counts.get("bad_shard", 0) + 1
+    if current is not None:
+        yield current
+
+
+def read_csv(path: str, image_key: str = "filepath", caption_key: str = "title") -> list[Raw]:
+    """Rows of a CSV (``,``) or TSV (``.tsv``/``.tab``: tab) with a header, as raw samples.
+
+    Relative image paths are resolved against the file's folder, so a dataset folder can move.
+    """
+    p = Path(path)
+    delim = "\t" if p.suffix.lower() in (".tsv", ".tab") else ","
+    with p.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=delim)
+        if reader.fieldnames is None or image_key not in reader.fieldnames or caption_key not in reader.fieldnames:
+            raise ValueError(f"{path}: needs columns {image_key!r} and {caption_key!r}, has {reader.fieldnames}")
+        rows = []
+        for i, row in enumerate(reader):
+            img = row.get(image_key) or ""
+            rows.append({"__key__": f"{p.name}:{i}", "__path__": str(p.parent / img) if img else "",
+                         "caption": row.get(caption_key) or ""})
+    return rows
+
+
+# ---- decoding -----------------------------------------------------------------------------------------------
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Fully decode image bytes to RGB; any failure is a ``SkipSample('corrupt_image')``."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.convert("RGB")
+    except Exception as e:  # Pillow reports broken data with many types (OSError, SyntaxError, ...)
+        raise SkipSample("corrupt_image", f"{type(e).__name__}: {e}") from e
+
+
+def get_caption(raw: Raw, caption_key: str = "txt") -> str:
+    """The caption: the ``.txt`` member (``caption_key='txt'``), else the ``caption_key`` field of ``.json``."""
+    if "caption" in raw:  # CSV row
+        text = raw["caption"]
+    elif caption_key == "txt" and "txt" in raw:
+        text = raw["txt"].decode("utf-8", errors="replace")
+    elif "json" in raw:
+        try:
+            meta = json.loads(raw["json"])
+        except ValueError as e:
+            raise SkipSample("missing_caption", f"{raw['__key__']}: bad json") from e
+        key = "caption" if caption_key == "txt" else caption_key
+        text = meta.get(key) if isinstance(meta, dict) else None
+        if not isinstance(text, str):
+            raise SkipSample("missing_caption", f"{raw['__key__']}: no {key!r} in json")
+    else:
+        raise SkipSample("missing_caption", raw["__key__"])
+    text = " ".join(text.split())
+    if not text:
+        raise SkipSample("empty_caption", raw["__key__"])
+    return text
+
+
+def _image_bytes(raw: Raw) -> bytes:
+    if "__path__" in raw:
+        try:
+            return Path(raw["__path__"]).read_bytes()
+        except OSError as e:
+            raise SkipSample("missing_image", raw["__path__"]) from e
+    for ext in IMAGE_EXTS:
+        if ext in raw:
+            return raw[ext]
+    raise SkipSample("missing_image", raw["__key__"])
+
+
+# ---- augmentation ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageAugment:
+    """Random resized crop (area ``scale``, aspect ``ratio``) and an optional horizontal flip."""
+
+    scale: tuple[float, float] = (0.9, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.0
+
+    def build(self, image_size: int) -> Callable[[Image.Image, torch.Generator], torch.Tensor]:
+        from .transforms import TrainTransform
+
+        tf = TrainTransform(image_size, scale=tuple(self.scale), ratio=tuple(self.ratio))
+        hflip = float(self.hflip)
+
+        def apply(img: Image.Image, g: torch.Generator) -> torch.Tensor:
+            tf.generator = g  # per-sample generator: reproducible crops whatever worker runs them
+            x = tf(img)  # [3, R, R]
+            if hflip > 0 and float(torch.rand((), generator=g)) < hflip:
+                x = x.flip(-1)
+            return x
+
+        return apply
+
+
+@dataclass(frozen=True)
+class CaptionAugment:
+    """Caption augmentation for tag-list captions (``name, keyword, keyword, ...``).
+
+    The first tag (the name) is always kept; each other tag is dropped with ``tag_dropout`` and the rest
+    shuffled when ``shuffle_tags``; then, with probability ``template_prob``, one of ``templates`` (each with
+    a ``{}``) wraps the result. Zero-shot prompts look like "an emoji of {name}.", so training on varied
+    subsets of the tags in such frames is what lets the text tower match a bare name at test time.
+    """
+
+    tag_dropout: float = 0.0
+    shuffle_tags: bool = False
+    templates: tuple[str, ...] = ()
+    template_prob: float = 0.0
+    separator: str = ", "
+
+    @property
+    def active(self) -> bool:
+        return self.tag_dropout > 0 or self.shuffle_tags or (bool(self.templates) and self.template_prob > 0)
+
+    def __call__(self, caption: str, rng: random.Random) -> str:
+        if not self.active:
+            return caption
+        tags = [t for t in caption.split(self.separator.strip()) if t.strip()]
+        tags = [t.strip() for t in tags]
+        head, rest = tags[:1], tags[1:]
+        rest = [t for t in rest if rng.random() >= self.tag_dropout]
+        if self.shuffle_tags:
+            rng.shuffle(rest)
+        text = self.separator.join(head + rest)
+        if self.templates and rng.random() < self.template_prob:
+            text = rng.choice(self.templates).format(text)
+        return text
+
+
+# ---- the stream -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One batch from one stream. ``cursor``: raw items that stream had consumed after this batch."""
+
+    pixels: torch.Tensor  # [B, 3, R, R] float32, normalized
+    ids: torch.Tensor  # [B, L] int64 token ids
+    stream: int
+    cursor: int
+    skips: dict[str, int] = field(default_factory=dict)  # skipped since the stream's previous batch
+
+
+def _shuffled(items: Iterator[Raw], size: int, rng: random.Random) -> Iterator[Raw]:
+    """Shuffle buffer: fill ``size`` items, then emit a random one and refill its slot with the next."""
+    if size <= 1:
+        yield from items
+        return
+    buf: list[Raw] = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = rng.randrange(size)
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+class ContrastiveStream(IterableDataset):
+    """Infinite, resumable stream of :class:`Batch` for one rank (``DataLoader(batch_size=None)``).
+
+    ``source``: shard spec (``::``-joined, brace patterns) or a ``.csv``/``.tsv`` file. ``start``: per-stream
+    cursors to resume from (``{stream id: cursor}``); ``rotate`` shifts which DataLoader worker plays which
+    stream, so the DataLoader's round-robin order continues where it stopped.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        image_size: int,
+        tokenizer: Callable[..., torch.Tensor],
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        shuffle_buffer: int = 1000,
+        resampled: bool = False,
+        caption_key: str = "txt",
+        csv_image_key: str = "filepath",
+        csv_caption_key: str = "title",
+        image_augment: ImageAugment = ImageAugment(),
+        caption_augment: CaptionAugment = CaptionAugment(),
+        start: dict[int, int] | None = None,
+        rotate: int = 0,
+    ) -> None:
+        super().__init__()
+        self.source, self.image_size, self.tokenizer = source, image_size, tokenizer
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.num_workers, self.shuffle_buffer, self.resampled = max(num_workers, 1), shuffle_buffer, resampled
+        self.caption_key, self.image_augment, self.caption_augment = caption_key, image_augment, caption_augment
+        self.start, self.rotate = dict(start or {}), rotate
+        if source.lower().endswith((".csv", ".tsv", ".tab")):
+            self.rows: list[Raw] | None = read_csv(source, csv_image_key, csv_caption_key)
+            self.urls: list[str] = []
+            if not self.rows:
+                raise ValueError(f"{source}: no rows")
+        else:
+            self.rows, self.urls = None, expand_urls(source)
+            if not self.urls:
+                raise ValueError(f"no shards in {source!r}")
+
+    @property
+    def n_streams(self) -> int:
+        return self.world_size * self.num_workers
+
+    def stream_id(self, worker: int) -> int:
+        """Global stream id of DataLoader worker ``worker`` on this rank (after rotation)."""
+        return self.rank * self.num_workers + (worker + self.rotate) % self.num_workers
+
+    def _raw_items(self, stream: int, counts: dict[str, int]) -> Iterator[Raw]:
+        """This stream's raw samples, epoch after epoch, forever. Deterministic in (seed, stream)."""
+        n = self.n_streams
+        for epoch in range(1 << 62):
+            order_rng = random.Random(f"{self.seed}/order/{epoch}")
+            if self.rows is not None:
+                idx = list(range(len(self.rows)))
+                order_rng.shuffle(idx)
+                yield from (self.rows[i] for i in idx[stream::n])
+                continue
+            if self.resampled:
+                rng = random.Random(f"{self.seed}/resample/{stream}/{epoch}")
+                shards = [rng.choice(self.urls) for _ in range(max(1, len(self.urls) // n))]
+                for url in shards:
+                    yield from iter_tar(url, counts)
+                continue
+            shards = list(self.urls)
+            order_rng.shuffle(shards)
+            if len(shards) >= n:  # split by shard
+                for url in shards[stream::n]:
+                    yield from iter_tar(url, counts)
+            else:  # fewer shards than streams: every stream reads all, keeps every n-th sample
+                i = 0
+                for url in shards:
+                    for item in iter_tar(url, counts):
+                        if i % n == stream:
+                            yield item
+                        i += 1
+
+    def _sample(self, raw: Raw, index: int, stream: int, augment: Callable) -> tuple[torch.Tensor, str]:
+        caption = get_caption(raw, self.caption_key)
+        img = decode_image(_image_bytes(raw))
+        g = torch.Generator().manual_seed(hash((self.seed, stream, index)) & ((1 << 63) - 1))
+        rng = random.Random(f"{self.seed}/{stream}/{index}")
+        return augment(img, g), self.caption_augment(caption, rng)
+
+    def iter_stream(self, stream: int) -> Iterator[Batch]:
+        """The batches of one stream, starting after ``self.start[stream]`` raw items."""
+        counts: dict[str, int] = {}
+        items = _shuffled(self._raw_items(stream, counts), self.shuffle_buffer,
+                          random.Random(f"{self.seed}/shuffle/{stream}"))
+        cursor, skip_to = 0, self.start.get(stream, 0)
+        for _ in range(skip_to):  # replay raw bytes only: cheap, and restores the shuffle buffer exactly
+            next(items)
+            cursor += 1
+        counts.clear()
+        augment = self.image_augment.build(self.image_size)
+        pixels: list[torch.Tensor] = []
+        texts: list[str] = []
+        for raw in items:
+            cursor += 1
+            try:
+                x, text = self._sample(raw, cursor - 1, stream, augment)
+            except SkipSample as e:
+                counts[e.reason] = counts.get(e.reason, 0) + 1
+                continue
+            pixels.append(x)
+            texts.append(text)
+            if len(pixels) == self.batch_size:
+                ids = self.tokenizer(texts, truncate=True)  # [B, L]
+                yield Batch(torch.stack(pixels), ids, stream, cursor, dict(counts))
+                counts.clear()
+                pixels, texts = [], []
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        if info is not None and info.num_workers != self.num_workers:
+            raise ValueError(f"stream built for {self.num_workers} workers, DataLoader has {info.num_workers}")
+        torch.set_num_threads(1)  # decoding is per-sample Python; threads would only fight the model's
+        return self.iter_stream(self.stream_id(worker))
+
+
+# ---- evaluation sets -----------------------------------------------------------------------------------------
+
+
+def load_eval_samples(source: str, image_size: int, *, caption_key: str = "txt",
+                      limit: int | None = None) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """All (decodable) samples of a small evaluation set, in file order, with OpenAI's eval transform.
+
+    Returns ``pixels`` [N, 3, R, R] and one metadata dict per image: the ``.json`` fields (if any) plus
+    ``caption`` and ``__key__``, so a zero-shot task can take its labels from any field.
+    """
+    from .transforms import image_transform
+
+    tf = image_transform(image_size)
+    rows = read_csv(source) if source.lower().endswith((".csv", ".tsv", ".tab")) else None
+    items: Iterator[Raw] = iter(rows) if rows is not None else (
+        item for url in expand_urls(source) for item in iter_tar(url))
+    pixels, metas = [], []
+    for raw in items:
+        try:
+            caption = get_caption(raw, caption_key)
+            img = decode_image(_image_bytes(raw))
+        except SkipSample:
+            continue
+        meta: dict[str, Any] = {}
+        if "json" in raw:
+            try:
+                loaded = json.loads(raw["json"])
+                meta = loaded if isinstance(loaded, dict) else {}
+            except ValueError:
+                meta = {}
+        meta.update(caption=caption, __key__=raw["__key__"])
+        pixels.append(tf(img))
+        metas.append(meta)
+        if limit is not None and len(pixels) >= limit:
+            break
+    if not pixels:
+        raise ValueError(f"no decodable samples in {source!r}")
+    return torch.stack(pixels), metas
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (model init); data randomness is seeded per sample instead."""
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)

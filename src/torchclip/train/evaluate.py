@@ -1,0 +1,99 @@
+"""Zero-shot evaluation during training: class labels from each sample's metadata, prompts from templates.
+
+For every label key (a ``.json`` field such as ``name`` or ``category``) the classes are the distinct values
+in the evaluation set. The classifier is the paper's prompt ensemble (encode every template, L2-normalize,
+average, re-normalize). Reported per key: ``acc1``, ``acc5``, ``mean_per_class_recall`` and retrieval
+recall@1/5/10 in both directions between the images and the class prompts -- with classes = names, the
+image->text recall is "name retrieval over the val names".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..data import load_eval_samples
+from ..evaluation.metrics import classification_metrics, retrieval_recall
+from ..model import CLIP
+
+__all__ = ["EvalSet", "load_eval_sets", "class_embeddings", "zero_shot", "evaluate_sets"]
+
+
+@dataclass
+class EvalSet:
+    name: str
+    pixels: torch.Tensor  # [N, 3, R, R]
+    meta: list[dict[str, Any]]
+
+
+def load_eval_sets(specs: Sequence[str], image_size: int) -> list[EvalSet]:
+    """``['in-style=a.tar::b.tar', ...]`` -> decoded sets (small: they are held in memory)."""
+    out = []
+    for spec in specs:
+        name, source = spec.split("=", 1)
+        pixels, meta = load_eval_samples(source, image_size)
+        out.append(EvalSet(name, pixels, meta))
+    return out
+
+
+@torch.no_grad()
+def class_embeddings(model: CLIP, tokenizer: Callable[..., torch.Tensor], classnames: Sequence[str],
+                     templates: Sequence[str], device: torch.device) -> torch.Tensor:
+    """[C, E] unit-norm class vectors: mean of the normalized prompt embeddings, re-normalized."""
+    prompts = [t.format(c) for c in classnames for t in templates]
+    ids = tokenizer(prompts, truncate=True).to(device)  # [C*T, L]
+    emb = torch.cat([model.encode_text(ids[i:i + 512], normalize=True) for i in range(0, len(ids), 512)])
+    emb = emb.float().view(len(classnames), len(templates), -1).mean(dim=1)  # [C, E]
+    return F.normalize(emb, dim=-1)
+
+
+@torch.no_grad()
+def image_embeddings(model: CLIP, pixels: torch.Tensor, device: torch.device, batch_size: int) -> torch.Tensor:
+    parts = [model.encode_image(pixels[i:i + batch_size].to(device), normalize=True).float()
+             for i in range(0, len(pixels), batch_size)]
+    return torch.cat(parts)  # [N, E]
+
+
+def zero_shot(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Classification and both retrieval directions for images vs class prompts."""
+    scores = image_emb @ class_emb.T  # [N, C]
+    out = classification_metrics(scores, labels)
+    present = torch.zeros(class_emb.shape[0], dtype=torch.bool)
+    present[labels] = True
+    positives = F.one_hot(labels, class_emb.shape[0]).bool()[:, present]  # [N, C_present]
+    rec = retrieval_recall(scores[:, present], positives, ks=(1, 5, 10))
+    out.update({k.replace("text_retrieval_recall", "i2t_R").replace("image_retrieval_recall", "t2i_R"): v
+                for k, v in rec.items()})
+    out["classes"] = float(class_emb.shape[0])
+    return out
+
+
+def evaluate_sets(model: CLIP, tokenizer: Callable[..., torch.Tensor], sets: Sequence[EvalSet],
+                  label_keys: Sequence[str], templates: Sequence[str], exclude: Sequence[str] = (),
+                  batch_size: int = 256) -> dict[str, float]:
+    """``{'<set>/<key>/<metric>': value}`` for every set and label key; the model is put back in its mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    results: dict[str, float] = {}
+    try:
+        for s in sets:
+            img = image_embeddings(model, s.pixels, device, batch_size)
+            for key in label_keys:
+                values = [m.get(key) for m in s.meta]
+                keep = [i for i, v in enumerate(values) if isinstance(v, str) and v and v not in exclude]
+                if not keep:
+                    continue
+                classes = sorted({values[i] for i in keep})
+                index = {c: j for j, c in enumerate(classes)}
+                labels = torch.tensor([index[values[i]] for i in keep])
+                cls = class_embeddings(model, tokenizer, classes, templates, device)
+                for metric, v in zero_shot(img[keep], cls, labels).items():
+                    results[f"{s.name}/{key}/{metric}"] = float(v)
+    finally:
+        model.train(was_training)
+    return results

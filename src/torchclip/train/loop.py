@@ -1,0 +1,447 @@
+"""The training loop, top to bottom: setup, resume, then steps of (data -> gradients -> update -> log/eval/save).
+
+The one non-obvious piece is :func:`accumulate_gradients`. With ``accum_steps = k`` the contrastive loss of
+k micro-batches must be the loss of *one* batch of k*B (every sample a negative for every other), which a
+naive per-micro-batch loss is not. We cache features instead (GradCache): a no-grad forward of all k
+micro-batches, the loss on the cached [k*B, E] features with gradients to the features, then a re-forward
+of each micro-batch that backpropagates those feature gradients into the weights. The result equals the
+big batch's gradient (tested), at the price of a second forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoints import load_model
+from ..config import get_preset
+from ..data import (
+    Batch,
+    CaptionAugment,
+    ContrastiveStream,
+    ImageAugment,
+    expand_urls,
+    get_caption,
+    iter_tar,
+    read_csv,
+    seed_everything,
+)
+from ..loss import clip_loss
+from ..model import CLIP
+from ..optim import clamp_logit_scale_, cosine_schedule, param_groups
+from ..tokenizer import Tokenizer, check_compatible, load_tokenizer
+from . import distributed as D
+from .config import TrainConfig
+from .evaluate import evaluate_sets, load_eval_sets
+from .logs import MetricsLogger
+from .state import (
+    clean_temp_files,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+__all__ = ["train", "accumulate_gradients", "autocast_dtype", "cpu_has_fast_bf16", "build_model",
+           "build_tokenizer", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or the gradient norm) was NaN/inf and ``run.nonfinite`` says stop."""
+
+
+# ---- precision ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """Whether bf16 matmuls are native on this CPU (AMX / AVX512-BF16), else they are emulated and slow.
+
+    On CPUs without those units a bf16 matmul runs >100x slower than fp32, so autocast would be a large
+    slowdown, not a speedup. The flags decide when /proc/cpuinfo exists; otherwise a tiny timed probe.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+        return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
+    except OSError:
+        pass
+    a = torch.randn(256, 256)
+    timings = []
+    for dtype in (torch.float32, torch.bfloat16):
+        x = a.to(dtype)
+        x @ x
+        t = time.perf_counter()
+        for _ in range(3):
+            x @ x
+        timings.append(time.perf_counter() - t)
+    return timings[1] < 2 * timings[0]
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``run.precision`` on ``device``; None means plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+# ---- tokenizer and model ----------------------------------------------------------------------------------
+
+
+def _captions(source: str, caption_key: str, limit: int) -> Iterator[str]:
+    """Up to ``limit`` raw captions of the training data (no image decoding), for vocabulary training."""
+    rows = read_csv(source) if source.lower().endswith((".csv", ".tsv", ".tab")) else None
+    items = iter(rows) if rows is not None else (x for url in expand_urls(source) for x in iter_tar(url))
+    n = 0
+    for raw in items:
+        try:
+            yield get_caption(raw, caption_key)
+        except Exception:  # a skipped sample: SkipSample
+            continue
+        n += 1
+        if n >= limit:
+            return
+
+
+def build_tokenizer(cfg: TrainConfig, out: Path, info: D.DistInfo) -> Tokenizer:
+    """OpenAI's vocabulary, a given merges file, or ``bpe:N`` trained on the captions and saved in the run
+    folder (as ``tokenizer.txt.gz``, where torchclip's evaluation finds it next to the checkpoints)."""
+    ctx = cfg.model.context_length or get_preset(cfg.model.preset).text.context_length
+    vocab = cfg.data.vocab
+    if vocab == "openai":
+        return load_tokenizer(None, context_length=ctx)
+    path = out / "tokenizer.txt.gz"
+    if vocab.startswith("bpe:"):
+        if info.is_main and not path.exists():
+            from ..bpe_train import train_bpe
+
+            texts = list(_captions(cfg.data.train, cfg.data.caption_key, cfg.data.bpe_samples))
+            texts += [t.format("") for t in cfg.data.templates] * 10
+            train_bpe(texts, int(vocab.split(":", 1)[1]), context_length=ctx).save(path)
+        D.barrier()
+        return Tokenizer.from_file(path, context_length=ctx)
+    tok = load_tokenizer(vocab, context_length=ctx)
+    if info.is_main and not path.exists():
+        tok.save(path)
+    return tok
+
+
+def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> CLIP:
+    """Preset + shape overrides (random init), or any checkpoint ``load()`` reads; towers locked as asked."""
+    m = cfg.model
+    if m.pretrained:
+        model = load_model(m.pretrained, activation=m.activation)
+        model.train()
+    else:
+        base = get_preset(m.preset)
+        v, t = base.vision, base.text
+
+        def pick(value: Any, default: Any) -> Any:
+            return default if value is None else value
+
+        vision = type(v)(image_size=pick(m.image_size, v.image_size), layers=pick(m.vision_layers, v.layers),
+                         width=pick(m.vision_width, v.width), patch_size=pick(m.patch_size, v.patch_size),
+                         head_width=v.head_width, mlp_ratio=v.mlp_ratio)
+        text = type(t)(context_length=tokenizer.context_length, vocab_size=tokenizer.vocab_size,
+                       width=pick(m.text_width, t.width), heads=pick(m.text_heads, t.heads),
+                       layers=pick(m.text_layers, t.layers), mlp_ratio=t.mlp_ratio,
+                       sot_id=tokenizer.sot_id, eot_id=tokenizer.eot_id, pad_id=tokenizer.pad_id)
+        config = base.replace(vision=vision, text=text, embed_dim=pick(m.embed_dim, base.embed_dim),
+                              activation=pick(m.activation, base.activation),
+                              init_logit_scale=pick(m.init_logit_scale, base.init_logit_scale),
+                              source=f"torchclip.train from preset {m.preset}")
+        model = CLIP(config)
+    check_compatible(tokenizer, model.config.text)
+    for tower, locked in ((model.visual, m.lock_image), (model.text, m.lock_text)):
+        for p in tower.parameters():
+            p.requires_grad_(not locked)
+    model.set_grad_checkpointing(m.grad_checkpointing)
+    return model
+
+
+# ---- one step's gradients ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorm running stats unchanged during the cache pass (momentum 0), so they update once per sample."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+
+
+def _sync_context(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Skip DDP's all-reduce (or FSDP2's reduce-scatter) on all but the last micro-batch's backward."""
+    if hasattr(model, "no_sync") and not sync:
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(sync)
+    return contextlib.nullcontext()
+
+
+def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                         loss_scale: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+                         loss_fn: Callable[..., torch.Tensor] = clip_loss) -> torch.Tensor | None:
+    """Add to ``.grad`` the gradient of the contrastive loss over the *concatenation* of ``batches``.
+
+    Returns the loss (averaged over ranks), or None -- with no gradient touched -- when it is not finite.
+    ``model`` is the (possibly DDP/FSDP-wrapped) :class:`TwoTower`; under DDP the loss uses features of
+    every rank (``clip_loss``'s local loss with gathered features), so negatives span the global batch.
+    """
+    inner = D.unwrap(model)
+    if len(batches) == 1:
+        pixels, ids = batches[0]
+        with autocast():
+            img, txt, scale = model(pixels, ids)
+            loss = loss_fn(img, txt, scale)
+        value = D.all_reduce_mean(loss.detach().float())
+        if not bool(torch.isfinite(value)):
+            return None
+        loss_scale(loss).backward()
+        return value
+    # 1. features of every micro-batch, without a graph
+    with torch.no_grad(), _frozen_batchnorm_stats(inner), autocast():
+        feats = [inner(pixels, ids) for pixels, ids in batches]
+    img_all = torch.cat([f[0] for f in feats]).detach().requires_grad_()  # [k*B, E]
+    txt_all = torch.cat([f[1] for f in feats]).detach().requires_grad_()  # [k*B, E]
+    scale = inner.clip.logit_scale.exp().detach().requires_grad_()  # []
+    # 2. the loss of the whole accumulated batch; gradients w.r.t. the cached features and the scale
+    with autocast():
+        loss = loss_fn(img_all, txt_all, scale)
+    value = D.all_reduce_mean(loss.detach().float())
+    if not bool(torch.isfinite(value)):
+        return None
+    loss_scale(loss).backward()
+    # 3. re-forward each micro-batch with a graph and push the cached feature gradients into the weights
+    start = 0
+    for j, (pixels, ids) in enumerate(batches):
+        last = j == len(batches) - 1
+        n = pixels.shape[0]
+        with _sync_context(model, last):
+            with autocast():
+                img, txt, s = model(pixels, ids)
+            outs = [img, txt] + ([s] if last else [])
+            grads = [img_all.grad[start:start + n], txt_all.grad[start:start + n]] + ([scale.grad] if last else [])
+            pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
+            if pairs:
+                torch.autograd.backward([o for o, _ in pairs], [g.to(o.dtype) for o, g in pairs])
+        start += n
+    return value
+
+
+# ---- the run -----------------------------------------------------------------------------------------------
+
+
+def _state_dict(cfg: TrainConfig, step: int, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                scaler: Any, data_pos: dict[str, Any], skips: dict[str, int], nonfinite: int,
+                world: int) -> dict[str, Any]:
+    return {
+        "step": step,
+        "torchclip_config": D.unwrap(model).clip.config.to_dict(),
+        "model": D.model_state_dict(model),
+        "optimizer": D.optimizer_state_dict(model, opt),
+        "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict(),
+        "data": data_pos,
+        "skips": dict(skips),
+        "nonfinite": nonfinite,
+        "rng": rng_state(),
+        "train_config": cfg.to_dict(),
+        "world_size": world,
+    }
+
+
+def _gather_cursors(cursors: dict[int, int]) -> dict[str, int]:
+    """Every rank's stream cursors in one dict (stream ids are global, so they never collide)."""
+    import torch.distributed as dist
+
+    parts = [cursors]
+    if dist.is_available() and dist.is_initialized():
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, cursors)
+    return {str(k): int(v) for p in parts for k, v in p.items()}
+
+
+def train(cfg: TrainConfig, resume: bool | str = False) -> dict[str, float]:
+    """Run (or resume) training as ``cfg`` says; returns the last logged metrics (loss and evaluation)."""
+    info = D.init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_s)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    out = Path(cfg.run.output_dir)
+    ckpt_dir = out / "checkpoints"
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        clean_temp_files(ckpt_dir)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    D.barrier()
+    seed_everything(cfg.run.seed + info.rank)
+    amp = autocast_dtype(cfg.run.precision, info.device)
+    tokenizer = build_tokenizer(cfg, out, info)
+    clip = build_model(cfg, tokenizer).to(info.device)
+    module = D.TwoTower(clip, cfg.model.lock_image, cfg.model.lock_text)
+    model = D.wrap_model(module, info, cfg.dist.strategy)
+    total = cfg.total_steps(info.world_size)
+    o = cfg.optim
+    vit = not clip.config.vision.is_resnet
+    opt = torch.optim.AdamW(param_groups(clip, o.weight_decay), lr=o.lr,
+                            betas=(o.beta1, o.beta2 or (0.98 if vit else 0.999)), eps=o.eps or (1e-6 if vit else 1e-8))
+    sched = cosine_schedule(opt, min(o.warmup, total), total)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=amp == torch.float16)
+
+    # resume: weights, optimizer, schedule, scaler, RNG and the data position
+    step, batches_seen, cursors, skips, nonfinite = 0, 0, {}, {}, 0
+    path = latest_checkpoint(ckpt_dir) if resume is True else (Path(resume) if resume else None)
+    if path is not None:
+        state = load_checkpoint(path)
+        D.load_model_state(model, state["model"])
+        D.load_optimizer_state(model, opt, state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        step, skips, nonfinite = int(state["step"]), dict(state["skips"]), int(state["nonfinite"])
+        batches_seen = int(state["data"]["batches"])
+        cursors = {int(k): v for k, v in state["data"]["cursors"].items()}
+        if state["world_size"] != info.world_size:
+            cursors = {}  # a different world size makes different streams: data restarts (weights do not)
+    logger = MetricsLogger(out, enabled=info.is_main, tensorboard=cfg.run.tensorboard, progress=cfg.run.progress,
+                           resume_step=step if path else None)
+    if info.is_main:
+        logger.info(f"model {clip.num_params() / 1e6:.2f}M params, {total} steps, global batch "
+                    f"{cfg.data.batch_size * o.accum_steps * info.world_size}, precision "
+                    f"{amp or torch.float32}, world {info.world_size}" + (f", resumed from {path}" if path else ""))
+
+    d = cfg.data
+    nw = d.num_workers
+    stream = ContrastiveStream(
+        d.train, image_size=clip.config.vision.image_size, tokenizer=tokenizer, batch_size=d.batch_size,
+        seed=cfg.run.seed, rank=info.rank, world_size=info.world_size, num_workers=nw,
+        shuffle_buffer=d.shuffle_buffer, resampled=d.resampled, caption_key=d.caption_key,
+        csv_image_key=d.csv_image_key, csv_caption_key=d.csv_caption_key,
+        image_augment=ImageAugment(d.crop_scale, d.crop_ratio, d.hflip),
+        caption_augment=CaptionAugment(d.tag_dropout, d.shuffle_tags, d.templates, d.template_prob),
+        start=cursors, rotate=batches_seen % max(nw, 1))
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=nw, prefetch_factor=4 if nw else None,
+                                         pin_memory=info.device.type == "cuda", persistent_workers=False)
+    batches: Iterator[Batch] = iter(loader)
+    eval_sets = load_eval_sets(cfg.eval.sets, clip.config.vision.image_size) if cfg.eval.sets else []
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None)
+
+    def evaluate() -> dict[str, float]:
+        if not eval_sets:
+            return {}
+        fsdp = hasattr(model, "unshard")
+        if fsdp:
+            model.unshard()
+        with autocast():
+            res = evaluate_sets(clip, tokenizer, eval_sets, cfg.eval.label_keys, cfg.eval.templates,
+                                cfg.eval.exclude, cfg.eval.batch_size)
+        if fsdp:
+            model.reshard()
+        return res
+
+    last: dict[str, float] = {}
+    model.train()
+    t_log, n_log, wait, paused = time.perf_counter(), 0, 0.0, 0.0
+    try:
+        while step < total:
+            # data: k micro-batches; remember where every stream is, for resume
+            t0 = time.perf_counter()
+            micro = []
+            for _ in range(o.accum_steps):
+                b = next(batches)
+                cursors[b.stream] = b.cursor
+                batches_seen += 1
+                for k, v in b.skips.items():
+                    skips[k] = skips.get(k, 0) + v
+                micro.append((b.pixels.to(info.device, non_blocking=True), b.ids.to(info.device, non_blocking=True)))
+            wait += time.perf_counter() - t0
+
+            # gradients (exact over the accumulated and global batch), then the update
+            loss = accumulate_gradients(model, micro, autocast, scaler.scale)
+            grad_norm = float("nan")
+            if loss is not None:
+                scaler.unscale_(opt)
+                params = [p for p in clip.parameters() if p.grad is not None]
+                gn = torch.nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0 else float("inf"))
+                grad_norm = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+            if loss is None or (not math.isfinite(grad_norm) and not scaler.is_enabled()):
+                nonfinite += 1
+                what = "loss" if loss is None else "gradient norm"
+                msg = (f"step {step}: non-finite {what} ({nonfinite} in a row); lr {sched.get_last_lr()[0]:.3g}, "
+                       f"logit_scale {float(clip.logit_scale.exp()):.2f}. Lower optim.lr, raise optim.warmup, "
+                       "or check the data")
+                if cfg.run.nonfinite == "stop" or nonfinite > cfg.run.max_nonfinite:
+                    raise NonFiniteLossError(msg + "; stopping (run.nonfinite=stop or run.max_nonfinite reached)")
+                logger.info(msg + "; step skipped (run.nonfinite=skip)")
+                opt.zero_grad(set_to_none=True)
+            else:
+                nonfinite = 0
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                clamp_logit_scale_(clip.logit_scale, o.max_logit_scale)
+            sched.step()
+            step += 1
+            n_log += 1
+
+            # logs, evaluation, checkpoints
+            if step % cfg.run.log_every == 0 or step == total:
+                dt = max(time.perf_counter() - t_log - paused, 1e-9)
+                samples = n_log * d.batch_size * o.accum_steps * info.world_size
+                last = {"loss": float("nan") if loss is None else float(loss), "lr": sched.get_last_lr()[0],
+                        "logit_scale": float(clip.logit_scale.exp()), "grad_norm": grad_norm,
+                        "samples_per_s": samples / dt, "data_wait_frac": wait / dt}
+                last.update({f"skipped/{k}": float(v) for k, v in skips.items()})
+                logger.log(step, last)
+                t_log, n_log, wait, paused = time.perf_counter(), 0, 0.0, 0.0
+            logger.progress(step, total, last)
+            t_pause = time.perf_counter()
+            if (cfg.eval.every and step % cfg.eval.every == 0) or step == total:
+                res = evaluate()
+                if res:
+                    logger.log(step, res, kind="eval")
+                    last.update(res)
+            if step % cfg.run.save_every == 0 or step == total:
+                data_pos = {"batches": batches_seen, "cursors": _gather_cursors(cursors)}
+                state = _state_dict(cfg, step, model, opt, sched, scaler, data_pos, skips, nonfinite,
+                                    info.world_size)
+                if info.is_main:
+                    save_checkpoint(ckpt_dir, step, state, keep=cfg.run.keep_checkpoints)
+                D.barrier()
+            paused += time.perf_counter() - t_pause
+    finally:
+        logger.close()
+        del batches, loader
+    final = D.model_state_dict(model)  # gathered from shards under FSDP
+    if info.is_main:
+        from ..checkpoints import save
+
+        plain = CLIP(clip.config)
+        plain.load_state_dict(final)
+        save(plain, out / "model.safetensors")
+    D.barrier()
+    return last

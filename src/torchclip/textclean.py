@@ -1,22 +1,24 @@
 """OpenAI's text cleaning for the tokenizer, and a fast path proven equal to it.
 
 OpenAI cleans every text with ``ftfy.fix_text``, HTML-unescapes it twice, collapses whitespace and
-lower-cases it. ftfy alone costs ~200 us for a 100-character non-ASCII caption, more than everything else in
-tokenization together, and on almost every real caption it changes nothing. ``chunks`` returns the cleaned
-text's space-separated chunks, taking a shortcut only where the result is provably ftfy's:
+lower-cases it. ftfy costs 50-200 us on a typical non-ASCII caption, more than everything else in
+tokenization together, yet on almost every real caption it changes nothing or only uncurls quotes.
+``chunks`` returns the cleaned text's space-separated chunks and avoids calling ftfy where its result is
+known exactly:
 
-A. printable ASCII (+ tab, LF, FF, CR) without ``&``: ftfy returns ASCII unchanged (its mojibake step is
+A. Printable ASCII (+ tab, LF, FF, CR) without ``&``: ftfy returns ASCII unchanged (its mojibake step is
    skipped for ASCII, its other fixers act on non-ASCII or control characters only, and CR -> LF is erased by
-   the whitespace collapse); ``html.unescape`` needs ``&``. Cleaning = split on whitespace + lower-case.
-B. printable ASCII (+ tab) with ``&``, one line: ftfy's loop only re-applies its own HTML unescaping until the
-   text stops changing (skipped when the line has ``<``); followed while every step stays printable ASCII.
-C. one line of non-ASCII text without ``&``, without any character one of ftfy's fixers rewrites (control
-   characters, C1, ligatures, full/half-width forms, surrogates, line separators) except curly quotes, already
-   NFC, on which ftfy's mojibake detector ``is_bad`` finds nothing: ftfy's only change is uncurling quotes.
+   the whitespace collapse) and ``html.unescape`` needs ``&``: cleaning = split on whitespace + lower-case.
+B. Otherwise ``fix_text_fast`` replays ftfy's own algorithm for the cases where only its cheap steps act:
+   ftfy cuts the text into lines and, per line, repeats passes (HTML unescape unless a line so far had ``<``;
+   mojibake repair, entered only if its detector ``is_bad`` fires; character fixers; NFC) until a pass
+   changes nothing. The replay proceeds while every pass needs nothing but unescaping and quote uncurling: no
+   character any other fixer rewrites (control, C1, ligature, full/half width, surrogate, CR and Unicode line
+   separators), the text already NFC, ``is_bad`` silent (skipped, exactly, when the text holds none of the
+   characters every detector match needs). Anything else returns None and ftfy itself runs.
 
-Everything else goes through ftfy itself. The shortcut reads ftfy's own tables and is enabled only for the
-ftfy major version it was checked against (6); tests compare it with ftfy on the fixture set and generated
-text (tests/test_tokenizer_props.py).
+The replay reads ftfy's own tables and is enabled only for the ftfy major version it was checked against
+(6); tests/test_tokenizer_props.py checks each claim against ftfy on the fixtures and on generated text.
 """
 
 from __future__ import annotations
@@ -30,12 +32,11 @@ from typing import NamedTuple
 import ftfy
 import regex
 
-__all__ = ["clean_text", "chunks", "ascii_inert", "required_chars"]
+__all__ = ["clean_text", "chunks", "ascii_inert", "fix_text_fast", "required_chars"]
 
 _WHITESPACE = regex.compile(r"\s+")
 # Outside printable ASCII + \t \n \f \r, or '&': ftfy or html.unescape may act (route A excludes these).
 _NOT_INERT = re.compile(r"[^\t\n\x0c\r\x20-\x25\x27-\x7e]")
-_NOT_PRINTABLE = re.compile(r"[^\t\x20-\x7e]")
 
 
 def clean_text(text: str) -> str:
@@ -97,7 +98,7 @@ def required_chars(seq: list) -> set[str] | None:
 
 
 class _Ftfy(NamedTuple):
-    touched: re.Pattern  # characters some ftfy fixer rewrites (quotes aside), plus '&' and line breaks
+    touched: re.Pattern  # characters some ftfy fixer other than uncurl_quotes rewrites
     uncurl: dict  # str.translate table of ftfy's uncurl_quotes
     quotes: re.Pattern
     is_bad: Callable[[str], bool]  # ftfy's mojibake detector, behind a cheap character prefilter
@@ -105,7 +106,7 @@ class _Ftfy(NamedTuple):
 
 
 def _build_shortcut() -> _Ftfy | None:
-    """ftfy's own tables behind routes B and C, or None (always call ftfy) for an unverified ftfy."""
+    """ftfy's own tables behind route B, or None (always call ftfy) for an unverified ftfy."""
     try:
         if ftfy.__version__.split(".")[0] != "6":
             return None
@@ -115,7 +116,7 @@ def _build_shortcut() -> _Ftfy | None:
     except (ImportError, AttributeError):  # pragma: no cover - a restructured ftfy
         return None
     rewritten = set(CONTROL_CHARS) | set(LIGATURES) | set(WIDTH_MAP)
-    rewritten |= {ord(c) for c in "&\n\r\x1b\x85\u2028\u2029"} | set(range(0x80, 0xA0))
+    rewritten |= {ord(c) for c in "\r\x1b\x85\u2028\u2029"} | set(range(0x80, 0xA0))
     touched = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(rewritten)) + "\ud800-\udfff]")
     quotes = {c: "'" for c in map(chr, range(0x10000)) if SINGLE_QUOTE_RE.fullmatch(c)}
     quotes.update({c: '"' for c in map(chr, range(0x10000)) if DOUBLE_QUOTE_RE.fullmatch(c)})
@@ -138,51 +139,52 @@ def _build_shortcut() -> _Ftfy | None:
 _SHORTCUT = _build_shortcut()
 
 
-def _collapse(text: str) -> list[str]:
-    return _WHITESPACE.sub(" ", text.strip()).strip().lower().split(" ")
-
-
-def _route_b(text: str) -> list[str] | None:
-    """Printable ASCII with '&' on one line: ftfy = its HTML unescaping to a fixpoint (absent '<')."""
-    if _SHORTCUT is None or "\n" in text or "\r" in text or _NOT_PRINTABLE.search(text):
-        return None
-    unescape = _SHORTCUT.unescape_html
-    if "<" not in text:
-        while True:
-            nxt = unescape(text)
-            if nxt == text:
-                break
-            if not nxt.isascii() or _NOT_PRINTABLE.search(nxt):
-                return None  # ftfy would go on to act on what the entity produced
-            text = nxt
-    text = html.unescape(html.unescape(text))
-    return _collapse(text) if text.strip() else []
-
-
-def _route_c(text: str) -> list[str] | None:
-    """Non-ASCII, one line, no '&': ftfy only uncurls quotes when nothing else applies (see module doc)."""
-    if _SHORTCUT is None:
-        return None
+def fix_text_fast(text: str) -> str | None:
+    """``ftfy.fix_text(text)`` when only unescaping and quote uncurling would act (see the module doc), else
+    None. Mirrors ftfy 6's ``fix_text`` / ``fix_and_explain`` control flow with default settings."""
     sc = _SHORTCUT
-    if sc.touched.search(text) or not unicodedata.is_normalized("NFC", text) or sc.is_bad(text):
+    if sc is None or len(text) > 1_000_000:  # ftfy also cuts segments at max_decode_length
         return None
-    if sc.quotes.search(text):
-        text = text.translate(sc.uncurl)
-        if not unicodedata.is_normalized("NFC", text) or sc.is_bad(text):
-            return None
-    # No '&' (so html.unescape is the identity) and no \x1c-\x1f (so str.split agrees with regex's \s).
-    return text.lower().split()
+    out = []
+    unescape = True  # ftfy turns HTML unescaping off for good at the first line holding '<'
+    pos = 0
+    while pos < len(text):
+        end = text.find("\n", pos) + 1 or len(text)
+        line = text[pos:end]
+        pos = end
+        if unescape and "<" in line:
+            unescape = False
+        while True:  # ftfy's passes over one line, until one changes nothing
+            before = line
+            if unescape and "&" in line:
+                line = sc.unescape_html(line)
+            if sc.touched.search(line) or not line.isascii() and sc.is_bad(line):
+                return None  # a fixer other than unescape/uncurl, or mojibake repair, would act
+            if sc.quotes.search(line):
+                line = line.translate(sc.uncurl)
+            if not unicodedata.is_normalized("NFC", line):
+                return None
+            if line == before:
+                break
+        out.append(line)
+    return "".join(out)
+
+
+def _collapse(text: str) -> list[str]:
+    text = _WHITESPACE.sub(" ", text.strip()).strip().lower()
+    return text.split(" ") if text else []
 
 
 def chunks(text: str) -> list[str]:
-    """The cleaned text's space-separated chunks (``clean_text(text).split()``), by the cheapest exact route."""
-    if text.isascii():
-        if _NOT_INERT.search(text) is None:
-            return text.lower().split()
-        out = _route_b(text) if "&" in text else None
-    else:
-        out = _route_c(text)
-    if out is None:
-        cleaned = clean_text(text)
-        return cleaned.split(" ") if cleaned else []
-    return out
+    """The cleaned text's space-separated chunks (``clean_text(text).split(" ")``), by the cheapest exact
+    route: A (no ftfy at all), B (ftfy's steps replayed) or ftfy itself."""
+    if text.isascii() and _NOT_INERT.search(text) is None:
+        return text.lower().split()
+    fixed = fix_text_fast(text)
+    if fixed is None:
+        fixed = ftfy.fix_text(text)
+    if "&" in fixed:
+        return _collapse(html.unescape(html.unescape(fixed)))
+    # ftfy's output holds no U+001C-U+001F (removed as control characters), the only characters where
+    # str.split and regex's \s disagree; lower-casing neither creates nor removes whitespace.
+    return fixed.lower().split()

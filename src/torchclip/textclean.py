@@ -12,9 +12,9 @@ A. Printable ASCII (+ tab, LF, FF, CR) without ``&``: ftfy returns ASCII unchang
 B. Otherwise ``fix_text_fast`` replays ftfy's own algorithm for the cases where only its cheap steps act:
    ftfy cuts the text into lines and, per line, repeats passes (HTML unescape unless a line so far had ``<``;
    mojibake repair, entered only if its detector ``is_bad`` fires; character fixers; NFC) until a pass
-   changes nothing. The replay proceeds while every pass needs nothing but unescaping and quote uncurling: no
-   character any other fixer rewrites (control, C1, ligature, full/half width, surrogate, CR and Unicode line
-   separators), the text already NFC, ``is_bad`` silent (skipped, exactly, when the text holds none of the
+   changes nothing. The replay proceeds while every pass needs nothing but unescaping, quote uncurling and
+   control-character removal: no character any other fixer rewrites (C1, ligature, full/half width,
+   surrogate, CR and Unicode line separators), no terminal escape (ESC [), the text already NFC, ``is_bad`` silent (skipped, exactly, when the text holds none of the
    characters every detector match needs). Anything else returns None and ftfy itself runs.
 
 The replay reads ftfy's own tables and is enabled only for the ftfy major version it was checked against
@@ -98,9 +98,11 @@ def required_chars(seq: list) -> set[str] | None:
 
 
 class _Ftfy(NamedTuple):
-    touched: re.Pattern  # characters some ftfy fixer other than uncurl_quotes rewrites
+    touched: re.Pattern  # characters a fixer other than uncurl_quotes / remove_control_chars rewrites
     uncurl: dict  # str.translate table of ftfy's uncurl_quotes
     quotes: re.Pattern
+    controls: re.Pattern  # what remove_control_chars deletes
+    control_table: dict
     is_bad: Callable[[str], bool]  # ftfy's mojibake detector, behind a cheap character prefilter
     unescape_html: Callable[[str], str]
 
@@ -115,9 +117,10 @@ def _build_shortcut() -> _Ftfy | None:
         from ftfy.fixes import unescape_html
     except (ImportError, AttributeError):  # pragma: no cover - a restructured ftfy
         return None
-    rewritten = set(CONTROL_CHARS) | set(LIGATURES) | set(WIDTH_MAP)
-    rewritten |= {ord(c) for c in "\r\x1b\x85\u2028\u2029"} | set(range(0x80, 0xA0))
+    rewritten = set(LIGATURES) | set(WIDTH_MAP) | set(range(0x80, 0xA0))
+    rewritten |= {ord(c) for c in "\r\x85\u2028\u2029"}
     touched = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(rewritten)) + "\ud800-\udfff]")
+    controls = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(CONTROL_CHARS)) + "]")
     quotes = {c: "'" for c in map(chr, range(0x10000)) if SINGLE_QUOTE_RE.fullmatch(c)}
     quotes.update({c: '"' for c in map(chr, range(0x10000)) if DOUBLE_QUOTE_RE.fullmatch(c)})
     quote_re = re.compile("[" + "".join(map(re.escape, quotes)) + "]")
@@ -132,7 +135,13 @@ def _build_shortcut() -> _Ftfy | None:
             return prefilter(text) is not None and is_bad(text)
 
     return _Ftfy(
-        touched, str.maketrans(quotes), quote_re, is_bad if required is None else is_bad_fast, unescape_html
+        touched,
+        str.maketrans(quotes),
+        quote_re,
+        controls,
+        dict(CONTROL_CHARS),
+        is_bad if required is None else is_bad_fast,
+        unescape_html,
     )
 
 
@@ -140,8 +149,8 @@ _SHORTCUT = _build_shortcut()
 
 
 def fix_text_fast(text: str) -> str | None:
-    """``ftfy.fix_text(text)`` when only unescaping and quote uncurling would act (see the module doc), else
-    None. Mirrors ftfy 6's ``fix_text`` / ``fix_and_explain`` control flow with default settings."""
+    """``ftfy.fix_text(text)`` when only unescaping, quote uncurling and control-character removal would act
+    (see the module doc), else None. Mirrors ftfy 6's ``fix_text`` / ``fix_and_explain`` control flow with default settings."""
     sc = _SHORTCUT
     if sc is None or len(text) > 1_000_000:  # ftfy also cuts segments at max_decode_length
         return None
@@ -158,10 +167,12 @@ def fix_text_fast(text: str) -> str | None:
             before = line
             if unescape and "&" in line:
                 line = sc.unescape_html(line)
-            if sc.touched.search(line) or not line.isascii() and sc.is_bad(line):
-                return None  # a fixer other than unescape/uncurl, or mojibake repair, would act
+            if sc.touched.search(line) or "\x1b[" in line or not line.isascii() and sc.is_bad(line):
+                return None  # another fixer, or mojibake repair, would act
             if sc.quotes.search(line):
                 line = line.translate(sc.uncurl)
+            if sc.controls.search(line):  # ftfy's last fixer (ESC included: no "ESC [" terminal escape here)
+                line = line.translate(sc.control_table)
             if not unicodedata.is_normalized("NFC", line):
                 return None
             if line == before:

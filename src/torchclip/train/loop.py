@@ -246,7 +246,9 @@ def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor,
             grads = [img_all.grad[start:start + n], txt_all.grad[start:start + n]] + ([scale.grad] if last else [])
             pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
             if pairs:
-                torch.autograd.backward([o for o, _ in pairs], [g.to(o.dtype) for o, g in pairs])
+                # d/dtheta of sum(out * g) is the vector-Jacobian product we want. (A scalar surrogate rather
+                # than autograd.backward(outs, grads): the multi-root call costs seconds on its first use.)
+                sum((o * g.to(o.dtype)).sum() for o, g in pairs).backward()
         start += n
     return value
 
@@ -392,7 +394,7 @@ def train(cfg: TrainConfig, resume: bool | str = False) -> dict[str, float]:
                 nonfinite += 1
                 what = "loss" if loss is None else "gradient norm"
                 msg = (f"step {step}: non-finite {what} ({nonfinite} in a row); lr {sched.get_last_lr()[0]:.3g}, "
-                       f"logit_scale {float(clip.logit_scale.exp()):.2f}. Lower optim.lr, raise optim.warmup, "
+                       f"logit_scale {float(clip.logit_scale.detach().exp()):.2f}. Lower optim.lr, raise optim.warmup, "
                        "or check the data")
                 if cfg.run.nonfinite == "stop" or nonfinite > cfg.run.max_nonfinite:
                     raise NonFiniteLossError(msg + "; stopping (run.nonfinite=stop or run.max_nonfinite reached)")
@@ -413,7 +415,7 @@ def train(cfg: TrainConfig, resume: bool | str = False) -> dict[str, float]:
                 dt = max(time.perf_counter() - t_log - paused, 1e-9)
                 samples = n_log * d.batch_size * o.accum_steps * info.world_size
                 last = {"loss": float("nan") if loss is None else float(loss), "lr": sched.get_last_lr()[0],
-                        "logit_scale": float(clip.logit_scale.exp()), "grad_norm": grad_norm,
+                        "logit_scale": float(clip.logit_scale.detach().exp()), "grad_norm": grad_norm,
                         "samples_per_s": samples / dt, "data_wait_frac": wait / dt}
                 last.update({f"skipped/{k}": float(v) for k, v in skips.items()})
                 logger.log(step, last)

@@ -1,0 +1,210 @@
+"""Trainer: config parsing, exact gradient accumulation, a one-step run, LiT locking, non-finite handling."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from trainkit import make_shards, tiny_overrides
+
+from torchclip.checkpoints import load_model, read_checkpoint
+from torchclip.config import CLIPConfig, TextConfig, VisionConfig
+from torchclip.model import CLIP
+from torchclip.train import accumulate_gradients, load_config, train
+from torchclip.train.cli import main as cli_main
+from torchclip.train.config import TrainConfig, parse_overrides
+from torchclip.train.distributed import TwoTower
+from torchclip.train.logs import read_metrics
+from torchclip.train.loop import NonFiniteLossError, autocast_dtype
+from torchclip.train.state import list_checkpoints, load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: tiny tensors gain nothing from two, and on a loaded 2-core box OpenMP's
+    spin-waiting threads make each op orders of magnitude slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_shards(tmp_path_factory.mktemp("shards"), n_shards=2, per_shard=16)
+
+
+# ---- config -------------------------------------------------------------------------------------------------
+
+
+def test_overrides_are_typed() -> None:
+    cfg = load_config(None, ["--optim.lr=1e-3", "--data.crop_scale=[0.5, 1]", "--run.tensorboard", "false",
+                             "--eval.sets=a=x.tar,b=y.tar", "--model.pretrained=none", "--optim.epochs=2.5"])
+    assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
+    assert cfg.data.crop_scale == (0.5, 1.0)
+    assert cfg.run.tensorboard is False
+    assert cfg.eval.sets == ("a=x.tar", "b=y.tar")
+    assert cfg.model.pretrained is None and cfg.optim.epochs == 2.5
+
+
+@pytest.mark.parametrize("bad", [["--optim.warmpu=5"], ["--optimizer.lr=1"], ["--optim.steps=ten"],
+                                 ["--run.precision=fp8"], ["--data.batch_size=0"], ["--optim.lr"], ["lr=1"]])
+def test_bad_overrides_are_rejected(bad: list[str]) -> None:
+    with pytest.raises(ValueError):
+        load_config(None, bad)
+
+
+def test_config_file_roundtrip_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.yaml").write_text("optim:\n  lr: 0.002\n  steps: 7\ndata:\n  templates: ['a {}']\n")
+    cfg = load_config(tmp_path / "c.yaml", ["--optim.steps=9"])
+    assert (cfg.optim.lr, cfg.optim.steps, cfg.data.templates) == (0.002, 9, ("a {}",))
+    (tmp_path / "c.json").write_text(json.dumps(cfg.to_dict()))
+    assert load_config(tmp_path / "c.json") == cfg
+    assert cli_main(["--config", str(tmp_path / "c.yaml"), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["optim"]["lr"] == 0.002
+    assert cli_main(["--config", str(tmp_path / "c.yaml"), "--optim.nope=1"]) == 2
+    assert "unknown keys in [optim]" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text('{"optim": {"lr": 1}, "extra": {}}')
+    with pytest.raises(ValueError, match="unknown config sections"):
+        load_config(tmp_path / "bad.json")
+    assert parse_overrides(["--a.b-c", "3"]) == {"a": {"b_c": 3}}
+
+
+def test_epochs_to_steps() -> None:
+    cfg = TrainConfig.from_dict({"optim": {"epochs": 2, "accum_steps": 2}, "data": {"num_samples": 100, "batch_size": 8}})
+    assert cfg.total_steps(world_size=2) == math.ceil(2 * 100 / 32)
+
+
+def test_bf16_autocast_only_where_fast() -> None:
+    assert autocast_dtype("fp32", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+        assert autocast_dtype("auto", torch.device("cpu")) is None
+
+
+# ---- exact accumulation ---------------------------------------------------------------------------------------
+
+
+def _tiny_clip(seed: int = 0) -> CLIP:
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(embed_dim=16, vision=VisionConfig(image_size=16, layers=2, width=64, patch_size=8),
+                     text=TextConfig(context_length=12, vocab_size=100, width=32, heads=2, layers=2), activation="gelu")
+    return CLIP(cfg).double()
+
+
+def _grads(model: TwoTower) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("lock_image", [False, True])
+def test_accumulation_equals_one_big_batch(lock_image: bool) -> None:
+    """4 micro-batches of B give the gradients of one batch of 4B (every sample a negative for all others)."""
+    B, k = 3, 4
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randn(k * B, 3, 16, 16, generator=g, dtype=torch.float64)
+    ids = torch.randint(1, 98, (k * B, 12), generator=g)
+    ids[:, 0] = 98
+    ids[torch.arange(k * B), torch.randint(3, 12, (k * B,), generator=g)] = 99  # EOT somewhere in each row
+    m = TwoTower(_tiny_clip(), lock_image=lock_image)
+    if lock_image:
+        m.clip.visual.requires_grad_(False)
+    big = accumulate_gradients(m, [(pixels, ids)])
+    ref = _grads(m)
+    m.zero_grad(set_to_none=True)
+    acc = accumulate_gradients(m, [(pixels[i * B:(i + 1) * B], ids[i * B:(i + 1) * B]) for i in range(k)])
+    got = _grads(m)
+    assert float(big) == pytest.approx(float(acc), rel=1e-12)
+    assert set(got) == set(ref) and "clip.logit_scale" in got
+    assert any(n.startswith("clip.visual") for n in got) == (not lock_image)
+    for n in ref:
+        # fp64 model, but LayerNorm computes in fp32 (layers.LayerNorm upcasts to fp32 only): ~1e-7 relative
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-6, atol=1e-7, msg=n)
+    # and the naive alternative (a separate loss per micro-batch) is measurably different
+    m.zero_grad(set_to_none=True)
+    for i in range(k):
+        accumulate_gradients(m, [(pixels[i * B:(i + 1) * B], ids[i * B:(i + 1) * B])])
+    naive = _grads(m)
+    assert not torch.allclose(naive["clip.text.proj"] / k, ref["clip.text.proj"], rtol=1e-3)
+
+
+# ---- runs -------------------------------------------------------------------------------------------------------
+
+
+def test_one_step_run_writes_everything(tmp_path: Path, shards: str) -> None:
+    out = tmp_path / "run"
+    val = shards.replace("{000..001}", "000")
+    cfg = TrainConfig.from_dict(tiny_overrides(shards, out, optim={"steps": 2, "accum_steps": 2},
+                                               eval={"sets": [f"val={val}"], "label_keys": ["name", "category"],
+                                                     "templates": ["a {}."], "every": 1}))
+    last = train(cfg)
+    assert math.isfinite(last["loss"]) and "val/name/acc1" in last and "val/category/i2t_R@1" in last
+    assert json.loads((out / "config.json").read_text()) == cfg.to_dict()
+    recs = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [1, 2] and all(r["samples_per_s"] > 0 for r in recs)
+    assert len(read_metrics(out / "metrics.jsonl", "eval")) == 2
+    ckpts = list_checkpoints(out / "checkpoints")
+    assert [p.name for p in ckpts] == ["ckpt-00000002.pt"]
+    state = load_checkpoint(ckpts[-1])  # weights_only loader
+    assert {"model", "optimizer", "scheduler", "scaler", "data", "rng", "step"} <= set(state)
+    assert state["data"]["batches"] == 4
+    # any checkpoint torchclip reads works as a starting point, incl. the training checkpoint itself
+    model = load_model(ckpts[-1])
+    assert read_checkpoint(out / "model.safetensors").config == model.config
+    assert (out / "tokenizer.txt.gz").exists()
+
+
+def test_lit_locked_tower_and_pretrained_start(tmp_path: Path, shards: str) -> None:
+    first = tmp_path / "a"
+    train(TrainConfig.from_dict(tiny_overrides(shards, first, optim={"steps": 1})))
+    start = load_model(first / "model.safetensors")
+    out = tmp_path / "b"
+    cfg = TrainConfig.from_dict(tiny_overrides(shards, out, optim={"steps": 2},
+                                               model={"pretrained": str(first / "model.safetensors"), "lock_image": True},
+                                               data={"vocab": str(first / "tokenizer.txt.gz")}))
+    train(cfg)
+    after = load_model(out / "model.safetensors")
+    for (n, a), (_, b) in zip(start.state_dict().items(), after.state_dict().items()):
+        if n.startswith("visual."):
+            assert torch.equal(a, b), n
+    assert not torch.equal(start.text.proj, after.text.proj)
+
+
+def test_nonfinite_loss_skip_or_stop(tmp_path: Path, shards: str, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import torchclip.train.loop as loop
+
+    real = loop.clip_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(*a, **kw):  # noqa: ANN002, ANN003
+        calls["n"] += 1
+        loss = real(*a, **kw)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(loop, "accumulate_gradients", lambda *a, **kw: real_acc(*a, **kw, loss_fn=sometimes_nan))
+    real_acc = accumulate_gradients
+    train(TrainConfig.from_dict(tiny_overrides(shards, tmp_path / "skip", optim={"steps": 3})))
+    assert "non-finite loss" in capsys.readouterr().err
+    recs = read_metrics(tmp_path / "skip" / "metrics.jsonl")
+    assert math.isnan(recs[1]["loss"]) and math.isfinite(recs[2]["loss"])
+    calls["n"] = 0
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
+        train(TrainConfig.from_dict(tiny_overrides(shards, tmp_path / "stop", optim={"steps": 3},
+                                                   run={"nonfinite": "stop"})))
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    save_checkpoint(tmp_path, 1, {"x": torch.ones(3)})
+
+    def broken_save(obj, f):  # noqa: ANN001
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, 2, {"x": torch.ones(3)})
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-00000001.pt"]

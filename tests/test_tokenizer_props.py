@@ -258,21 +258,102 @@ def test_replay_applies_to_typical_captions() -> None:
     assert chunks("cafÃ© mojibake") == ["café", "mojibake"]
 
 
-def test_mojibake_prefilter_is_sound() -> None:
-    """ftfy's detector cannot match text lacking every character of ``required_chars``."""
+def _badness():
     from ftfy.badness import BADNESS_RE
 
-    parsed = textclean._sre_p.parse(BADNESS_RE.pattern, BADNESS_RE.flags)
-    required = textclean.required_chars(list(parsed))
+    return BADNESS_RE, textclean.required_chars(
+        list(textclean._sre_p.parse(BADNESS_RE.pattern, BADNESS_RE.flags))
+    )
+
+
+def test_mojibake_detector_analysis() -> None:
+    """Every match of ftfy's detector holds a character of ``required_chars`` and is at most 7 long, and the
+    pattern has no lookaround or end anchor, so the windowed search is exact (and actually used)."""
+    pattern, required = _badness()
     assert required is not None and {"Ã", "Â", "€"} <= required and not any(c.isascii() for c in required)
-    fast_is_bad = textclean._SHORTCUT.is_bad
-    for sample in ("cafÃ©", "â€™", "Ã ", "вЂ", "√±", "plain text é", "Ø¹Ø±Ø¨"):
-        assert fast_is_bad(sample) == bool(BADNESS_RE.search(sample)), sample
+    tree = textclean._sre_p.parse(pattern.pattern, pattern.flags)
+    assert textclean._local(list(tree)) and tree.getwidth()[1] <= 64
+    assert textclean._SHORTCUT.is_bad.__name__ == "windowed"
+    for sample in (
+        "cafÃ©",
+        "â€™",
+        "Ã ",
+        "Â Ã ",
+        "вЂ",
+        "√±",
+        "plain text é",
+        "Ø¹Ø±Ø¨",
+        "ГўВЂВ™s",
+        "x" * 50 + "Ã ",
+    ):
+        assert textclean._SHORTCUT.is_bad(sample) == bool(pattern.search(sample)), sample
+    assert not textclean._local(list(textclean._sre_p.parse(r"a(?=b)|c$", 0)))
 
 
-@PROPS
-@given(text=st.one_of(EDGE_TEXT, ANY_TEXT))
-def test_mojibake_prefilter_agrees_with_ftfy(text: str) -> None:
+def test_windowed_search_bounds() -> None:
+    """The window around a required character reaches exactly ``width - 1`` characters each way."""
+    import re
+
+    never = lambda text: pytest.fail("the windowed search should not fall back")  # noqa: E731
+    ends = textclean._mojibake_detector(re.compile("x.....é"), never)  # required char last
+    starts = textclean._mojibake_detector(re.compile("é.....x"), never)  # required char first
+    middle = textclean._mojibake_detector(re.compile("^éb|cd[éè]e{1,3}f?"), never)
+    assert ends.__name__ == starts.__name__ == middle.__name__ == "windowed"
+    assert ends("aax12345éaa") and ends("x12345é") and not ends("x1234é") and not ends("aaaa")
+    assert starts("aaé12345xaa") and starts("é12345x") and not starts("é1234x") and not starts("é12345")
+    assert starts("éé12345x") and starts("é é12345x") and not starts("éé123x")  # merged windows
+    assert middle("cdée") and middle("zzcdèeef") and middle("ébz") and not middle("zéb") and not middle("cdé")
+    both = textclean._mojibake_detector(re.compile("é.x|y.è"), never)
+    assert both("é1x") and both("y1è") and both("abé2x  y3è") and not both("é12x y12è")
+
+
+def _branch_examples(pattern) -> list[str]:
+    """One matching string per top-level alternative of a parsed pattern (first member of each class)."""
+    c = textclean._sre_c
+
+    def one(seq) -> str:
+        out = ""
+        for op, av in seq:
+            if op is c.LITERAL:
+                out += chr(av)
+            elif op is c.IN:
+                members = textclean._class_chars(av)
+                if members:
+                    out += min(members)
+                elif av[0][0] is c.NEGATE:
+                    out += "1"
+                else:
+                    out += "a" if any(a == c.CATEGORY_WORD for _, a in av) else " "
+            elif op is c.ANY:
+                out += "x"
+            elif op is c.BRANCH:
+                out += one(list(av[1][0]))
+            elif op in (c.MAX_REPEAT, c.MIN_REPEAT):
+                out += one(list(av[2])) * av[0]
+            elif op is c.SUBPATTERN:
+                out += one(list(av[-1]))
+        return out
+
+    tree = list(textclean._sre_p.parse(pattern.pattern, pattern.flags))
+    branches = tree[0][1][1] if len(tree) == 1 and tree[0][0] is c.BRANCH else [tree]
+    return [one(list(b)) for b in branches]
+
+
+def test_mojibake_detector_on_every_alternative() -> None:
+    pattern, _ = _badness()
+    examples = _branch_examples(pattern)
+    assert len(examples) > 20 and sum(bool(pattern.search(ex)) for ex in examples) > 0.8 * len(examples)
+    for ex in examples:
+        for text in (ex, "qq qq " + ex + " qq", ex + "q" * 20):
+            assert textclean._SHORTCUT.is_bad(text) == bool(pattern.search(text)), text
+
+
+_MOJIBAKE_ALPHABET = sorted(_badness()[1]) + list("aAzZ .,?!'\"-\n\t0") + ["\xa0", "’", "–", "ſ", "日"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.one_of(st.text(st.sampled_from(_MOJIBAKE_ALPHABET), max_size=40), EDGE_TEXT, ANY_TEXT))
+def test_windowed_mojibake_detector_agrees_with_ftfy(text: str) -> None:
     from ftfy.badness import is_bad
 
     assert textclean._SHORTCUT.is_bad(text) == is_bad(text)

@@ -13,9 +13,11 @@ B. Otherwise ``fix_text_fast`` replays ftfy's own algorithm for the cases where 
    ftfy cuts the text into lines and, per line, repeats passes (HTML unescape unless a line so far had ``<``;
    mojibake repair, entered only if its detector ``is_bad`` fires; character fixers; NFC) until a pass
    changes nothing. The replay proceeds while every pass needs nothing but unescaping, quote uncurling and
-   control-character removal: no character any other fixer rewrites (C1, ligature, full/half width,
-   surrogate, CR and Unicode line separators), no terminal escape (ESC [), the text already NFC, ``is_bad`` silent (skipped, exactly, when the text holds none of the
-   characters every detector match needs). Anything else returns None and ftfy itself runs.
+   control-character removal: no character another fixer rewrites (C1, ligature, full/half width,
+   surrogate, CR, Unicode line separators), no terminal escape (ESC [), the text already NFC and ``is_bad``
+   silent. ``is_bad`` is one large regex; every match holds one of ~290 characters and is at most 7 long,
+   so it is searched only in the windows around those characters (exactly equal, see
+   ``_mojibake_detector``). Anything else returns None and ftfy itself runs.
 
 The replay reads ftfy's own tables and is enabled only for the ftfy major version it was checked against
 (6); tests/test_tokenizer_props.py checks each claim against ftfy on the fixtures and on generated text.
@@ -97,13 +99,81 @@ def required_chars(seq: list) -> set[str] | None:
     return best
 
 
+def _local(seq: list) -> bool:
+    """True when a parsed pattern only consumes characters: no lookaround, no end or word-boundary anchor
+    (a start anchor is fine: ``search(text, pos)`` honours it only at the true start). Then a match within
+    ``text[pos:endpos]`` is a match in ``text`` and vice versa, which windowed searching relies on."""
+    for op, av in seq:
+        if op in (_sre_c.LITERAL, _sre_c.NOT_LITERAL, _sre_c.IN, _sre_c.ANY):
+            continue
+        if op is _sre_c.AT and av in (_sre_c.AT_BEGINNING, _sre_c.AT_BEGINNING_STRING):
+            continue
+        if op is _sre_c.BRANCH and all(_local(list(alt)) for alt in av[1]):
+            continue
+        if op in (_sre_c.MAX_REPEAT, _sre_c.MIN_REPEAT) and _local(list(av[2])):
+            continue
+        if op is _sre_c.SUBPATTERN and _local(list(av[-1])):
+            continue
+        return False
+    return True
+
+
+def _mojibake_detector(pattern: re.Pattern, fallback: Callable[[str], bool]) -> Callable[[str], bool]:
+    """ftfy's ``is_bad`` (``pattern.search``), computed only where a match can be.
+
+    Every match holds a character of ``required_chars`` and is at most ``width`` long, so it lies within
+    ``width - 1`` characters of one: without such characters the answer is False, else only the windows
+    around them are searched. Falls back to ``fallback`` when the pattern defeats this analysis.
+    """
+    try:
+        tree = _sre_p.parse(pattern.pattern, pattern.flags)
+        required = required_chars(list(tree))
+        width = tree.getwidth()[1]
+        local = _local(list(tree)) and not pattern.flags & re.MULTILINE and width <= 64
+    except Exception:  # pragma: no cover - parser internals changed
+        return fallback
+    if required is None:
+        return fallback
+    finder = re.compile("[" + "".join(map(re.escape, sorted(required))) + "]")
+    if not local:  # pragma: no cover - only the prefilter
+
+        def prefiltered(text: str) -> bool:
+            return finder.search(text) is not None and fallback(text)
+
+        return prefiltered
+    search, finditer = pattern.search, finder.finditer
+
+    def windowed(text: str) -> bool:
+        lo = hi = -1
+        for m in finditer(text):
+            p = m.start()
+            if hi >= 0 and p - width + 1 <= hi:
+                hi = p + width  # overlapping windows merge
+                continue
+            if hi >= 0 and search(text, lo, hi):
+                return True
+            lo, hi = max(p - width + 1, 0), p + width
+        return hi >= 0 and search(text, lo, hi) is not None
+
+    return windowed
+
+
+def _class_members(pattern: re.Pattern) -> set[str]:
+    """The characters of a one-class pattern such as ftfy's ``[\u201c-\u201f]``."""
+    (op, items), *rest = _sre_p.parse(pattern.pattern, pattern.flags)
+    members = _class_chars(items) if op is _sre_c.IN and not rest else None
+    if members is None:  # pragma: no cover - not a plain class: enumerate
+        return {c for c in map(chr, range(0x110000)) if pattern.fullmatch(c)}
+    return members
+
+
 class _Ftfy(NamedTuple):
     touched: re.Pattern  # characters a fixer other than uncurl_quotes / remove_control_chars rewrites
     uncurl: dict  # str.translate table of ftfy's uncurl_quotes
     quotes: re.Pattern
     controls: re.Pattern  # what remove_control_chars deletes
     control_table: dict
-    is_bad: Callable[[str], bool]  # ftfy's mojibake detector, behind a cheap character prefilter
+    is_bad: Callable[[str], bool]  # ftfy's mojibake detector, searched only where it can match
     unescape_html: Callable[[str], str]
 
 
@@ -121,26 +191,16 @@ def _build_shortcut() -> _Ftfy | None:
     rewritten |= {ord(c) for c in "\r\x85\u2028\u2029"}
     touched = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(rewritten)) + "\ud800-\udfff]")
     controls = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(CONTROL_CHARS)) + "]")
-    quotes = {c: "'" for c in map(chr, range(0x10000)) if SINGLE_QUOTE_RE.fullmatch(c)}
-    quotes.update({c: '"' for c in map(chr, range(0x10000)) if DOUBLE_QUOTE_RE.fullmatch(c)})
-    quote_re = re.compile("[" + "".join(map(re.escape, quotes)) + "]")
-    try:
-        required = required_chars(list(_sre_p.parse(BADNESS_RE.pattern, BADNESS_RE.flags)))
-    except Exception:  # pragma: no cover - parser internals changed: no prefilter
-        required = None
-    if required is not None:
-        prefilter = re.compile("[" + "".join(map(re.escape, sorted(required))) + "]").search
-
-        def is_bad_fast(text: str) -> bool:
-            return prefilter(text) is not None and is_bad(text)
-
+    quotes = dict.fromkeys(_class_members(SINGLE_QUOTE_RE), "'")
+    quotes.update(dict.fromkeys(_class_members(DOUBLE_QUOTE_RE), '"'))
+    quote_re = re.compile("[" + "".join(map(re.escape, sorted(quotes))) + "]")
     return _Ftfy(
         touched,
         str.maketrans(quotes),
         quote_re,
         controls,
         dict(CONTROL_CHARS),
-        is_bad if required is None else is_bad_fast,
+        _mojibake_detector(BADNESS_RE, is_bad),
         unescape_html,
     )
 

@@ -82,8 +82,13 @@ def test_fixture_cases_untruncated(tok: Tokenizer, cases: list[dict]) -> None:
 
 
 def test_fixture_cases_exact_path(tok: Tokenizer, cases: list[dict]) -> None:
-    """The unoptimised reference path (full ftfy, no cache) gives the same ids: both paths are checked."""
-    for c in cases:
+    """The unoptimised reference path (full ftfy, no cache) gives the same ids: every case that needs more
+    than route A's ASCII shortcut, and every 8th of the others (ftfy on all 6,938 costs seconds)."""
+    from torchclip.textclean import ascii_inert
+
+    checked = [c for i, c in enumerate(cases) if not ascii_inert(c["text"]) or i % 8 == 0]
+    assert len(checked) > 1000
+    for c in checked:
         ids = tok.encode_exact(c["text"])
         assert len(ids) + 2 == c["n_tokens"], c["text"]
         row = [tok.sot_id, *ids[:75], tok.eot_id]

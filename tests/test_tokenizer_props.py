@@ -20,7 +20,7 @@ from torchclip.textclean import ascii_inert, chunks, clean_text, fix_text_fast
 from torchclip.tokenizer import EOT_TOKEN, PATTERN, SOT_TOKEN, ContextLengthError, Tokenizer, load_tokenizer
 
 VOCAB = "fixtures/tokenizer/bpe_simple_vocab_16e6.txt.gz"
-PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture
@@ -204,7 +204,7 @@ def test_chunks_equal_full_cleaning(text: str) -> None:
     assert chunks(text) == _reference_chunks(text)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(text=st.text(st.sampled_from("\t\n\x0c\r !\"#$%'()*+,-./09:;<=>?@AZ[\\]^_`az{|}~"), max_size=80))
 def test_route_a_printable_ascii_needs_no_ftfy(text: str) -> None:
     assert ascii_inert(text)
@@ -351,7 +351,7 @@ def test_mojibake_detector_on_every_alternative() -> None:
 _MOJIBAKE_ALPHABET = sorted(_badness()[1]) + list("aAzZ .,?!'\"-\n\t0") + ["\xa0", "’", "–", "ſ", "日"]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(text=st.one_of(st.text(st.sampled_from(_MOJIBAKE_ALPHABET), max_size=40), EDGE_TEXT, ANY_TEXT))
 def test_windowed_mojibake_detector_agrees_with_ftfy(text: str) -> None:
     from ftfy.badness import is_bad

@@ -95,11 +95,15 @@ def test_fixture_cases_exact_path(tok: Tokenizer, cases: list[dict]) -> None:
         assert row + [0] * (77 - len(row)) == c["ids"], c["text"]
 
 
-def test_fixture_cases_in_worker_processes(tok: Tokenizer, cases: list[dict]) -> None:
+def test_fixture_cases_in_worker_processes(tok: Tokenizer, cases: list[dict], shared) -> None:
     texts = [c["text"] for c in cases]
     out = tok(texts, truncate=True, num_workers=2)
     assert torch.equal(out, torch.tensor([c["ids"] for c in cases]))
     assert tok.encode_batch(texts[:300], num_workers=2) == [tok.encode(t) for t in texts[:300]]
+    fresh = Tokenizer.from_file(shared(VOCAB))
+    assert fresh(texts[:100], num_workers=2).shape == (100, 77) and fresh._pool is None  # too small to fork
+    fresh(texts, truncate=True)  # below the automatic threshold: in-process
+    assert fresh._pool is None
 
 
 REFERENCE_IDS = [  # clip-reference.md section 5 (encode only)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import sys
 import weakref
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -62,7 +63,9 @@ PATTERN = regex.compile(
     regex.IGNORECASE,
 )
 _CACHE_LIMIT = 1 << 18  # chunk-cache entries; the cache is emptied when full (bounded memory, no LRU cost)
-_PARALLEL_MIN = 2048  # below this many texts a batch runs in-process: forking costs more than it saves
+_PARALLEL_MIN = (
+    8192  # below this many texts a batch runs in-process: starting workers costs more than it saves
+)
 
 
 @lru_cache(maxsize=1)
@@ -297,7 +300,7 @@ class Tokenizer:
 
         A text that does not fit raises ``ContextLengthError`` (index and token count), unless ``truncate``,
         which keeps the first ``context_length`` ids and makes the last one EOT. ``num_workers``: processes
-        for this batch; None uses every available core for batches of 2,048 texts or more.
+        for this batch; None uses every available core for batches of 8,192 texts or more.
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -327,16 +330,19 @@ class Tokenizer:
     # ---- processes ---------------------------------------------------------------------------------------
 
     def _workers(self, n_texts: int, num_workers: int | None) -> int:
+        """Processes for a batch: 1 (in-process) unless asked, or a large batch on a multi-core Linux host.
+
+        Workers are forked (they inherit the tokenizer, nothing is pickled but texts and ids), so only where
+        fork is safe: Linux, and not inside a daemonic process such as a DataLoader worker.
+        """
+        import multiprocessing as mp
+
         if num_workers is None:
             if n_texts < _PARALLEL_MIN:
                 return 1
-            num_workers = (
-                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            )
-        import multiprocessing as mp
-
-        if "fork" not in mp.get_all_start_methods():
-            return 1  # workers inherit the tokenizer by fork; elsewhere, run in-process
+            num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        if num_workers <= 1 or not sys.platform.startswith("linux") or mp.current_process().daemon:
+            return 1
         return max(1, min(num_workers, n_texts // 64 or 1))
 
     def _map(self, fn: Any, texts: list[str], workers: int, *args: Any) -> list[Any]:

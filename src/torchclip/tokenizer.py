@@ -62,10 +62,9 @@ PATTERN = regex.compile(
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
     regex.IGNORECASE,
 )
-_CACHE_LIMIT = 1 << 18  # chunk-cache entries; the cache is emptied when full (bounded memory, no LRU cost)
-_PARALLEL_MIN = (
-    8192  # below this many texts a batch runs in-process: starting workers costs more than it saves
-)
+_CACHE_LIMIT = 1 << 17  # chunk-cache entries; the cache is emptied when full (bounded memory, no LRU cost)
+# Below this many texts a batch runs in-process: starting worker processes costs more than it saves.
+_PARALLEL_MIN = 8192
 
 
 @lru_cache(maxsize=1)

@@ -58,17 +58,22 @@ def test_ann_reaches_its_target_recall(kind: str) -> None:
     x, q = data[:4000], data[4000:]
     idx = ClipIndex.build(x, _records(4000), kind=kind, target_recall=0.9, nlist=64, hnsw_m=16)
     info = idx.meta["index"]
+    assert info["recall_queries"] == "held-out items"
+    # Rows are permuted (held-out items go in last); the records follow the vectors.
+    rows = idx.input_rows
+    assert sorted(rows) == list(range(4000)) and [r["id"] for r in idx.records] == [f"item{i}" for i in rows]
+    np.testing.assert_allclose(idx.vector(17), x[rows[17]], atol=1e-6)
     assert info["kind"] == kind and info["recall_at_k"] >= 0.9
     tried = [r for _, r in info["recall_tried"]]
     assert len(tried) >= 1 and all(r < 0.9 for r in tried[:-1])  # the smallest setting that reaches it
     # Independent check on held-out queries from the same distribution.
-    assert measure_recall(idx.index, x, queries=q, k=10) >= 0.85
+    assert measure_recall(idx.index, x[rows], queries=q, k=10) >= 0.85
     # Queries from elsewhere in the space (as text queries are for an image collection) need their own
     # tuning: given them, the build reaches the target on them.
     off = _clustered(200, 32, 40, seed=5)
     tuned = ClipIndex.build(x, _records(4000), kind=kind, target_recall=0.9, nlist=64, hnsw_m=16,
                             tune_queries=off)
-    assert measure_recall(tuned.index, x, queries=off, k=10) >= 0.9
+    assert measure_recall(tuned.index, x[tuned.input_rows], queries=off, k=10) >= 0.9
 
 
 def test_auto_kind(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -72,8 +72,9 @@ def default_nlist(n: int) -> int:
 
 
 def build_faiss_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = None, hnsw_m: int = 32,
-                      ef_construction: int = 80, seed: int = 0) -> Any:
-    """A filled FAISS index over unit ``vectors`` (normalized here if they are not)."""
+                      ef_construction: int = 80, seed: int = 0, add: bool = True) -> Any:
+    """A FAISS index over unit ``vectors`` (normalized here if they are not): IVF is trained on them, and
+    all of them are added unless ``add=False`` (the caller then adds them, in the order it chooses)."""
     faiss = import_faiss()
     x = _as_unit(vectors)
     n, d = x.shape
@@ -96,7 +97,8 @@ def build_faiss_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | N
         index.hnsw.efConstruction = ef_construction
     else:
         raise ValueError(f"index kind must be auto, flat, ivf or hnsw, got {kind!r}")
-    index.add(x)
+    if add:
+        index.add(x)
     return index
 
 
@@ -205,6 +207,8 @@ class ClipIndex:
     records: list[dict[str, Any]]
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    # index row -> row of the vectors given to ``build`` (ANN builds permute them); None after ``load``.
+    input_rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -222,28 +226,51 @@ class ClipIndex:
               kind: str = "auto", nlist: int | None = None, hnsw_m: int = 32, ef_construction: int = 80,
               target_recall: float = 0.95, k: int = 10, tune_queries: np.ndarray | None = None,
               seed: int = 0) -> ClipIndex:
-        """Build, and for IVF/HNSW tune the search parameter to ``target_recall`` (recall@k measured on
-        collection items, or on ``tune_queries``: see ``tune_search_param``)."""
-        if len(vectors) != len(records):
-            raise ValueError(f"{len(vectors)} vectors but {len(records)} records")
-        if len(vectors) == 0:
+        """Build, and for IVF/HNSW tune the search parameter to ``target_recall`` (recall@k).
+
+        Tuning queries must be *held out*: an indexed item used as a query leads the search straight to
+        itself and its graph neighbours (HNSW), which overstates recall for new queries. So, unless
+        ``tune_queries`` are given, a random sample of the collection is added to the index *last*: the
+        parameter is tuned with those items as queries against the rest, and then they are added. The
+        index rows are therefore a permutation of the input rows; ``records`` are permuted with them.
+        """
+        n = len(vectors)
+        if n != len(records):
+            raise ValueError(f"{n} vectors but {len(records)} records")
+        if n == 0:
             raise ValueError("no vectors to index")
         t0 = time.perf_counter()
-        index = build_faiss_index(vectors, kind, nlist=nlist, hnsw_m=hnsw_m, ef_construction=ef_construction,
-                                  seed=seed)
-        built = time.perf_counter() - t0
-        value, recall, tried = tune_search_param(index, vectors, target_recall, k=k, queries=tune_queries,
-                                                 seed=seed)
+        x = _as_unit(vectors)
+        kind = choose_kind(n) if kind == "auto" else kind
+        index = build_faiss_index(x, kind, nlist=nlist, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                                  seed=seed, add=False)
+        order = np.arange(n)
+        if kind == "flat":
+            index.add(x)
+            value, recall, tried = None, 1.0, []
+        elif tune_queries is not None:
+            index.add(x)
+            value, recall, tried = tune_search_param(index, x, target_recall, k=k, queries=tune_queries)
+        else:
+            m = min(1000, max(1, n // 10))
+            held = np.zeros(n, bool)
+            held[np.random.default_rng(seed).choice(n, m, replace=False)] = True
+            order = np.concatenate([np.flatnonzero(~held), np.flatnonzero(held)])
+            index.add(x[~held])
+            value, recall, tried = tune_search_param(index, x[~held], target_recall, k=k, queries=x[held])
+            index.add(x[held])
         set_search_param(index, value)
+        built = time.perf_counter() - t0
         info = {
             "kind": kind_of(index), "count": int(index.ntotal), "dim": int(index.d), "metric": "cosine",
             "search_param": value, "recall_at_k": recall, "recall_k": k, "target_recall": target_recall,
-            "recall_tried": tried, "recall_queries": "collection items" if tune_queries is None else "given",
+            "recall_tried": tried,
+            "recall_queries": None if kind == "flat" else "given" if tune_queries is not None else "held-out items",
             "build_seconds": round(built, 3),
             "nlist": int(index.nlist) if kind_of(index) == "ivf" else None,
             "hnsw_m": hnsw_m if kind_of(index) == "hnsw" else None,
         }
-        return cls(index, list(records), {**(meta or {}), "index": info})
+        return cls(index, [records[i] for i in order], {**(meta or {}), "index": info}, input_rows=order)
 
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Cosine scores and rows, each ``[q, k']`` with ``k' = min(k, len)``; queries are normalized here."""

@@ -76,22 +76,13 @@ def resolve_templates(spec: str | Sequence[str] | None) -> tuple[str, ...]:
 
 def _zeroshot_weights(model: CLIP, tokenizer: Tokenizer, names: Sequence[str],
                       templates: Sequence[str]) -> np.ndarray | None:
-    """The evaluation package's class weights, if it offers a builder this module understands."""
+    """The evaluation package's zero-shot classifier (``[C, E]``), when that package is present."""
     try:
-        from ..evaluation import zeroshot
+        from ..evaluation.zeroshot import build_classifier
     except ImportError:
         return None
-    build = getattr(zeroshot, "class_embeddings", None) or getattr(zeroshot, "zeroshot_weights", None)
-    if build is None:
-        return None
-    try:
-        w = build(model, tokenizer, list(names), list(templates))
-    except TypeError:
-        return None
-    w = np.asarray(w.detach().cpu() if hasattr(w, "detach") else w, dtype=np.float32)
-    if w.shape[0] != len(names) and w.shape[1] == len(names):
-        w = w.T
-    return w if w.shape[0] == len(names) else None
+    w = build_classifier(model, tokenizer, list(names), list(templates), cache_dir=False, progress=False)
+    return w.detach().float().cpu().numpy().T  # [E, C] -> [C, E]
 
 
 def class_vectors(model: CLIP, tokenizer: Tokenizer, names: Sequence[str],

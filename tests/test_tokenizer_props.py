@@ -249,7 +249,7 @@ def test_replay_on_entities(text: str) -> None:
 
 def test_replay_applies_to_typical_captions() -> None:
     """The replay must actually take ordinary captions, or the fast path silently degrades to ftfy."""
-    assert textclean._SHORTCUT is not None
+    assert textclean.shortcut() is not None
     assert fix_text_fast("Côte d’Ivoire, 日本語 😀") == "Côte d'Ivoire, 日本語 😀"
     assert fix_text_fast("salt &amp; pepper") == "salt & pepper"
     assert fix_text_fast("naïve café\nsecond line") == "naïve café\nsecond line"
@@ -273,7 +273,7 @@ def test_mojibake_detector_analysis() -> None:
     assert required is not None and {"Ã", "Â", "€"} <= required and not any(c.isascii() for c in required)
     tree = textclean._sre_p.parse(pattern.pattern, pattern.flags)
     assert textclean._local(list(tree)) and tree.getwidth()[1] <= 64
-    assert textclean._SHORTCUT.is_bad.__name__ == "windowed"
+    assert textclean.shortcut().is_bad.__name__ == "windowed"
     for sample in (
         "cafÃ©",
         "â€™",
@@ -286,7 +286,7 @@ def test_mojibake_detector_analysis() -> None:
         "ГўВЂВ™s",
         "x" * 50 + "Ã ",
     ):
-        assert textclean._SHORTCUT.is_bad(sample) == bool(pattern.search(sample)), sample
+        assert textclean.shortcut().is_bad(sample) == bool(pattern.search(sample)), sample
     assert not textclean._local(list(textclean._sre_p.parse(r"a(?=b)|c$", 0)))
 
 
@@ -345,7 +345,7 @@ def test_mojibake_detector_on_every_alternative() -> None:
     assert len(examples) > 20 and sum(bool(pattern.search(ex)) for ex in examples) > 0.8 * len(examples)
     for ex in examples:
         for text in (ex, "qq qq " + ex + " qq", ex + "q" * 20):
-            assert textclean._SHORTCUT.is_bad(text) == bool(pattern.search(text)), text
+            assert textclean.shortcut().is_bad(text) == bool(pattern.search(text)), text
 
 
 _MOJIBAKE_ALPHABET = sorted(_badness()[1]) + list("aAzZ .,?!'\"-\n\t0") + ["\xa0", "’", "–", "ſ", "日"]
@@ -356,7 +356,7 @@ _MOJIBAKE_ALPHABET = sorted(_badness()[1]) + list("aAzZ .,?!'\"-\n\t0") + ["\xa0
 def test_windowed_mojibake_detector_agrees_with_ftfy(text: str) -> None:
     from ftfy.badness import is_bad
 
-    assert textclean._SHORTCUT.is_bad(text) == is_bad(text)
+    assert textclean.shortcut().is_bad(text) == is_bad(text)
 
 
 def test_whitespace_facts_behind_str_split() -> None:

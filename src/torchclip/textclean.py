@@ -25,6 +25,7 @@ The replay reads ftfy's own tables and is enabled only for the ftfy major versio
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 import unicodedata
@@ -205,13 +206,16 @@ def _build_shortcut() -> _Ftfy | None:
     )
 
 
-_SHORTCUT = _build_shortcut()
+@functools.lru_cache(maxsize=1)
+def shortcut() -> _Ftfy | None:
+    """ftfy's tables for the replay, built on first use (parsing ftfy's detector takes a few milliseconds)."""
+    return _build_shortcut()
 
 
 def fix_text_fast(text: str) -> str | None:
     """``ftfy.fix_text(text)`` when only unescaping, quote uncurling and control-character removal would act
     (see the module doc), else None. Mirrors ftfy 6's ``fix_text`` / ``fix_and_explain`` control flow with default settings."""
-    sc = _SHORTCUT
+    sc = shortcut()
     if sc is None or len(text) > 1_000_000:  # ftfy also cuts segments at max_decode_length
         return None
     out = []

@@ -106,12 +106,24 @@ def wrap_model(module: TwoTower, info: DistInfo, strategy: str = "ddp") -> nn.Mo
             blocks += list(clip.visual.transformer.blocks)
         for block in blocks:
             fully_shard(block)
-        fully_shard(module)
+        # FSDP2 cannot shard 0-dim parameters: logit_scale stays replicated and its gradient is averaged by
+        # sync_replicated_grads() after backward.
+        fully_shard(module, ignored_params={clip.logit_scale})
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [info.device.index] if info.device.type == "cuda" else None
     return DDP(module, device_ids=ids)
+
+
+def sync_replicated_grads(model: nn.Module) -> None:
+    """Average the gradients FSDP2 leaves alone (its ignored, replicated ``logit_scale``); no-op otherwise."""
+    if not (hasattr(model, "unshard") and dist.is_available() and dist.is_initialized()):
+        return
+    p = unwrap(model).clip.logit_scale
+    if p.grad is not None:
+        dist.all_reduce(p.grad)
+        p.grad /= dist.get_world_size()
 
 
 def unwrap(model: nn.Module) -> TwoTower:

@@ -386,6 +386,7 @@ def train(cfg: TrainConfig, resume: bool | str = False) -> dict[str, float]:
             loss = accumulate_gradients(model, micro, autocast, scaler.scale)
             grad_norm = float("nan")
             if loss is not None:
+                D.sync_replicated_grads(model)
                 scaler.unscale_(opt)
                 params = [p for p in clip.parameters() if p.grad is not None]
                 gn = torch.nn.utils.clip_grad_norm_(params, o.grad_clip if o.grad_clip > 0 else float("inf"))

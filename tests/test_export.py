@@ -47,9 +47,9 @@ def _ids(model: CLIP) -> torch.Tensor:
         from torchclip.tokenizer import load_tokenizer
 
         return load_tokenizer(path)(CAPTIONS, truncate=True)
-    from torchclip.export import _example_ids
+    from torchclip.export import example_ids
 
-    return _example_ids(model, [3, 5, 1, 75, 6])
+    return example_ids(model, [3, 5, 1, 75, 6])
 
 
 def test_text_tower_full_length_equals_the_trimmed_eager_forward(model: CLIP) -> None:

@@ -33,7 +33,7 @@ from torch import nn
 
 from .model import CLIP
 
-__all__ = ["ImageTower", "TextTower", "export_onnx", "check_onnx", "quantize_int8", "OnnxTower", "main"]
+__all__ = ["ImageTower", "TextTower", "example_ids", "export_onnx", "check_onnx", "quantize_int8", "OnnxTower", "main"]
 
 _NAMES = {"image": ("pixels", "image_features"), "text": ("input_ids", "text_features")}
 
@@ -73,10 +73,10 @@ def _example(model: CLIP, tower: str, batch: int = 2) -> torch.Tensor:
     if tower == "image":
         r = model.config.vision.image_size
         return torch.randn(batch, 3, r, r, generator=torch.Generator().manual_seed(0))
-    return _example_ids(model, [3, 9, 1, 17][:batch] + [5] * max(0, batch - 4))
+    return example_ids(model, [3, 9, 1, 17][:batch] + [5] * max(0, batch - 4))
 
 
-def _example_ids(model: CLIP, lengths: Sequence[int]) -> torch.Tensor:
+def example_ids(model: CLIP, lengths: Sequence[int]) -> torch.Tensor:
     """Token rows of the given content lengths: SOT, random ids, EOT, zero padding."""
     t = model.config.text
     g = torch.Generator().manual_seed(1)
@@ -170,7 +170,7 @@ def check_onnx(model: CLIP, paths: dict[str, Path], *, batch_sizes: Sequence[int
             if tower == "image":
                 x = _example(model, "image", b)
             else:
-                x = text_ids if text_ids is not None else _example_ids(model, [(5 * i + 2) % 70 for i in range(b)])
+                x = text_ids if text_ids is not None else example_ids(model, [(5 * i + 2) % 70 for i in range(b)])
             with torch.no_grad():
                 ref = (model.encode_image(x, normalize) if tower == "image" else model.encode_text(x, normalize)).numpy()
             got = sess(x)

@@ -58,6 +58,15 @@ def test_given_C_and_validation_set() -> None:
         linear_probe(x[:0], y[:0], x, y)
 
 
+def test_extra_test_sets_share_one_fit() -> None:
+    x, y = blobs(10)
+    shifted = x + 100.0  # far outside the training range
+    res = linear_probe(x, y, x, y, C=1.0, extra_tests={"same": (x, y), "shifted": (shifted, y)})
+    assert res.extra["same"] == res.metrics and set(res.extra) == {"same", "shifted"}
+    fs = few_shot_probe(x, y, x, y, ks=(2,), seeds=(0,), C=1.0, extra_tests={"same": (x, y)})
+    assert fs.summary(test="same") == fs.summary()
+
+
 def test_classes_missing_from_training_never_win() -> None:
     x, y = blobs(5, n_classes=2)
     res = linear_probe(x, y, x, y, C=1.0, num_classes=4)

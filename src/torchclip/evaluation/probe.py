@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +26,7 @@ __all__ = ["ProbeResult", "FewShotResult", "fit_logistic", "sweep_C", "linear_pr
            "stratified_split", "preprocess_features"]
 
 Normalize = Literal["none", "l2", "standardize"]
+TestSet = tuple[torch.Tensor | np.ndarray, np.ndarray | Sequence[int]]  # (features [N, D], labels [N])
 _SMALL = 4_000_000  # feature-matrix entries below which BLAS threading does not pay
 
 
@@ -134,6 +135,7 @@ class ProbeResult:
     sweep: dict[float, float] = field(default_factory=dict)  # C -> validation accuracy
     n_train: int = 0
     scores: np.ndarray | None = None  # [N_test, C] probabilities
+    extra: dict[str, dict[str, float]] = field(default_factory=dict)  # metrics on each of extra_tests
 
 
 def linear_probe(train_x: torch.Tensor | np.ndarray, train_y: np.ndarray | Sequence[int],
@@ -141,17 +143,20 @@ def linear_probe(train_x: torch.Tensor | np.ndarray, train_y: np.ndarray | Seque
                  num_classes: int | None = None, val_x: torch.Tensor | np.ndarray | None = None,
                  val_y: np.ndarray | Sequence[int] | None = None, val_fraction: float = 0.2,
                  groups: Sequence[Any] | None = None, C: float | None = None, refit: bool = True,
-                 normalize: Normalize = "none", max_iter: int = 1000, seed: int = 0) -> ProbeResult:
+                 normalize: Normalize = "none", max_iter: int = 1000, seed: int = 0,
+                 extra_tests: Mapping[str, TestSet] | None = None) -> ProbeResult:
     """The paper's linear probe: sweep C on validation, refit on train + val, score test.
 
     Without ``val_x`` a stratified ``val_fraction`` of train (grouped by ``groups``) is held out for the
-    sweep. A given ``C`` skips the sweep and trains on all of train.
+    sweep. A given ``C`` skips the sweep and trains on all of train. ``extra_tests`` (name -> (x, y), e.g.
+    the same classes under a distribution shift) are scored by the same fitted probe.
     """
     tx, ty, sx, sy = _np(train_x), _np(train_y).astype(int), _np(test_x), _np(test_y).astype(int)
     if len(tx) == 0 or len(sx) == 0:
         raise ValueError(f"empty split: {len(tx)} training and {len(sx)} test samples")
-    if tx.shape[1] != sx.shape[1]:
-        raise ValueError(f"train features have {tx.shape[1]} dims but test features {sx.shape[1]}")
+    for name, (ex, _) in {"test": (sx, sy), **(extra_tests or {})}.items():
+        if tx.shape[1] != _np(ex).shape[1]:
+            raise ValueError(f"train features have {tx.shape[1]} dims but {name} features {_np(ex).shape[1]}")
     k = num_classes if num_classes is not None else int(max(ty.max(), sy.max())) + 1
     sweep: dict[float, float] = {}
     if C is None:
@@ -168,25 +173,36 @@ def linear_probe(train_x: torch.Tensor | np.ndarray, train_y: np.ndarray | Seque
             tx, ty = np.concatenate([tx, vx]), np.concatenate([ty, vy])
         elif not refit:
             tx, ty = fx, fy
-    tx_n, sx_n = preprocess_features(tx, sx, how=normalize)
-    if len(np.unique(ty)) < 2:
-        scores = np.zeros((len(sx), k))
-        scores[:, int(ty[0])] = 1.0
-    else:
-        scores = _scores(fit_logistic(tx_n, ty, C, max_iter=max_iter, seed=seed), sx_n, k)
-    metrics = classification_metrics(torch.from_numpy(scores), torch.from_numpy(sy))
-    return ProbeResult(metrics, float(C), sweep, len(tx), scores)
+    names = ["test", *(extra_tests or {})]
+    tests = [(sx, sy), *((_np(x), _np(y).astype(int)) for x, y in (extra_tests or {}).values())]
+    tx_n, *test_n = preprocess_features(tx, *(x for x, _ in tests), how=normalize)
+    clf = fit_logistic(tx_n, ty, C, max_iter=max_iter, seed=seed) if len(np.unique(ty)) > 1 else None
+    results: dict[str, dict[str, float]] = {}
+    for name, xn, (_, y) in zip(names, test_n, tests):
+        if clf is None:  # one class seen: it is always predicted
+            scores = np.zeros((len(xn), k))
+            scores[:, int(ty[0])] = 1.0
+        else:
+            scores = _scores(clf, xn, k)
+        results[name] = classification_metrics(torch.from_numpy(scores), torch.from_numpy(y))
+        if name == "test":
+            test_scores = scores
+    metrics = results.pop("test")
+    return ProbeResult(metrics, float(C), sweep, len(tx), test_scores, results)
 
 
 @dataclass
 class FewShotResult:
     runs: dict[int, list[dict[str, float]]]  # k -> one metrics dict per seed
     Cs: dict[int, list[float]]
+    extra_runs: dict[str, dict[int, list[dict[str, float]]]] = field(default_factory=dict)
 
-    def summary(self, metric: str = "acc1") -> dict[int, tuple[float, float]]:
-        """k -> (mean, std) of ``metric`` over seeds (std with ddof=0; 0 for one seed)."""
+    def summary(self, metric: str = "acc1", test: str | None = None) -> dict[int, tuple[float, float]]:
+        """k -> (mean, std) of ``metric`` over seeds (std with ddof=0; 0 for one seed), on the test set or
+        on the named extra test set."""
+        runs = self.runs if test is None else self.extra_runs[test]
         return {k: (float(np.mean([r[metric] for r in rs])), float(np.std([r[metric] for r in rs])))
-                for k, rs in sorted(self.runs.items())}
+                for k, rs in sorted(runs.items())}
 
     def matches(self, target: float, metric: str = "acc1") -> int | None:
         """The smallest k whose mean ``metric`` reaches ``target`` (e.g. zero-shot accuracy), else None."""
@@ -210,12 +226,19 @@ def few_shot_probe(pool_x: torch.Tensor | np.ndarray, pool_y: np.ndarray | Seque
                    ks: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (0, 1, 2),
                    num_classes: int | None = None, groups: Sequence[Any] | None = None,
                    val_per_class: int = 8, C: float | None = None, normalize: Normalize = "none",
-                   max_iter: int = 1000) -> FewShotResult:
+                   max_iter: int = 1000, sweep_max_iter: int = 200, sweep_resolution: float = 0.25,
+                   extra_tests: Mapping[str, TestSet] | None = None) -> FewShotResult:
     """k-shot linear probes: for each seed, k training examples per class drawn from ``pool``.
 
     C is tuned on a separate draw of ``val_per_class`` examples per class from the rest of the pool (never
     from a group that supplied a shot), then the probe is trained on the k shots only. Tuning on extra
-    labels flatters the smallest k slightly; pass a fixed ``C`` for a strict k-shot budget.
+    labels flatters the smallest k slightly; pass a fixed ``C`` for a strict k-shot budget. Each probe also
+    scores ``extra_tests`` (name -> (x, y)).
+
+    The search is cheaper than the full probe's (dozens of probes, not one): at most ``sweep_max_iter``
+    L-BFGS iterations per candidate and a ``sweep_resolution`` of a quarter decade. Large C on a handful
+    of separable shots never converges anyway (the weights grow without bound while the predictions stop
+    changing), so the extra iterations would only cost time; the chosen C is then fit to ``max_iter``.
     """
     px, py, sx, sy = _np(pool_x), _np(pool_y).astype(int), _np(test_x), _np(test_y).astype(int)
     if len(px) == 0 or len(sx) == 0:
@@ -224,6 +247,7 @@ def few_shot_probe(pool_x: torch.Tensor | np.ndarray, pool_y: np.ndarray | Seque
     unit = np.asarray(groups) if groups is not None else np.arange(len(py))
     runs: dict[int, list[dict[str, float]]] = {}
     Cs: dict[int, list[float]] = {}
+    extra_runs: dict[str, dict[int, list[dict[str, float]]]] = {name: {} for name in extra_tests or {}}
     for k in ks:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -236,14 +260,17 @@ def few_shot_probe(pool_x: torch.Tensor | np.ndarray, pool_y: np.ndarray | Seque
                 val = _sample_per_class(py, val_per_class, rng, free)
                 if len(val) and len(np.unique(py[shots])) > 1:
                     tx, vx = preprocess_features(px[shots], px[val], how=normalize)
-                    c_k, _ = sweep_C(tx, py[shots], vx, py[val], max_iter=max_iter, seed=seed)
+                    c_k, _ = sweep_C(tx, py[shots], vx, py[val], max_iter=sweep_max_iter, seed=seed,
+                                     resolution=sweep_resolution)
                 else:
                     c_k = 1.0
             res = linear_probe(px[shots], py[shots], sx, sy, num_classes=n_cls, C=c_k, normalize=normalize,
-                               max_iter=max_iter, seed=seed)
+                               max_iter=max_iter, seed=seed, extra_tests=extra_tests)
             runs.setdefault(k, []).append(res.metrics)
             Cs.setdefault(k, []).append(float(c_k))
-    return FewShotResult(runs, Cs)
+            for name, m in res.extra.items():
+                extra_runs[name].setdefault(k, []).append(m)
+    return FewShotResult(runs, Cs, extra_runs)
 
 
 def format_mean_std(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:

@@ -1,0 +1,115 @@
+"""The CLIP paper's evaluation findings at small scale, on the emoji benchmark, in one command.
+
+    .venv/bin/python benchmarks/emoji_findings.py                       # train with `torchclip train`, then evaluate
+    .venv/bin/python benchmarks/emoji_findings.py --checkpoint runs/emoji/model.safetensors   # evaluate a model
+
+Training (unless --checkpoint is given) runs ``torchclip train`` in a subprocess on google-train + twitter-train
+with the project's emoji config; evaluation runs (a) prompting, (b) zero-shot vs k-shot probes, (c) the
+drawing-style shift and (d) unseen concepts (torchclip.evaluation.report), then writes
+``benchmarks/results_eval.md`` (a BENCHMARKS.md section), ``benchmarks/results_eval.json`` (every number) and
+PNG plots under ``benchmarks/plots/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path(os.environ.get("TORCHCLIP_SHARED", REPO.parent / "shared")) / "data" / "emoji"
+# The protocol's training set; every other setting comes from the config file.
+TRAIN_SHARDS = "{data}/google-train.tar::{data}/twitter-train.tar"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the emoji folder (classes.json + shards)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="evaluate this model instead of training one")
+    p.add_argument("--tokenizer", default=None, help="its vocabulary (default: found next to the checkpoint)")
+    p.add_argument("--config", type=Path, default=None, help="training config (default: configs/emoji.yaml)")
+    p.add_argument("--run-dir", type=Path, default=REPO / "runs" / "emoji_findings", help="training output")
+    p.add_argument("--train-arg", action="append", default=[],
+                   help="extra --section.key=value for torchclip train (repeatable)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results_eval.md")
+    p.add_argument("--plots", type=Path, default=REPO / "benchmarks" / "plots")
+    p.add_argument("--seeds", type=int, default=5, help="few-shot seeds (subcategory uses at most 3)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the random-init probe baseline")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TORCHCLIP_CACHE/eval)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for evaluation")
+    return p.parse_args(argv)
+
+
+def train(args: argparse.Namespace) -> tuple[Path, str, float]:
+    """Run ``torchclip train`` and return (the final model file, the command, seconds)."""
+    config = args.config or REPO / "configs" / "emoji.yaml"
+    if not config.is_file():
+        raise SystemExit(f"no training config at {config}: pass --config, or --checkpoint to skip training")
+    cmd = [sys.executable, "-m", "torchclip.train", "--config", str(config),
+           f"--data.train={TRAIN_SHARDS.format(data=args.data)}", f"--run.output_dir={args.run_dir}",
+           *args.train_arg]
+    print("+", " ".join(cmd), flush=True)
+    start = time.time()
+    subprocess.run(cmd, check=True, cwd=REPO)
+    model = args.run_dir / "model.safetensors"
+    if not model.is_file():
+        raise SystemExit(f"training finished without {model}")
+    return model, " ".join(cmd[1:]), time.time() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not (args.data / "classes.json").is_file():
+        raise SystemExit(f"emoji data not found at {args.data} (--data)")
+    from torchclip import CLIP, load
+    from torchclip.evaluation.clip_benchmark import resolve_tokenizer
+    from torchclip.evaluation.report import baseline_probe, make_plots, render_markdown, run_findings
+
+    train_cmd, train_s = None, None
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        checkpoint, train_cmd, train_s = train(args)
+    model, _ = load(checkpoint)
+    tokenizer = resolve_tokenizer(model, args.tokenizer, checkpoint)
+    start = time.time()
+    res = run_findings(model, tokenizer, args.data, seeds=tuple(range(args.seeds)), cache_dir=args.cache_dir)
+    if not args.no_baseline:
+        torch.manual_seed(0)
+        res["baseline"] = baseline_probe(CLIP(model.config).eval(), args.data, cache_dir=args.cache_dir)
+    eval_s = time.time() - start
+    cfg = model.config
+    res["setup"] = {"checkpoint": str(checkpoint), "config": cfg.to_dict(), "train_command": train_cmd,
+                    "train_seconds": train_s, "eval_seconds": eval_s, "torch": torch.__version__,
+                    "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    plots = make_plots(res, args.plots)
+    rerun = "python benchmarks/emoji_findings.py" + ("" if train_cmd else f" --checkpoint {checkpoint}")
+    v, t = cfg.vision, cfg.text
+    setup = [
+        f"Model: ViT image {v.image_size}, patch {v.patch_size}, width {v.width}, {v.layers} layers; text width "
+        f"{t.width}, {t.layers} layers, vocabulary {t.vocab_size}; embedding {cfg.embed_dim}; "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters.",
+        f"Trained on google-train + twitter-train (2,648 pairs) by `{train_cmd}` in {train_s / 60:.0f} min."
+        if train_cmd else f"Checkpoint: `{checkpoint}` (trained on google-train + twitter-train).",
+        f"Evaluation: {eval_s / 60:.1f} min on {res['setup']['machine']} (features cached). "
+        f"Rerun: `{rerun}`. Every number: `{os.path.relpath(args.out.with_suffix('.json'), REPO)}`.",
+    ]
+    md = render_markdown(res, plots, args.out.parent, setup=setup)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(md)
+    args.out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+    print(md)
+    print(f"wrote {args.out}, {args.out.with_suffix('.json')} and {len(plots)} plots in {args.plots}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""The emoji findings report end to end on a miniature fake of the emoji folder (same layout and keys)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from evalkit import byte_tokenizer, tiny_model, write_shard
+
+from torchclip.evaluation.report import (
+    IN_STYLES,
+    NEW_STYLES,
+    load_emoji,
+    make_plots,
+    render_markdown,
+    run_findings,
+)
+
+CATEGORIES = {"red": "Reds & Pinks", "green": "Greens", "blue": "Blues", "yellow": "Component"}
+
+
+def fake_emoji(root: Path, per_class: int = 3) -> Path:
+    """classes.json plus <style>-<split>.tar shards whose colour decides the category."""
+    subs = {c: [f"{c}-light", f"{c}-dark"] for c in CATEGORIES}
+    root.mkdir(parents=True)
+    (root / "classes.json").write_text(json.dumps({
+        "categories": sorted(CATEGORIES.values()), "subcategories": sorted(s for v in subs.values() for s in v)}))
+    for style in IN_STYLES + NEW_STYLES:
+        for split in ("train", "val"):
+            samples = []
+            for color, cat in CATEGORIES.items():
+                for i in range(per_class):
+                    concept = f"{split}{color}{i}"
+                    meta = {"name": f"{color} thing {i} {split}", "category": cat, "style": style,
+                            "subcategory": subs[color][i % 2], "concept_group": concept}
+                    samples.append({"key": f"{style}_{concept}", "color": color, "json": meta,
+                                    "txt": meta["name"]})
+            write_shard(root / f"{style}-{split}.tar", samples)
+    return root
+
+
+@pytest.fixture
+def emoji_root(tmp_path: Path) -> Path:
+    return fake_emoji(tmp_path / "emoji")
+
+
+def test_load_emoji_excludes_component(emoji_root: Path) -> None:
+    data = load_emoji(emoji_root)
+    assert data.categories == ["Blues", "Greens", "Reds & Pinks"]
+    assert "yellow-light" not in data.subcategories and len(data.subcategories) == 6
+    ds = data.get(IN_STYLES, "val")
+    assert len(ds) == 2 * 3 * 3 and ds.captions[0] == ["red thing 0 val"]
+
+
+def test_findings_and_report(emoji_root: Path, tmp_path: Path) -> None:
+    res = run_findings(tiny_model(), byte_tokenizer(), emoji_root, ks=(1, 2), seeds=(0, 1),
+                       cache_dir=tmp_path / "cache", progress=False, probe_C=1.0)
+    assert set(res["prompting"]["bare label"]) == {"in-style", "new-style", *IN_STYLES, *NEW_STYLES}
+    assert res["fewshot"]["category"]["summary"].keys() == {"1", "2"}
+    assert res["probe"]["in-style"]["acc1"] > 0.5  # colours: the probe separates them even untrained
+    assert res["retrieval"]["in-style"]["text_retrieval_recall@10"] >= res["retrieval"]["in-style"][
+        "text_retrieval_recall@1"]
+    assert res["chance"]["text_R@1_in-style"] == pytest.approx(1 / res["n_names"]["in-style"])
+    json.dumps(res)  # every number is JSON-able
+    plots = make_plots(res, tmp_path / "plots")
+    assert all(p.stat().st_size > 1000 for p in plots.values())
+    md = render_markdown(res, plots, tmp_path, setup=["setup line"])
+    for heading in ("### (a)", "### (b)", "### (c)", "### (d)"):
+        assert heading in md
+    assert "](plots/eval_robustness.png)" in md and "setup line" in md

@@ -252,5 +252,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert load_embeddings(tmp_path / "e.safetensors").meta["model"]["model"] == "cpu-vit-32"
     assert embed_main([*args, "--out", str(tmp_path / "e.safetensors")]) == 1
     assert "already holds finished" in capsys.readouterr().err
+    assert embed_main([*args, "--out", str(tmp_path / "d"), "--draft", "--draft-factor", "3", "--ids", "jsonl"]) == 0
+    assert load_embeddings(tmp_path / "d").meta["draft_factor"] == 3.0
     assert embed_main([str(tmp_path / "nope"), "--model", "cpu-vit-32", "--random-init", "--out",
                        str(tmp_path / "x")]) == 1

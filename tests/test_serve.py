@@ -199,3 +199,38 @@ def test_records_pointing_outside_the_root_are_not_served(tmp_path: Path) -> Non
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_images_inside_webdataset_shards(tmp_path: Path) -> None:
+    """Rows from tar shards are served from their recorded member offset; tampered records are refused."""
+    import tarfile
+
+    from torchclip.embed import ModelSpec, embed_source, load_embeddings, open_source
+
+    blobs = {f"s{i}": _png(colour_image(rgb, i)) for i, rgb in enumerate(COLOURS.values())}
+    with tarfile.open(tmp_path / "shard-0.tar", "w") as tf:
+        for key, data in blobs.items():
+            info = tarfile.TarInfo(f"{key}.png")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    spec = ModelSpec("cpu-vit-32", random_init=True)
+    model = spec.load_model()
+    embed_source(open_source([tmp_path / "shard-0.tar"]), model, tmp_path / "emb", workers=0, progress=False)
+    emb = load_embeddings(tmp_path / "emb")
+    bad = dict(emb.records[0], id="header", offset=0)  # points at the tar header: not an image
+    huge = dict(emb.records[0], id="huge", size=1 << 40)
+    records = [*emb.records, bad, huge]
+    vectors = np.concatenate([emb.vectors, emb.vectors[:2]])
+    index = ClipIndex.build(vectors, records, {"root": emb.meta["source"]["root"]})
+    server, url = serve_in_thread(Searcher(index, model))
+    try:
+        for row, rec in enumerate(index.records):
+            status, headers, body = request(url, "GET", f"/image/{row}")
+            if rec["id"] in blobs:
+                assert status == 200 and body == blobs[rec["id"]] and headers["content-type"] == "image/png"
+                assert request(url, "GET", f"/thumb/{row}")[0] == 200
+            else:
+                assert status in (403, 404) and body[:4] != b"\x89PNG"
+    finally:
+        server.shutdown()
+        server.server_close()

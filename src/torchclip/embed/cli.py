@@ -38,9 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None,
                    help=f"decoding processes (default {default_workers()} here; 0 decodes in-process)")
-    p.add_argument("--draft", nargs="?", type=float, const=2.0, default=None, metavar="FACTOR",
-                   help="decode large JPEGs at reduced size keeping >= FACTOR x the model resolution "
-                        "(default FACTOR 2; off unless given: it changes features slightly)")
+    p.add_argument("--draft", action="store_true",
+                   help="decode JPEGs much larger than the model input at reduced size (faster decoding; "
+                        "changes features slightly, so off by default)")
+    p.add_argument("--draft-factor", type=float, default=2.0, metavar="F",
+                   help="with --draft, keep at least F x the model resolution before the exact resize (default 2)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored vector type")
     p.add_argument("--no-normalize", action="store_true", help="store raw features instead of unit vectors")
     p.add_argument("--ids", choices=["jsonl", "parquet"], default="jsonl", help="id table format (npy output)")
@@ -63,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         total = None if args.no_progress else source.count()
         result = embed_source(
             source, model, args.out, tokenizer=tokenizer, model_spec=spec, batch_size=args.batch_size,
-            workers=args.workers, draft_factor=args.draft, normalize=not args.no_normalize, dtype=args.dtype,
-            fmt=fmt, ids_format=args.ids, part_size=args.part_size, overwrite=args.overwrite,
+            workers=args.workers, draft_factor=args.draft_factor if args.draft else None,
+            normalize=not args.no_normalize, dtype=args.dtype, fmt=fmt, ids_format=args.ids, part_size=args.part_size, overwrite=args.overwrite,
             progress=not args.no_progress, total=total,
         )
     except (ResumeError, ValueError, FileNotFoundError) as exc:

@@ -282,8 +282,9 @@ class ClipIndex:
         """The stored unit vector of a row (image->image search from an indexed item)."""
         if not 0 <= row < len(self):
             raise IndexError(f"row {row} outside [0, {len(self)})")
-        if self.kind == "ivf":
-            self.index.make_direct_map()
+        if self.kind == "ivf" and not getattr(self, "_direct_map", False):
+            self.index.make_direct_map()  # O(n): once per loaded index, not per call
+            self._direct_map = True
         return np.asarray(self.index.reconstruct(int(row)), dtype=np.float32)
 
     def save(self, folder: str | os.PathLike[str]) -> Path:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CLIPConfig, get_preset
-from .layers import LayerNorm, Transformer
+from .layers import LayerNorm, Packing, Transformer
 from .vision import build_vision
 
 __all__ = ["CLIP", "CLIPOutput", "TextTransformer", "create_model_from_config"]
@@ -83,16 +83,33 @@ class TextTransformer(nn.Module):
             )
         return is_eot.int().argmax(dim=1)
 
+    # Pack rows when at least this share of the [B, n] padded tokens would be padding.
+    pack_min_padding = 0.1
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         pos = self.eot_positions(ids)  # [B]
-        # Causal attention: tokens after the last end-of-text in the batch cannot change any pooled
-        # feature, so they are never computed. Exact, and most captions are far shorter than 77.
-        n = int(pos.max()) + 1 if ids.shape[0] else 1
-        x = self.token_embed(ids[:, :n])  # [B, n, W]
+        # Causal attention: tokens after a row's first end-of-text cannot change the feature pooled there,
+        # so they are never computed. Exact, and most captions are far shorter than 77. Trimming the batch to
+        # its longest row is free; when rows differ much in length, their real tokens are also packed back
+        # to back so that the projections and MLPs (nearly all the FLOPs) skip every padded position.
+        b = ids.shape[0]
+        n = int(pos.max()) + 1 if b else 1
         dtype = self.proj.dtype
-        x = (x + self.pos_embed[:n]).to(dtype)
-        x = self.transformer(x, causal=True)  # [B, n, W]
-        x = x[torch.arange(x.shape[0], device=x.device), pos]  # [B, W]
+        lengths = pos + 1
+        total = int(lengths.sum()) if b else 0
+        if b > 1 and total <= (1 - self.pack_min_padding) * b * n:
+            packing = Packing.from_lengths(lengths, n)
+            rows = ids[:, :n].reshape(-1)  # [B*n]
+            cols = torch.arange(n, device=ids.device).repeat(b)
+            real = packing.scatter  # [T] padded slots of the real tokens, row by row
+            x = (self.token_embed(rows[real]) + self.pos_embed[cols[real]]).to(dtype)  # [T, W]
+            x = self.transformer(x, causal=True, packing=packing)  # [T, W]
+            x = x[torch.cumsum(lengths, 0) - 1]  # [B, W]: each row's last real token, its end-of-text
+        else:
+            x = self.token_embed(ids[:, :n])  # [B, n, W]
+            x = (x + self.pos_embed[:n]).to(dtype)
+            x = self.transformer(x, causal=True)  # [B, n, W]
+            x = x[torch.arange(x.shape[0], device=x.device), pos]  # [B, W]
         return self.norm_final(x) @ self.proj  # [B, E]
 
 

@@ -1,13 +1,21 @@
-"""Image towers: the ViT and the ModifiedResNet of the CLIP paper (reference §1.2-1.3, init §1.7)."""
+"""Image towers: the ViT and the ModifiedResNet of the CLIP paper (reference §1.2-1.3, init §1.7).
+
+Inference (``layers.fast_inference()``) runs the same maths in a CPU-friendlier way: the ViT's patch
+embedding as one matmul over unfolded patches, large batches in cache-sized chunks, and the ResNet in
+channels-last layout with each eval-mode BatchNorm folded into the conv before it (cached, and rebuilt
+whenever a weight or running statistic changes), ReLUs and residual adds in place.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import CLIPConfig
-from .layers import LayerNorm, Transformer
+from .layers import LayerNorm, Transformer, fast_inference
 
 __all__ = ["VisionTransformer", "ModifiedResNet", "AttentionPool2d", "build_vision"]
 
@@ -36,17 +44,35 @@ class VisionTransformer(nn.Module):
             nn.init.zeros_(block.attn.qkv.bias)
             nn.init.zeros_(block.attn.proj.bias)
 
+    # Inference splits larger batches into chunks of about this many tokens: big enough for efficient
+    # matmuls, small enough that a block's activations stay in cache (measured in benchmarks/).
+    chunk_tokens = 512
+
+    def embed_patches(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Patch embedding: [B, 3, R, R] -> [B, g*g, W], row-major grid."""
+        w = self.patch_embed.weight  # [W, 3, P, P]
+        pixels = pixels.to(w.dtype)
+        b, c, h, wd = pixels.shape
+        p = self.patch_size
+        if not fast_inference() or h % p or wd % p:
+            return self.patch_embed(pixels).flatten(2).transpose(1, 2)
+        # A stride-P PxP conv is a matmul over unfolded patches; faster on CPU than a conv with 3 channels.
+        patches = pixels.reshape(b, c, h // p, p, wd // p, p).permute(0, 2, 4, 1, 3, 5)  # [B, gh, gw, 3, P, P]
+        return patches.reshape(b, (h // p) * (wd // p), c * p * p) @ w.reshape(w.shape[0], -1).t()
+
     def forward_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """All output tokens before ``norm_post``: [B, 1 + g*g, W] (class token first)."""
-        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype))  # [B, W, g, g]
-        x = x.flatten(2).transpose(1, 2)  # [B, g*g, W], row-major grid
+        x = self.embed_patches(pixels)  # [B, g*g, W]
         cls = self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, W]
         x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)  # [B, 1+g*g, W]
         return self.transformer(self.norm_pre(x))
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.forward_tokens(pixels)[:, 0]  # [B, W]
         return self.norm_post(x) @ self.proj.to(x.dtype)  # [B, E]
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return _in_chunks(self._forward, pixels, max(1, self.chunk_tokens // self.pos_embed.shape[0]))
 
 
 class Downsample(nn.Module):
@@ -59,7 +85,7 @@ class Downsample(nn.Module):
         self.bn = nn.BatchNorm2d(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(self.pool(x)))
+        return _conv_bn(self.conv, self.bn, self.pool(x))
 
 
 class Bottleneck(nn.Module):
@@ -80,10 +106,12 @@ class Bottleneck(nn.Module):
         self.downsample = Downsample(inp, out, stride) if stride > 1 or inp != out else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(self.pool(y)))
+        y = _conv_bn(self.conv1, self.bn1, x, relu=True)
+        y = _conv_bn(self.conv2, self.bn2, y, relu=True)
+        y = _conv_bn(self.conv3, self.bn3, self.pool(y))
         shortcut = x if self.downsample is None else self.downsample(x)
+        if fast_inference():
+            return y.add_(shortcut).relu_()  # y is a fresh tensor: y + shortcut == shortcut + y exactly
         return F.relu(y + shortcut)
 
 
@@ -102,9 +130,9 @@ class Stem(nn.Module):
         self.pool = nn.AvgPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        x = F.relu(self.bn3(self.conv3(x)))
+        x = _conv_bn(self.conv1, self.bn1, x, relu=True)
+        x = _conv_bn(self.conv2, self.bn2, x, relu=True)
+        x = _conv_bn(self.conv3, self.bn3, x, relu=True)
         return self.pool(x)
 
 
@@ -162,15 +190,64 @@ class ModifiedResNet(nn.Module):
             for block in stage:
                 nn.init.zeros_(block.bn3.weight)  # each residual branch starts as identity
 
+    # Inference splits larger batches into chunks of this many images (cache-sized activations).
+    chunk_images = 8
+
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """The last feature map before attention pooling: [B, 32w, R/32, R/32]."""
-        x = self.stem(pixels.to(self.stem.conv1.weight.dtype))
+        x = pixels.to(self.stem.conv1.weight.dtype)
+        if fast_inference():
+            # oneDNN's convs are fastest on NHWC; every op below keeps the layout, the values are the same.
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.stem(x)
         for stage in self.stages:
             x = stage(x)
         return x
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.attn_pool(self.forward_features(pixels))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return _in_chunks(self._forward, pixels, self.chunk_images)
+
+
+def _in_chunks(forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``forward(pixels)``, in inference over chunks of ``chunk`` images (images never interact)."""
+    n = pixels.shape[0]
+    if n <= chunk or not fast_inference():
+        return forward(pixels)
+    parts = -(-n // chunk)
+    return torch.cat([forward(p) for p in pixels.split(-(-n // parts))])  # equal-sized chunks
+
+
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of ``conv`` followed by eval-mode ``bn`` as one conv, cached on ``bn``.
+
+    The cache key holds each source tensor's identity and version counter, so loading a state dict,
+    an optimizer step or ``.to()`` rebuilds it; it is a plain attribute, never part of the state dict.
+    """
+    sources = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources) + (bn.eps,)
+    cached = bn.__dict__.get("_folded")
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    with torch.no_grad():  # in fp32 whatever the parameters' dtype, rounded once at the end
+        scale = bn.weight.float() * torch.rsqrt(bn.running_var.float() + bn.eps)  # eval batch_norm's factor
+        bias = (bn.bias.float() - bn.running_mean.float() * scale).to(conv.weight.dtype)
+        weight = (conv.weight.float() * scale.reshape(-1, 1, 1, 1)).to(conv.weight.dtype)
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    bn.__dict__["_folded"] = (key, weight, bias)
+    return weight, bias
+
+
+def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """``bn(conv(x))``, then ReLU if asked; in eval-mode inference as one conv with the BN folded in."""
+    if bn.training or not fast_inference() or not (bn.affine and bn.track_running_stats):
+        y = bn(conv(x))
+        return F.relu(y) if relu else y
+    weight, bias = _folded(conv, bn)
+    y = F.conv2d(x, weight.to(x.dtype), bias.to(x.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+    return y.relu_() if relu else y
 
 
 def build_vision(cfg: CLIPConfig) -> nn.Module:

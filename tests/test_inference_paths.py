@@ -1,0 +1,123 @@
+"""The inference shortcuts compute what the plain (autograd) path computes.
+
+Inference (no autograd recording) packs text rows of different lengths, folds eval-mode BatchNorm into
+the convs (cached), runs the ResNet channels-last, embeds ViT patches with a matmul, splits large image
+batches and adds residuals in place. None of it may change a feature beyond float rounding, a state dict
+key, or what training sees.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from torchclip.config import CLIPConfig, TextConfig, VisionConfig
+from torchclip.layers import Packing
+from torchclip.model import CLIP
+
+
+def tiny(resnet: bool) -> CLIPConfig:
+    vision = (VisionConfig(image_size=64, layers=(1, 2, 1, 1), width=16, patch_size=None) if resnet
+              else VisionConfig(image_size=32, layers=2, width=64, patch_size=8))
+    return CLIPConfig(embed_dim=32, vision=vision,
+                      text=TextConfig(context_length=16, vocab_size=100, width=64, heads=2, layers=2))
+
+
+def ids_batch(cfg: CLIPConfig, lengths: list[int]) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    t = cfg.text
+    ids = torch.zeros(len(lengths), t.context_length, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, 0] = t.sot_id
+        ids[i, 1:n + 1] = torch.randint(1, t.vocab_size - 2, (n,), generator=g)
+        ids[i, n + 1] = t.eot_id
+    return ids
+
+
+def randomize_batchnorm(model: CLIP) -> None:
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for t, lo, hi in ((m.weight, 0.5, 1.5), (m.bias, -0.2, 0.2), (m.running_mean, -0.2, 0.2),
+                              (m.running_var, 0.5, 2.0)):
+                t.data.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+
+
+def test_packing_layout() -> None:
+    p = Packing.from_lengths(torch.tensor([2, 4, 1]))
+    assert (p.batch, p.length) == (3, 4)
+    # row 0: tokens 0,1 then copies of 1; row 1: 2..5; row 2: token 6 four times
+    assert p.gather.tolist() == [0, 1, 1, 1, 2, 3, 4, 5, 6, 6, 6, 6]
+    assert p.scatter.tolist() == [0, 1, 4, 5, 6, 7, 8]
+
+
+def test_packed_text_equals_padded_text_and_backprops_the_same() -> None:
+    torch.manual_seed(0)
+    cfg = tiny(False)
+    model = CLIP(cfg).eval()
+    ids = ids_batch(cfg, [1, 12, 3, 0, 7])
+    with torch.no_grad():
+        packed = model.encode_text(ids)
+        model.text.pack_min_padding = 2.0  # never pack
+        padded = model.encode_text(ids)
+        alone = torch.cat([model.encode_text(ids[i:i + 1]) for i in range(len(ids))])
+    torch.testing.assert_close(packed, padded, atol=1e-6, rtol=0)
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
+
+    grads = []
+    for pack in (0.1, 2.0):
+        model.zero_grad()
+        model.text.pack_min_padding = pack
+        model.encode_text(ids).square().sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.text.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_resnet_inference_path_equals_autograd_path() -> None:
+    torch.manual_seed(0)
+    cfg = tiny(True)
+    model = CLIP(cfg).eval()
+    randomize_batchnorm(model)
+    keys = set(model.state_dict())
+    px = torch.randn(5, 3, 64, 64)
+    ref = model.encode_image(px).detach()  # autograd on: plain conv -> BN -> ReLU, NCHW
+    model.visual.chunk_images = 2
+    with torch.inference_mode():
+        fast = model.encode_image(px)
+    with torch.no_grad():
+        again = model.encode_image(px)  # the cached folded weights, outside inference mode
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, fast, atol=0, rtol=0)
+    assert set(model.state_dict()) == keys  # the fold cache is no state
+
+    # A changed running statistic or a loaded state dict rebuilds the cache.
+    other = CLIP(cfg).eval()
+    randomize_batchnorm(other)
+    other.visual.stem.bn1.running_var.mul_(3)
+    model.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        after = model.encode_image(px)
+    torch.testing.assert_close(after, other.encode_image(px).detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_resnet_train_mode_never_folds_batchnorm() -> None:
+    torch.manual_seed(0)
+    model = CLIP(tiny(True)).train()
+    randomize_batchnorm(model)
+    px = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        a = model.encode_image(px)  # batch statistics, in no_grad too
+    b = model.encode_image(px).detach()
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_vit_inference_path_equals_autograd_path() -> None:
+    torch.manual_seed(0)
+    model = CLIP(tiny(False)).eval()
+    px = torch.randn(7, 3, 32, 32)
+    ref = model.encode_image(px).detach()  # conv patch embedding, one batch
+    model.visual.chunk_tokens = 3 * 17  # chunks of three images
+    with torch.inference_mode():
+        fast = model.encode_image(px)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)

@@ -143,6 +143,7 @@ class Tokenizer:
         self.special = {SOT_TOKEN: self.sot_id, EOT_TOKEN: self.eot_id}
         self.bpe_ranks = {m: i for i, m in enumerate(self.merges)}
         self._cache: dict[str, tuple[int, ...]] = {}
+        self._piece_cache: dict[str, list[int]] = {}
         self._pool: Any = None
         self._pool_workers = 0
 
@@ -233,12 +234,23 @@ class Tokenizer:
         return [self.encoder[s] for s in self.bpe(piece)]
 
     def _chunk_ids(self, chunk: str) -> tuple[int, ...]:
+        """Ids of one space-free chunk of cleaned text (cached: captions reuse few distinct chunks).
+
+        Its pieces' ids are cached too, since one word recurs in many chunks ("dog", "dog,", "dog's").
+        """
         ids = self._cache.get(chunk)
         if ids is None:
-            ids = tuple(i for piece in PATTERN.findall(chunk) for i in self._piece_ids(piece))
+            pieces, out = self._piece_cache, []
+            for piece in PATTERN.findall(chunk):
+                p = pieces.get(piece)
+                if p is None:
+                    if len(pieces) >= _CACHE_LIMIT:
+                        pieces.clear()
+                    p = pieces[piece] = self._piece_ids(piece)
+                out.extend(p)
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
-            self._cache[chunk] = ids
+            ids = self._cache[chunk] = tuple(out)
         return ids
 
     # ---- encode / decode ---------------------------------------------------------------------------------
@@ -361,7 +373,7 @@ class Tokenizer:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_pool"], state["_pool_workers"], state["_cache"] = None, 0, {}
+        state.update(_pool=None, _pool_workers=0, _cache={}, _piece_cache={})
         return state
 
     def __repr__(self) -> str:

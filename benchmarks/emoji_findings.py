@@ -64,20 +64,29 @@ def train(args: argparse.Namespace) -> tuple[Path, str, float]:
     return model, " ".join(cmd[1:]), time.time() - start
 
 
+def _run_config(checkpoint: Path) -> dict | None:
+    """The ``torchclip train`` run config saved beside a checkpoint (run folder or its checkpoints/)."""
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        if (folder / "config.json").is_file():
+            return json.loads((folder / "config.json").read_text())
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if not (args.data / "classes.json").is_file():
         raise SystemExit(f"emoji data not found at {args.data} (--data)")
-    from torchclip import CLIP, load
-    from torchclip.evaluation.clip_benchmark import resolve_tokenizer
-    from torchclip.evaluation.report import baseline_probe, make_plots, render_markdown, run_findings
-
     train_cmd, train_s = None, None
     checkpoint = args.checkpoint
     if checkpoint is None:
         checkpoint, train_cmd, train_s = train(args)
+    # imported after training, which runs in its own process and may take a while
+    from torchclip import CLIP, load
+    from torchclip.evaluation.clip_benchmark import resolve_tokenizer
+    from torchclip.evaluation.report import baseline_probe, make_plots, render_markdown, run_findings
+
     model, _ = load(checkpoint)
     tokenizer = resolve_tokenizer(model, args.tokenizer, checkpoint)
     start = time.time()
@@ -102,6 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         f"Evaluation: {eval_s / 60:.1f} min on {res['setup']['machine']} (features cached). "
         f"Rerun: `{rerun}`. Every number: `{os.path.relpath(args.out.with_suffix('.json'), REPO)}`.",
     ]
+    run_cfg = _run_config(checkpoint)
+    if run_cfg:
+        d = run_cfg.get("data", {})
+        res["setup"]["train_config"] = run_cfg
+        if d.get("templates") and d.get("template_prob"):
+            setup.append(
+                f"Note: the run wrapped training captions in {d['templates']} with probability "
+                f"{d['template_prob']} (and dropped keywords with p={d.get('tag_dropout', 0)}), so those "
+                "templates are in-distribution text here, unlike the paper's web captions.")
     md = render_markdown(res, plots, args.out.parent, setup=setup)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(md)

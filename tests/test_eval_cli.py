@@ -120,6 +120,25 @@ def test_loader_contract_and_registration(run_dir: Path, monkeypatch: pytest.Mon
     assert fake_models.TYPE2FUNC["torchclip"] is load_torchclip and fake_models.MODEL_TYPES.count("torchclip") == 1
 
 
+def test_clip_benchmark_subcommand_runs_its_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+    fake_models = types.ModuleType("clip_benchmark.models")
+    fake_models.TYPE2FUNC, fake_models.MODEL_TYPES = {}, []
+    fake_cli = types.ModuleType("clip_benchmark.cli")
+
+    def fake_main() -> int:
+        seen["argv"], seen["types"] = list(sys.argv), list(fake_models.MODEL_TYPES)
+        return 0
+
+    fake_cli.main = fake_main
+    for name, mod in (("clip_benchmark", types.ModuleType("clip_benchmark")),
+                      ("clip_benchmark.models", fake_models), ("clip_benchmark.cli", fake_cli)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    sys.modules["clip_benchmark"].models = fake_models
+    assert cli.main(["clip-benchmark", "eval", "--model_type", "torchclip"]) == 0
+    assert seen == {"argv": ["clip_benchmark", "eval", "--model_type", "torchclip"], "types": ["torchclip"]}
+
+
 def test_tokenizer_resolution(run_dir: Path, tmp_path: Path) -> None:
     assert find_tokenizer(run_dir / "checkpoint.safetensors") == run_dir / "tokenizer.txt.gz"
     assert find_tokenizer(tmp_path / "elsewhere.safetensors") is None

@@ -76,6 +76,20 @@ def test_retrieval_known_answer_with_several_captions() -> None:
     assert r["image_retrieval_recall@3"] == 1.0
 
 
+def test_ranks_agree_with_recall() -> None:
+    from torchclip.evaluation.retrieval import best_positive_ranks, rank_summary
+
+    sim = torch.tensor([[0.1, 0.9, 0.5, 0.0, 0.2], [0.8, 0.1, 0.3, 0.0, 0.9], [0.0, 0.0, 0.0, 0.2, 0.1]])
+    pos = positives_from_index([0, 0, 1, 2, 2], 3)
+    assert best_positive_ranks(sim, pos).tolist() == [1, 3, 1]
+    assert best_positive_ranks(sim.t(), pos.t()).tolist() == [2, 1, 2, 1, 3]
+    r = rank_summary(sim, pos)
+    assert r["text_retrieval_median_rank"] == 1 and r["image_retrieval_mean_rank"] == pytest.approx(9 / 5)
+    recall = retrieval_recall(sim, pos, (1, 2))
+    ranks = best_positive_ranks(sim, pos)
+    assert recall["text_retrieval_recall@2"] == pytest.approx(float((ranks <= 2).float().mean()))
+
+
 def test_retrieval_rejects_queries_without_positives() -> None:
     pos = torch.tensor([[True, False], [False, False]])
     with pytest.raises(ValueError, match="no positive"):

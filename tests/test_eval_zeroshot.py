@@ -99,12 +99,17 @@ def test_feature_cache_and_kinds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     b = extract_image_features(model, ds, cache_dir=tmp_path, progress=False)
     assert torch.equal(a, b)
     monkeypatch.undo()
+    model.visual.chunk_tokens = 2 * 17  # the tower runs 2 images at a time: the hook fires 3 times a batch
     pre = extract_image_features(model, ds, kind="pre_projection", cache_dir=False, progress=False)
     assert pre.shape == (6, 64)  # vision width, before the projection
     with torch.no_grad():
         torch.testing.assert_close(pre @ model.visual.proj, a, atol=1e-5, rtol=1e-5)
     rn = tiny_model(resnet=True)
-    assert extract_image_features(rn, ds, kind="pre_projection", cache_dir=False, progress=False).shape == (6, 256)
+    rn_emb = extract_image_features(rn, ds, cache_dir=False, progress=False)
+    rn_pre = extract_image_features(rn, ds, kind="pre_projection", batch_size=4, cache_dir=False, progress=False)
+    assert rn_pre.shape == (6, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(rn.visual.attn_pool.out_proj(rn_pre), rn_emb, atol=1e-4, rtol=1e-4)
     fp = model_fingerprint(model)
     with torch.no_grad():
         model.visual.proj.mul_(2)

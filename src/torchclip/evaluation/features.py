@@ -136,7 +136,8 @@ def _pre_projection_hook(model: CLIP, store: list[torch.Tensor]) -> torch.utils.
     """Capture the image tower's output before its final projection (the paper's probe features).
 
     ViT: the class token after ``norm_post`` ([B, W]); ModifiedResNet: the attention pool's output before
-    ``out_proj`` ([B, 32w]). Hooks keep this module from re-implementing the towers.
+    ``out_proj`` ([B, 32w]). Hooks keep this module from re-implementing the towers; a tower that splits a
+    batch into chunks calls the hook once per chunk, in order.
     """
     visual = model.visual
     if hasattr(visual, "norm_post"):
@@ -198,7 +199,10 @@ def extract_image_features(
         with eval_mode(model):
             for pixels in tqdm(loader, desc=f"features {dataset.name}", disable=not progress, leave=False):
                 emb = model.encode_image(pixels.to(device=device, dtype=model.dtype))
-                out.append((store.pop() if handle is not None else emb).float().cpu())
+                if handle is not None:  # the tower may run a batch in several chunks: one hook call each
+                    emb = torch.cat(store)
+                    store.clear()
+                out.append(emb.float().cpu())
     finally:
         if handle is not None:
             handle.remove()

@@ -90,7 +90,7 @@ def plot_few_shot(summary: Mapping[int, tuple[float, float]], path: str | os.Pat
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return _save(fig, path)
 
 
@@ -118,7 +118,7 @@ def plot_robustness(points: Mapping[str, tuple[float, float]], path: str | os.Pa
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: points stay visible
     return _save(fig, path)
 
 
@@ -137,9 +137,11 @@ def plot_bars(groups: Mapping[str, Mapping[str, float]], path: str | os.PathLike
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     if chance is not None:
         ax.axhline(chance * 100, color="grey", linestyle="--", label="chance")
+    top = np.nanmax([v * 100 for g in groups.values() for v in g.values()] + [1.0])
+    ax.set_ylim(0, top * 1.12)  # room for the value labels
     ax.set_xticks(x, group_names)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)

@@ -305,7 +305,7 @@ def render_markdown(res: dict[str, Any], plots: dict[str, Path], md_dir: str | o
     best = res["best_template"]
     lines = ["## Zero-shot, probes, style shift: the paper's findings on emoji (`torchclip eval`)", "", *setup, ""]
     lines += ["### (a) Prompting: bare label vs one template vs an ensemble", "",
-              "Zero-shot top-1 (%) on the val concepts (never seen in training). Category: 9 classes; "
+              f"Zero-shot top-1 (%) on the val concepts (never seen in training). Category: {len(res['categories'])} classes; "
               f"subcategory: {res['n_subcategories']} classes (chance {fmt_pct(ch['subcategory_acc1'])} / top-5 "
               f"{fmt_pct(ch['subcategory_acc5'])}).", ""]
     bare = pr["bare label"]["in-style"]["category"]["acc1"]

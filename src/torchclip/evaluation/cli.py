@@ -49,7 +49,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="torchclip eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="torchclip eval", description=__doc__.split("\n\n")[0],
+        epilog="torchclip eval clip-benchmark ARGS... runs CLIP_benchmark's own command line with "
+               "'--model_type torchclip' available (needs clip_benchmark installed; pass --no_amp).")
     sub = parser.add_subparsers(dest="command", required=True)
     zs = sub.add_parser("zeroshot", help="zero-shot classification")
     _common(zs)

@@ -78,9 +78,11 @@ def _step_torchclip(case: str):  # noqa: ANN202
 
 
 def _step_open_clip(case: str):  # noqa: ANN202
+    import importlib
+
     sys.path.insert(0, str(Path(__file__).parent))
+    importlib.import_module("openclip_shim")  # first: lets torchvision import on a CPU-only torch
     import open_clip
-    import openclip_shim  # noqa: F401  (torchvision on a CPU-only torch)
     import torch
     from open_clip.loss import ClipLoss
 

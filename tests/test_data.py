@@ -197,3 +197,18 @@ def test_png_webp_jpeg_all_decode(tmp_path: Path) -> None:
             add(tar, f"k9.{ext}", data)
     b = next(_stream(str(path), batch_size=4, shuffle_buffer=1).iter_stream(0))
     assert b.pixels.shape[0] == 4 and not b.skips
+
+
+def test_demo_scenes_hold_out_combinations(tmp_path: Path) -> None:
+    from torchclip.demo import COLORS, SHAPES, held_out, write_shard
+
+    held = {(c, s) for c in COLORS for s in SHAPES if held_out(c, s)}
+    assert len(held) == 6 and {c for c, _ in held} == set(COLORS) and {s for _, s in held} == set(SHAPES)
+    write_shard(tmp_path / "train.tar", 40, seed=0, seen=True)
+    write_shard(tmp_path / "test.tar", 20, seed=1, seen=False)
+    _, train_meta = load_eval_samples(str(tmp_path / "train.tar"), 16)
+    _, test_meta = load_eval_samples(str(tmp_path / "test.tar"), 16)
+    assert len(train_meta) == 40 and len(test_meta) == 20
+    assert all((m["color"], m["shape"]) not in held for m in train_meta)
+    assert all((m["color"], m["shape"]) in held for m in test_meta)
+    assert all(m["color"] in m["caption"] and m["shape"] in m["caption"] for m in train_meta)

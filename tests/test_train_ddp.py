@@ -42,6 +42,8 @@ def test_two_process_gloo_run(tmp_path: Path, strategy: str) -> None:
     assert state["data"]["batches"] == 3 * cfg["optim"]["accum_steps"]
     model = load_model(out / "model.safetensors")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    if strategy == "fsdp":
+        return  # resume is strategy-independent (full state dicts); DDP covers it below
     # resume on the same world size continues to a longer schedule
     res = _torchrun(cfg_path, "--resume", "--optim.steps=4")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

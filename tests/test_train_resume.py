@@ -21,7 +21,7 @@ from trainkit import make_shards, tiny_overrides
 from torchclip.train import TrainConfig, train
 from torchclip.train.state import list_checkpoints, load_checkpoint
 
-STEPS = 10
+STEPS = 8
 
 
 def _config(shards: str, out: Path) -> dict:

@@ -349,32 +349,42 @@ class ContrastiveStream(IterableDataset):
 
     def _raw_items(self, stream: int, counts: dict[str, int]) -> Iterator[Raw]:
         """This stream's raw samples, epoch after epoch, forever. Deterministic in (seed, stream)."""
-        n = self.n_streams
         for epoch in range(1 << 62):
-            order_rng = random.Random(f"{self.seed}/order/{epoch}")
-            if self.rows is not None:
-                idx = list(range(len(self.rows)))
-                order_rng.shuffle(idx)
-                yield from (self.rows[i] for i in idx[stream::n])
-                continue
-            if self.resampled:
-                rng = random.Random(f"{self.seed}/resample/{stream}/{epoch}")
-                shards = [rng.choice(self.urls) for _ in range(max(1, len(self.urls) // n))]
-                for url in shards:
-                    yield from iter_tar(url, counts)
-                continue
-            shards = list(self.urls)
-            order_rng.shuffle(shards)
-            if len(shards) >= n:  # split by shard
-                for url in shards[stream::n]:
-                    yield from iter_tar(url, counts)
-            else:  # fewer shards than streams: every stream reads all, keeps every n-th sample
-                i = 0
-                for url in shards:
-                    for item in iter_tar(url, counts):
-                        if i % n == stream:
-                            yield item
-                        i += 1
+            produced = 0
+            for item in self._epoch_items(stream, epoch, counts):
+                produced += 1
+                yield item
+            if not produced:
+                raise RuntimeError(f"stream {stream} got no samples in epoch {epoch} of {self.source!r} "
+                                   f"({self.n_streams} streams; skipped so far: {counts})")
+
+    def _epoch_items(self, stream: int, epoch: int, counts: dict[str, int]) -> Iterator[Raw]:
+        """One epoch of this stream: its share of the rows/shards, in an order seeded by (seed, epoch)."""
+        n = self.n_streams
+        order_rng = random.Random(f"{self.seed}/order/{epoch}")
+        if self.rows is not None:
+            idx = list(range(len(self.rows)))
+            order_rng.shuffle(idx)
+            yield from (self.rows[i] for i in idx[stream::n])
+            return
+        if self.resampled:
+            rng = random.Random(f"{self.seed}/resample/{stream}/{epoch}")
+            shards = [rng.choice(self.urls) for _ in range(max(1, len(self.urls) // n))]
+            for url in shards:
+                yield from iter_tar(url, counts)
+            return
+        shards = list(self.urls)
+        order_rng.shuffle(shards)
+        if len(shards) >= n:  # split by shard
+            for url in shards[stream::n]:
+                yield from iter_tar(url, counts)
+        else:  # fewer shards than streams: every stream reads all, keeps every n-th sample
+            i = 0
+            for url in shards:
+                for item in iter_tar(url, counts):
+                    if i % n == stream:
+                        yield item
+                    i += 1
 
     def _sample(self, raw: Raw, index: int, stream: int, augment: Callable) -> tuple[torch.Tensor, str]:
         caption = get_caption(raw, self.caption_key)
@@ -416,7 +426,8 @@ class ContrastiveStream(IterableDataset):
         worker = 0 if info is None else info.id
         if info is not None and info.num_workers != self.num_workers:
             raise ValueError(f"stream built for {self.num_workers} workers, DataLoader has {info.num_workers}")
-        torch.set_num_threads(1)  # decoding is per-sample Python; threads would only fight the model's
+        if info is not None:
+            torch.set_num_threads(1)  # a worker decodes per-sample in Python; threads would fight the model's
         return self.iter_stream(self.stream_id(worker))
 
 

@@ -256,3 +256,24 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert load_embeddings(tmp_path / "d").meta["draft_factor"] == 3.0
     assert embed_main([str(tmp_path / "nope"), "--model", "cpu-vit-32", "--random-init", "--out",
                        str(tmp_path / "x")]) == 1
+
+
+def test_model_spec_finds_the_vocabulary_shipped_with_a_checkpoint(tmp_path: Path) -> None:
+    from torchclip.embed.modelspec import find_tokenizer
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "ckpt-00000050.pt").write_bytes(b"")
+    (run / "model.safetensors").write_bytes(b"")
+    assert find_tokenizer(str(run / "model.safetensors")) is None
+    (run / "tokenizer.txt.gz").write_bytes(b"")
+    assert find_tokenizer(str(run / "model.safetensors")) == str(run / "tokenizer.txt.gz")
+    assert find_tokenizer(str(run / "checkpoints" / "ckpt-00000050.pt")) == str(run / "tokenizer.txt.gz")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "vocab.json").write_text("{}")
+    (hf / "merges.txt").write_text("")
+    assert find_tokenizer(str(hf)) == str(hf)
+    assert find_tokenizer("ViT-B/32") is None
+    spec = ModelSpec(str(run / "model.safetensors"), tokenizer="tok.txt.gz").normalized()
+    assert Path(spec.tokenizer).is_absolute() and ModelSpec.from_dict(spec.to_dict()) == spec

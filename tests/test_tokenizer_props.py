@@ -202,6 +202,7 @@ def test_decode_inverts_encode_up_to_piece_spacing(tok: Tokenizer, text: str) ->
 @given(text=TEXTS)
 def test_chunks_equal_full_cleaning(text: str) -> None:
     assert chunks(text) == _reference_chunks(text)
+    assert "\x00" not in clean_text(text)  # tokenizer._rows marks the end of each text with NUL
 
 
 @settings(max_examples=200, deadline=None)

@@ -280,7 +280,9 @@ class Tokenizer:
     def decode(self, ids: Iterable[int] | torch.Tensor, *, skip_special_tokens: bool = False) -> str:
         """Text of ids as OpenAI decodes it: bytes back, UTF-8 with replacement, each ``</w>`` -> a space.
 
-        With ``skip_special_tokens``, the start of text is dropped and the sequence ends at the first end of
+        So ``decode(encode(x))`` is the cleaned text (``clean_text(x)``) with one space after each of its
+        pre-tokenization pieces (``PATTERN.findall``), special-token strings excepted: equal to the cleaned
+        text once all spaces are removed. With ``skip_special_tokens``, the start of text is dropped and the sequence ends at the first end of
         text (which also drops a ``tokenize`` row's padding).
         """
         if isinstance(ids, torch.Tensor):
@@ -380,29 +382,53 @@ class Tokenizer:
         return f"Tokenizer(vocab_size={self.vocab_size}, context_length={self.context_length})"
 
 
+_ROW_END = "\x00"  # ends a text's chunks in _rows' stream; no cleaned text holds NUL (ftfy deletes it)
+
+
 def _rows(tok: Tokenizer, texts: list[str], ctx: int) -> tuple[list[int], list[int]]:
     """Flat ids of every row (SOT + content cut to ctx - 2 + EOT) and each text's untruncated length.
 
-    The hot loop of ``tokenize``: ``encode`` inlined, route A's test hoisted, one flat list for all rows.
+    The hot loop of ``tokenize``. Each run of consecutive route-A texts (printable ASCII, no '&': cleaning is
+    split + lower) is joined with NUL markers, lower-cased and split once; other texts are cleaned one by
+    one. Then one pass over the chunk stream looks each chunk up in the cache.
     """
-    flat: list[int] = []
-    lens: list[int] = []
-    append, extend, add_len = flat.append, flat.extend, lens.append
-    get, chunk_ids, not_inert = tok._cache.get, tok._chunk_ids, _NOT_INERT.search
-    sot, eot, limit = tok.sot_id, tok.eot_id, ctx - 2
+    stream: list[str] = []
+    run: list[str] = []
+    not_inert, sep = _NOT_INERT.search, f" {_ROW_END} "
     for text in texts:
         if not isinstance(text, str):
             raise TypeError(f"expected str, got {type(text).__name__}")
-        start = len(flat) + 1
-        append(sot)
-        for chunk in text.lower().split() if text.isascii() and not_inert(text) is None else _chunks(text):
+        if text.isascii() and not_inert(text) is None:
+            run.append(text)
+            continue
+        if run:
+            stream += (sep.join(run) + sep).lower().split()
+            run = []
+        stream += _chunks(text)
+        stream.append(_ROW_END)
+    if run:
+        stream += (sep.join(run) + sep).lower().split()
+
+    flat: list[int] = []
+    lens: list[int] = []
+    append, extend, add_len = flat.append, flat.extend, lens.append
+    get, chunk_ids = tok._cache.get, tok._chunk_ids
+    sot, eot, limit = tok.sot_id, tok.eot_id, ctx - 2
+    start = 1
+    append(sot)
+    for chunk in stream:
+        if chunk == _ROW_END:
+            n = len(flat) - start
+            if n > limit:
+                del flat[start + limit :]
+            append(eot)
+            add_len(n + 2)
+            start = len(flat) + 1
+            append(sot)
+        else:
             ids = get(chunk)
             extend(ids if ids is not None else chunk_ids(chunk))
-        n = len(flat) - start
-        if n > limit:
-            del flat[start + limit :]
-        append(eot)
-        add_len(n + 2)
+    flat.pop()  # the SOT opened after the last text
     return flat, lens
 
 

@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plots", type=Path, default=REPO / "benchmarks" / "plots")
     p.add_argument("--seeds", type=int, default=5, help="few-shot seeds (subcategory uses at most 3)")
     p.add_argument("--no-baseline", action="store_true", help="skip the random-init probe baseline")
+    p.add_argument("--no-trajectory", action="store_true",
+                   help="skip evaluating the run's intermediate checkpoints (the robustness-plot trails)")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TORCHCLIP_CACHE/eval)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for evaluation")
     return p.parse_args(argv)
@@ -52,16 +54,27 @@ def train(args: argparse.Namespace) -> tuple[Path, str, float]:
     config = args.config or REPO / "configs" / "emoji.yaml"
     if not config.is_file():
         raise SystemExit(f"no training config at {config}: pass --config, or --checkpoint to skip training")
+    # every intermediate checkpoint is kept: each is one more model on the robustness plot (c)
     cmd = [sys.executable, "-m", "torchclip.train", "--config", str(config),
            f"--data.train={TRAIN_SHARDS.format(data=args.data)}", f"--run.output_dir={args.run_dir}",
-           *args.train_arg]
+           "--run.keep_checkpoints=1000", *args.train_arg]
     print("+", " ".join(cmd), flush=True)
     start = time.time()
     subprocess.run(cmd, check=True, cwd=REPO)
     model = args.run_dir / "model.safetensors"
     if not model.is_file():
         raise SystemExit(f"training finished without {model}")
-    return model, " ".join(cmd[1:]), time.time() - start
+    shown = " ".join(["torchclip", "train", *cmd[3:]]).replace(f"{REPO}/", "").replace(f"{REPO.parent}/", "../")
+    return model, shown, time.time() - start
+
+
+def _checkpoints(checkpoint: Path) -> list[Path]:
+    """The run's intermediate training checkpoints (``checkpoints/ckpt-<step>.pt``), in step order."""
+    for folder in (checkpoint.parent / "checkpoints", checkpoint.parent):
+        found = [p for p in folder.glob("ckpt-*.pt") if p.stem.split("-")[-1].isdigit()]
+        if found:
+            return sorted(found, key=lambda p: int(p.stem.split("-")[-1]))
+    return []
 
 
 def _run_config(checkpoint: Path) -> dict | None:
@@ -85,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     # imported after training, which runs in its own process and may take a while
     from torchclip import CLIP, load
     from torchclip.evaluation.clip_benchmark import resolve_tokenizer
-    from torchclip.evaluation.report import baseline_probe, make_plots, render_markdown, run_findings
+    from torchclip.evaluation.report import (
+        baseline_probe,
+        checkpoint_trajectory,
+        make_plots,
+        render_markdown,
+        run_findings,
+    )
 
     model, _ = load(checkpoint)
     tokenizer = resolve_tokenizer(model, args.tokenizer, checkpoint)
@@ -94,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_baseline:
         torch.manual_seed(0)
         res["baseline"] = baseline_probe(CLIP(model.config).eval(), args.data, cache_dir=args.cache_dir)
+    ckpts = [] if args.no_trajectory else _checkpoints(checkpoint)
+    if ckpts:
+        res["trajectory"] = checkpoint_trajectory(ckpts, tokenizer, args.data, cache_dir=args.cache_dir)
     eval_s = time.time() - start
     cfg = model.config
     res["setup"] = {"checkpoint": str(checkpoint), "config": cfg.to_dict(), "train_command": train_cmd,

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from evalkit import byte_tokenizer, tiny_model, write_shard
 
 from torchclip.evaluation.report import (
     IN_STYLES,
     NEW_STYLES,
+    checkpoint_trajectory,
     load_emoji,
     make_plots,
     render_markdown,
@@ -62,10 +64,17 @@ def test_findings_and_report(emoji_root: Path, tmp_path: Path) -> None:
     assert res["retrieval"]["in-style"]["text_retrieval_recall@10"] >= res["retrieval"]["in-style"][
         "text_retrieval_recall@1"]
     assert res["chance"]["text_R@1_in-style"] == pytest.approx(1 / res["n_names"]["in-style"])
+    ckpt = tmp_path / "run" / "checkpoints" / "ckpt-7.pt"
+    ckpt.parent.mkdir(parents=True)
+    trained = tiny_model(seed=7)
+    torch.save({"torchclip_config": trained.config.to_dict(), "model": trained.state_dict()}, ckpt)
+    res["trajectory"] = checkpoint_trajectory([ckpt], byte_tokenizer(), emoji_root, cache_dir=tmp_path / "cache",
+                                              progress=False)
+    assert res["trajectory"][0]["step"] == 7 and 0 <= res["trajectory"][0]["probe"]["new-style"] <= 1
     json.dumps(res)  # every number is JSON-able
     plots = make_plots(res, tmp_path / "plots")
     assert all(p.stat().st_size > 1000 for p in plots.values())
     md = render_markdown(res, plots, tmp_path, setup=["setup line"])
     for heading in ("### (a)", "### (b)", "### (c)", "### (d)"):
         assert heading in md
-    assert "](plots/eval_robustness.png)" in md and "setup line" in md
+    assert "](plots/eval_robustness.png)" in md and "setup line" in md and "Along training" in md

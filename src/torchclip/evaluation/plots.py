@@ -96,18 +96,27 @@ def plot_few_shot(summary: Mapping[int, tuple[float, float]], path: str | os.Pat
 
 def plot_robustness(points: Mapping[str, tuple[float, float]], path: str | os.PathLike[str], *,
                     title: str = "", xlabel: str = "in-style accuracy (%)",
-                    ylabel: str = "new-style accuracy (%)", chance: float | None = None) -> Path:
+                    ylabel: str = "new-style accuracy (%)", chance: float | None = None,
+                    trails: Mapping[str, Sequence[tuple[float, float]]] | None = None) -> Path:
     """The paper's effective-robustness plot in miniature: each model at (in-distribution,
     shifted) accuracy, with the y = x line of a perfectly robust model. Points far below the line lose
-    accuracy under the shift; the paper's finding is that zero-shot models sit closer to it than probes."""
+    accuracy under the shift; the paper's finding is that zero-shot models sit closer to it than probes.
+    ``trails`` are sequences of points (e.g. checkpoints along training) drawn as lines."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    xs = [v[0] * 100 for v in points.values()]
-    ys = [v[1] * 100 for v in points.values()]
+    trail_pts = [p for t in (trails or {}).values() for p in t]
+    xs = [v[0] * 100 for v in [*points.values(), *trail_pts]]
+    ys = [v[1] * 100 for v in [*points.values(), *trail_pts]]
     hi = max([*xs, *ys, 1.0]) * 1.1
     ax.plot([0, hi], [0, hi], color="grey", linestyle=":", label="y = x (no drop)")
     if chance is not None:
         ax.axhline(chance * 100, color="lightgrey", linestyle="--", label="chance")
+    for i, (label, trail) in enumerate((trails or {}).items()):
+        tx, ty = [p[0] * 100 for p in trail], [p[1] * 100 for p in trail]
+        ax.plot(tx, ty, ("-", "--", "-.")[i % 3], color=("black", "tab:red", "tab:green")[i % 3], alpha=0.6,
+                marker=".", label=label, zorder=2)
+        if tx:
+            ax.annotate("start", (tx[0], ty[0]), fontsize=6, alpha=0.7)
     markers = "osD^v<>ph*"
     for i, (label, (x, y)) in enumerate(points.items()):
         ax.scatter([x * 100], [y * 100], marker=markers[i % len(markers)], s=60, label=label, zorder=3)

@@ -39,7 +39,7 @@ from .templates import prompt_name
 from .zeroshot import build_classifier, zeroshot_logits
 
 __all__ = ["IN_STYLES", "NEW_STYLES", "TEMPLATE_VARIANTS", "EmojiSplits", "load_emoji", "run_findings",
-           "baseline_probe", "make_plots", "render_markdown"]
+           "baseline_probe", "checkpoint_trajectory", "make_plots", "render_markdown"]
 
 IN_STYLES = ("google", "twitter")
 NEW_STYLES = ("openmoji", "fluent-flat")
@@ -212,6 +212,38 @@ def run_findings(model: CLIP, tokenizer: TextTokenizer, data_root: str | os.Path
     return out
 
 
+def checkpoint_trajectory(checkpoints: Sequence[str | os.PathLike[str]], tokenizer: TextTokenizer,
+                          data_root: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
+                          progress: bool = True) -> list[dict[str, Any]]:
+    """Zero-shot (every template variant) and in-style linear-probe category accuracy, in-style and
+    new-style, for each checkpoint of a run: one model per point on the robustness plot, as the paper's
+    Fig. 13 plots many models rather than one."""
+    from ..api import load
+
+    data = load_emoji(data_root)
+    train = data.get(IN_STYLES, "train")
+    ins, new = data.get(IN_STYLES, "val"), data.get(NEW_STYLES, "val")
+    groups = [m.get("concept_group") for m in train.meta]
+    names = _category_names(data.categories, False)
+    out = []
+    for path in checkpoints:
+        model, _ = load(path)
+        kw = dict(cache_dir=cache_dir, progress=progress)
+        emb = {k: extract_image_features(model, d, **kw) for k, d in (("in-style", ins), ("new-style", new))}
+        zs = {}
+        for label, spec in TEMPLATE_VARIANTS.items():
+            w = build_classifier(model, tokenizer, names, spec, cache_dir=cache_dir)
+            zs[label] = {k: _zs(emb[k], w, d.labels)["acc1"] for k, d in (("in-style", ins), ("new-style", new))}
+        pre = {k: extract_image_features(model, d, kind="pre_projection", **kw)
+               for k, d in (("train", train), ("in-style", ins), ("new-style", new))}
+        p = linear_probe(pre["train"], train.labels, pre["in-style"], ins.labels, groups=groups,
+                         num_classes=len(data.categories), extra_tests={"new-style": (pre["new-style"], new.labels)})
+        step = Path(path).stem.split("-")[-1]
+        out.append({"checkpoint": str(path), "step": int(step) if step.isdigit() else None, "zero_shot": zs,
+                    "probe": {"in-style": p.metrics["acc1"], "new-style": p.extra["new-style"]["acc1"], "C": p.C}})
+    return out
+
+
 def baseline_probe(model: CLIP, data_root: str | os.PathLike[str], *,
                    cache_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """The in-style linear probe on an *untrained* model's features: how much of (b)-(c) the architecture
@@ -289,8 +321,14 @@ def make_plots(res: dict[str, Any], plot_dir: str | os.PathLike[str], prefix: st
     if "baseline" in res:
         b = res["baseline"]
         points["linear probe, random-init model"] = (b["probe"]["in-style"]["acc1"], b["probe"]["new-style"]["acc1"])
+    trails = {}
+    if res.get("trajectory"):
+        traj = res["trajectory"]
+        trails[f"zero-shot ({best}) over training"] = [
+            (t["zero_shot"][best]["in-style"], t["zero_shot"][best]["new-style"]) for t in traj]
+        trails["linear probe over training"] = [(t["probe"]["in-style"], t["probe"]["new-style"]) for t in traj]
     out["robustness"] = plot_robustness(points, d / f"{prefix}robustness.png", chance=res["chance"]["category_acc1"],
-                                        title="(c) category top-1 under a drawing-style shift")
+                                        title="(c) category top-1 under a drawing-style shift", trails=trails)
     out["confusion"] = plot_confusion(np.array(res["confusion"]["new-style"]), res["categories"],
                                       d / f"{prefix}confusion.png",
                                       title=f"zero-shot categories, new styles ({best})")
@@ -367,6 +405,13 @@ def render_markdown(res: dict[str, Any], plots: dict[str, Path], md_dir: str | o
                      fmt_pct(b["new-style"]["acc1"]), f"{100 * (b['new-style']['acc1'] - b['in-style']['acc1']):+.1f}",
                      "", "", "", ""])
     lines += _table(["method", "in-style", "new-style", "Δ (shift)", *IN_STYLES, *NEW_STYLES], rows)
+    if res.get("trajectory"):
+        lines += ["Along training (each saved checkpoint is one model; category top-1 %, in-style → new-style):", ""]
+        rows = [[t["step"], f"{fmt_pct(t['zero_shot'][best]['in-style'])} → {fmt_pct(t['zero_shot'][best]['new-style'])}",
+                 f"{fmt_pct(t['zero_shot']['bare label']['in-style'])} → "
+                 f"{fmt_pct(t['zero_shot']['bare label']['new-style'])}",
+                 f"{fmt_pct(t['probe']['in-style'])} → {fmt_pct(t['probe']['new-style'])}"] for t in res["trajectory"]]
+        lines += _table(["step", f"zero-shot, {best}", "zero-shot, bare label", "linear probe"], rows)
     lines += [f"![robustness]({rel['robustness']}) ![confusion]({rel['confusion']})", "",
               "The paper (Fig. 13-14): adapting to ImageNet with a linear probe raises ImageNet accuracy but "
               "gives back part of zero-shot CLIP's robustness on the shifted sets; zero-shot models sit "

@@ -115,6 +115,17 @@ def test_webdataset_labels_captions_meta(tmp_path: Path) -> None:
     assert len(two) == 12 and two.classnames == ["blue", "green", "red"]
 
 
+def test_brace_expansion(tmp_path: Path) -> None:
+    from torchclip.evaluation.datasets import expand_braces
+
+    assert expand_braces("s-{000..002}.tar") == ["s-000.tar", "s-001.tar", "s-002.tar"]
+    assert expand_braces("{a,b}-{8..10}") == ["a-8", "a-9", "a-10", "b-8", "b-9", "b-10"]
+    assert expand_braces("plain.tar") == ["plain.tar"]
+    for i in range(2):
+        color_shard(tmp_path / f"s-{i:02d}.tar", per_class=1, style=f"st{i}")
+    assert len(load_webdataset(tmp_path / "s-{00..01}.tar")) == 6
+
+
 def test_webdataset_cls_and_errors(tmp_path: Path) -> None:
     shard = write_shard(tmp_path / "c.tar", [{"key": f"k{i}", "color": "red", "cls": i % 2} for i in range(4)])
     ds = load_webdataset(shard, label_key="cls", classnames=["zero", "one"])

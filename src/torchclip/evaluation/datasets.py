@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from PIL import Image
 from ..transforms import ImageDecodeError, load_image
 
 __all__ = ["ImageRef", "ImageDataset", "load_image_folder", "load_webdataset", "load_csv", "open_dataset",
-           "guess_kind", "decode_image", "IMAGE_EXTENSIONS"]
+           "guess_kind", "decode_image", "expand_braces", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "ppm", "gif", "tif", "tiff")
 
@@ -254,6 +255,23 @@ def _field(sample: dict[str, Any], key: str, where: str) -> Any:
     return value.get(sub)
 
 
+def expand_braces(pattern: str) -> list[str]:
+    """WebDataset shard lists: ``a-{000..003}.tar`` (zero-padded ranges) and ``{x,y}.tar`` (alternatives),
+    expanded left to right; a string without braces is itself."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if m is None:
+        return [pattern]
+    head, body, tail = pattern[:m.start()], m.group(1), pattern[m.end():]
+    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if rng:
+        lo, hi = rng.groups()
+        width = len(lo) if lo.startswith("0") else 0
+        options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+    else:
+        options = body.split(",")
+    return [x for opt in options for x in expand_braces(head + opt + tail)]
+
+
 def load_webdataset(shards: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
                     label_key: str | None = None, caption_key: str | None = "txt",
                     classnames: Sequence[str] | None = None, exclude_classes: Sequence[str] = (),
@@ -266,7 +284,7 @@ def load_webdataset(shards: str | os.PathLike[str] | Sequence[str | os.PathLike[
     becomes the sample's metadata, so ``relabel`` can switch to another field later.
     """
     if isinstance(shards, (str, os.PathLike)):
-        shards = str(shards).split("::")
+        shards = [p for part in str(shards).split("::") for p in expand_braces(part)]
     refs: list[ImageRef] = []
     values: list[Any] = []
     captions: list[list[str]] = []

@@ -104,8 +104,8 @@ def _step_open_clip(case: str):  # noqa: ANN202
                          else model.visual.image_size)
 
     def step() -> None:
-        out = model(pixels, ids)
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        img, txt, scale = model(pixels, ids)[:3]  # (image_features, text_features, logit_scale)
+        loss = loss_fn(img, txt, scale)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

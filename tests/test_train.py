@@ -138,6 +138,7 @@ def test_one_step_run_writes_everything(tmp_path: Path, shards: str) -> None:
     out = tmp_path / "run"
     val = shards.replace("{000..001}", "000")
     cfg = TrainConfig.from_dict(tiny_overrides(shards, out, optim={"steps": 2, "accum_steps": 2},
+                                               run={"tensorboard": True},
                                                eval={"sets": [f"val={val}"], "label_keys": ["name", "category"],
                                                      "templates": ["a {}."], "every": 1}))
     last = train(cfg)
@@ -155,6 +156,11 @@ def test_one_step_run_writes_everything(tmp_path: Path, shards: str) -> None:
     model = load_model(ckpts[-1])
     assert read_checkpoint(out / "model.safetensors").config == model.config
     assert (out / "tokenizer.txt.gz").exists()
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return
+    assert any((out / "tensorboard").iterdir())
 
 
 def test_lit_locked_tower_and_pretrained_start(tmp_path: Path, shards: str) -> None:

@@ -15,7 +15,7 @@ One command, from the repository root (the first line only once, to build the be
   "Unicode-heavy" subset is every corpus text with a non-ASCII character.
 * Speed: texts/s for ``[N, 77]`` id tensors, pinned to one core (``sched_setaffinity``, one torch/rayon
   thread), per CPU-second of the process (robust to other jobs on a shared machine) and per elapsed second.
-  "cold" is a fresh tokenizer's first pass (empty caches); "warm" the best of the later passes.
+  "cold" is a fresh tokenizer's first call (empty caches); "warm" its best call over interleaved rounds.
   torchclip's batch call over all cores is measured last, in elapsed time.
 """
 
@@ -95,25 +95,32 @@ def rows_from_hf(ids: torch.Tensor, eot: int) -> torch.Tensor:
     return ids.masked_fill(torch.arange(ids.shape[1]) > first, 0)
 
 
-def timed(
-    fn, texts: list[str], passes: int, min_seconds: float = 3.0
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Output and rates in texts/s: ``cold`` (first pass of a fresh tokenizer) and ``warm`` (best of at least
-    ``passes`` more, and of as many as fit in ``min_seconds``, so that fast tokenizers get as many tries at a
-    quiet moment as slow ones) per CPU-second of this process, and ``wall`` (warm, per elapsed second)."""
-    c0 = time.process_time()
-    out = fn(texts)
-    rates = {"cold": len(texts) / (time.process_time() - c0)}
-    best_cpu = best_wall = float("inf")
-    done, w_start = 0, time.perf_counter()
-    while done < passes or (time.perf_counter() - w_start < min_seconds and done < 50):
-        c0, w0 = time.process_time(), time.perf_counter()
-        fn(texts)
-        best_cpu = min(best_cpu, time.process_time() - c0)
-        best_wall = min(best_wall, time.perf_counter() - w0)
-        done += 1
-    rates.update(warm=len(texts) / best_cpu, wall=len(texts) / best_wall)
-    return out, rates
+def timed(fns: dict[str, object], texts: list[str], rounds: int, seconds: float = 1.0):
+    """Outputs and rates (texts/s) of several tokenizers on ``texts``, measured interleaved.
+
+    ``cold``: the first call of each fresh tokenizer (empty caches). Then ``rounds`` rounds in which every
+    tokenizer runs for about ``seconds`` (at least once): interleaving makes all of them sample the same
+    background load, and each reports its best call: ``warm`` per CPU-second of this process, ``wall`` per
+    elapsed second.
+    """
+    outs, rates = {}, {}
+    for name, fn in fns.items():
+        c0 = time.process_time()
+        outs[name] = fn(texts)
+        rates[name] = {"cold": len(texts) / (time.process_time() - c0)}
+    best = {name: [float("inf"), float("inf")] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            end, calls = time.perf_counter() + seconds, 0
+            while calls == 0 or (time.perf_counter() < end and calls < 20):
+                c0, w0 = time.process_time(), time.perf_counter()
+                fn(texts)
+                best[name][0] = min(best[name][0], time.process_time() - c0)
+                best[name][1] = min(best[name][1], time.perf_counter() - w0)
+                calls += 1
+    for name, (cpu, wall) in best.items():
+        rates[name].update(warm=len(texts) / cpu, wall=len(texts) / wall)
+    return outs, rates
 
 
 def worker_cpu(tok: Tokenizer) -> dict[int, float]:
@@ -132,7 +139,9 @@ def worker_cpu(tok: Tokenizer) -> dict[int, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description="tokenizer benchmark (see the module docstring)")
     ap.add_argument("--size", type=int, default=24_000, help="corpus size (distinct texts)")
-    ap.add_argument("--passes", type=int, default=3, help="warm passes per tokenizer (best is reported)")
+    ap.add_argument(
+        "--passes", type=int, default=3, help="interleaved rounds of warm calls (best is reported)"
+    )
     ap.add_argument("--out", type=Path, help="write the markdown section to this file")
     args = ap.parse_args()
 
@@ -175,14 +184,16 @@ def main() -> None:
     subsets = {"all": list(range(len(texts))), "Unicode-heavy": uni_idx}
     results, wrong = {}, {}
     for subset, idx in subsets.items():
-        sub = [texts[i] for i in idx]
-        for name, make in makers.items():
-            out, rates = timed(make(), sub, args.passes)
-            wrong[subset, name] = [idx[j] for j in (out != ref_out[idx]).any(1).nonzero().flatten().tolist()]
-            results[subset, name] = rates
+        outs, rates = timed(
+            {name: make() for name, make in makers.items()}, [texts[i] for i in idx], args.passes
+        )
+        for name in makers:
+            mismatching = (outs[name] != ref_out[idx]).any(1).nonzero().flatten().tolist()
+            wrong[subset, name] = [idx[j] for j in mismatching]
+            results[subset, name] = rates[name]
             print(
                 f"{subset:14s} {name:36s} "
-                + "  ".join(f"{k} {v:8.0f}/s" for k, v in rates.items())
+                + "  ".join(f"{k} {v:8.0f}/s" for k, v in rates[name].items())
                 + f"  mismatches {len(wrong[subset, name])}"
             )
 
@@ -230,8 +241,9 @@ def main() -> None:
         "non-ASCII character. Each call returns the `[N, 77]` id tensor. Single-thread runs are pinned to one "
         "core (`sched_setaffinity`, one torch and one rayon thread) and timed in CPU seconds of the process, "
         "which other jobs on this shared machine disturb far less than elapsed time (elapsed: the `wall` "
-        f"column). cold = a fresh tokenizer's first pass (empty caches); warm = best of >= {args.passes} further "
-        "passes (as many as fit in 3 s). A mismatch is a row that differs from OpenAI's ids.",
+        f"column). cold = a fresh tokenizer's first call (empty caches); warm = its best call over {args.passes} rounds "
+        "in which each tokenizer runs for ~1 s in turn (interleaved, so all see the same background load). "
+        "A mismatch is a row that differs from OpenAI's ids.",
         "",
         "| subset | tokenizer | cold texts/s | warm texts/s | warm vs OpenAI | wall texts/s | mismatches vs OpenAI |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",

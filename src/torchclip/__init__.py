@@ -9,13 +9,27 @@ from .checkpoints import load_model, read_checkpoint, save, save_hf, save_openai
 from .config import CLIPConfig, TextConfig, VisionConfig, get_preset
 from .download import ChecksumError, DownloadError, cache_dir, download
 from .formats import CheckpointError
+from .loss import clip_loss, gather_features, siglip_loss
 from .model import CLIP, CLIPOutput
+from .optim import clamp_logit_scale_, cosine_schedule, param_groups
 from .pretrained import download_pretrained, list_pretrained, pretrained_url
+from .tokenizer import ContextLengthError, Tokenizer, check_compatible, load_tokenizer, tokenize
 from .transforms import OPENAI_MEAN, OPENAI_STD, ImageDecodeError, image_transform, load_image
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ContextLengthError",
+    "Tokenizer",
+    "check_compatible",
+    "clamp_logit_scale_",
+    "clip_loss",
+    "cosine_schedule",
+    "gather_features",
+    "load_tokenizer",
+    "param_groups",
+    "siglip_loss",
+    "tokenize",
     "OPENAI_MEAN",
     "OPENAI_STD",
     "ChecksumError",

@@ -7,7 +7,7 @@ loading of OpenAI, OpenCLIP and HF checkpoints, OpenAI-exact preprocessing.
 from .api import available_models, create_model, load, pretrained_models
 from .checkpoints import load_model, read_checkpoint, save, save_hf, save_openai
 from .config import CLIPConfig, TextConfig, VisionConfig, get_preset
-from .download import ChecksumError, DownloadError, cache_dir, download
+from .download import ChecksumError, DownloadError, cache_dir
 from .formats import CheckpointError
 from .loss import clip_loss, gather_features, siglip_loss
 from .model import CLIP, CLIPOutput
@@ -36,7 +36,6 @@ __all__ = [
     "DownloadError",
     "ImageDecodeError",
     "cache_dir",
-    "download",
     "download_pretrained",
     "list_pretrained",
     "load_image",

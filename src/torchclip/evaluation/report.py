@@ -44,6 +44,7 @@ __all__ = ["IN_STYLES", "NEW_STYLES", "TEMPLATE_VARIANTS", "EmojiSplits", "load_
 IN_STYLES = ("google", "twitter")
 NEW_STYLES = ("openmoji", "fluent-flat")
 EXCLUDED_CATEGORY = "Component"
+MEMBER_NAMES = "training-concept names (text only)"
 # (a): label display name -> template set; the ensemble sets are defined in templates.py
 TEMPLATE_VARIANTS: dict[str, str | tuple[str, ...]] = {
     "bare label": "bare",
@@ -90,6 +91,16 @@ def load_emoji(root: str | os.PathLike[str], styles: Sequence[str] = IN_STYLES +
 def _subcategory_labels(ds: ImageDataset, subcategories: Sequence[str]) -> np.ndarray:
     index = {s: i for i, s in enumerate(subcategories)}
     return np.array([index[m["subcategory"]] for m in ds.meta], dtype=np.int64)
+
+
+def _member_names(train: ImageDataset, field: str, classes: Sequence[str]) -> list[Any]:
+    """For each class, the distinct names of the training concepts in it (a class without any falls
+    back to its own readable name)."""
+    members: dict[str, set[str]] = {c: set() for c in classes}
+    for m in train.meta:
+        if m.get(field) in members:
+            members[m[field]].add(m["name"])
+    return [sorted(members[c]) or prompt_name(c) for c in classes]
 
 
 def _category_names(categories: Sequence[str], synonyms: bool) -> list[Any]:
@@ -157,6 +168,14 @@ def run_findings(model: CLIP, tokenizer: TextTokenizer, data_root: str | os.Path
                                 "subcategory": _zs(emb[k], ws, sub_labels[k])} for k in ev}
     syn = build_classifier(model, tokenizer, _category_names(data.categories, True), "emoji", cache_dir=cache_dir)
     prompting["ensemble (emoji) + name parts"] = {k: {"category": _zs(emb[k], syn, ev[k].labels)} for k in ev}
+    # A class described by the names of its *training* concepts (text only: no image label is used), the
+    # paper's class-name engineering taken further; category names themselves never occur in captions.
+    wm_c = build_classifier(model, tokenizer, _member_names(train, "category", data.categories), "bare",
+                            cache_dir=cache_dir)
+    wm_s = build_classifier(model, tokenizer, _member_names(train, "subcategory", data.subcategories), "bare",
+                            cache_dir=cache_dir)
+    prompting[MEMBER_NAMES] = {k: {"category": _zs(emb[k], wm_c, ev[k].labels),
+                                   "subcategory": _zs(emb[k], wm_s, sub_labels[k])} for k in ev}
     out["prompting"] = prompting
     best = max(TEMPLATE_VARIANTS, key=lambda v: prompting[v]["in-style"]["category"]["acc1"])
     out["best_template"] = best
@@ -178,7 +197,7 @@ def run_findings(model: CLIP, tokenizer: TextTokenizer, data_root: str | os.Path
         fewshot[task] = {"summary": {str(k): v for k, v in res.summary().items()}, "seeds": list(task_seeds),
                          "C": {str(k): v for k, v in res.Cs.items()},
                          "new_style": {str(k): v for k, v in res.summary(test="new-style").items()} if extra else {}}
-        for label in ("bare label", best):
+        for label in ("bare label", best, MEMBER_NAMES):
             target = prompting[label]["in-style"][task]["acc1"]
             fewshot[task].setdefault("catch_up", {})[label] = res.matches(target)
     out["fewshot"] = fewshot
@@ -231,8 +250,10 @@ def checkpoint_trajectory(checkpoints: Sequence[str | os.PathLike[str]], tokeniz
         kw = dict(cache_dir=cache_dir, progress=progress)
         emb = {k: extract_image_features(model, d, **kw) for k, d in (("in-style", ins), ("new-style", new))}
         zs = {}
-        for label, spec in TEMPLATE_VARIANTS.items():
-            w = build_classifier(model, tokenizer, names, spec, cache_dir=cache_dir)
+        specs = [(names, spec, label) for label, spec in TEMPLATE_VARIANTS.items()]
+        specs.append((_member_names(train, "category", data.categories), "bare", MEMBER_NAMES))
+        for classnames, spec, label in specs:
+            w = build_classifier(model, tokenizer, classnames, spec, cache_dir=cache_dir)
             zs[label] = {k: _zs(emb[k], w, d.labels)["acc1"] for k, d in (("in-style", ins), ("new-style", new))}
         pre = {k: extract_image_features(model, d, kind="pre_projection", **kw)
                for k, d in (("train", train), ("in-style", ins), ("new-style", new))}
@@ -298,7 +319,7 @@ def make_plots(res: dict[str, Any], plot_dir: str | os.PathLike[str], prefix: st
 
     d = Path(plot_dir)
     pr = res["prompting"]
-    variants = list(TEMPLATE_VARIANTS)
+    variants = [v for v in [*TEMPLATE_VARIANTS, MEMBER_NAMES] if v in pr]
     out = {"prompting": plot_bars(
         {"category, in-style": {v: pr[v]["in-style"]["category"]["acc1"] for v in variants},
          "category, new-style": {v: pr[v]["new-style"]["category"]["acc1"] for v in variants},
@@ -308,7 +329,8 @@ def make_plots(res: dict[str, Any], plot_dir: str | os.PathLike[str], prefix: st
     for task in ("category", "subcategory"):
         fs = res["fewshot"][task]
         summary = {int(k): tuple(v) for k, v in fs["summary"].items()}
-        zero = {lbl: pr[lbl]["in-style"][task]["acc1"] for lbl in dict.fromkeys(["bare label", best])}
+        zero = {lbl: pr[lbl]["in-style"][task]["acc1"] for lbl in dict.fromkeys(["bare label", best, MEMBER_NAMES])
+                if lbl in pr}
         out[f"fewshot_{task}"] = plot_few_shot(summary, d / f"{prefix}fewshot_{task}.png", zero_shot=zero,
                                                title=f"(b) {task}: zero-shot vs k-shot linear probe (in-style)")
     points = {f"zero-shot, {v}": (pr[v]["in-style"]["category"]["acc1"], pr[v]["new-style"]["category"]["acc1"])
@@ -326,6 +348,9 @@ def make_plots(res: dict[str, Any], plot_dir: str | os.PathLike[str], prefix: st
         traj = res["trajectory"]
         trails[f"zero-shot ({best}) over training"] = [
             (t["zero_shot"][best]["in-style"], t["zero_shot"][best]["new-style"]) for t in traj]
+        if MEMBER_NAMES in traj[0]["zero_shot"]:
+            trails["zero-shot (member names) over training"] = [
+                (t["zero_shot"][MEMBER_NAMES]["in-style"], t["zero_shot"][MEMBER_NAMES]["new-style"]) for t in traj]
         trails["linear probe over training"] = [(t["probe"]["in-style"], t["probe"]["new-style"]) for t in traj]
     out["robustness"] = plot_robustness(points, d / f"{prefix}robustness.png", chance=res["chance"]["category_acc1"],
                                         title="(c) category top-1 under a drawing-style shift", trails=trails)
@@ -368,7 +393,7 @@ def render_markdown(res: dict[str, Any], plots: dict[str, Path], md_dir: str | o
               "(google + twitter train); scored on the in-style val concepts; mean ± std over seeds.", ""]
     ks = list(fs["category"]["summary"])
     rows = [[k, _ms(fs["category"]["summary"][k]), _ms(fs["subcategory"]["summary"][k])] for k in ks]
-    for lbl in dict.fromkeys(["bare label", best]):
+    for lbl in [x for x in dict.fromkeys(["bare label", best, MEMBER_NAMES]) if x in pr]:
         rows.append([f"zero-shot, {lbl}", fmt_pct(pr[lbl]["in-style"]["category"]["acc1"]),
                      fmt_pct(pr[lbl]["in-style"]["subcategory"]["acc1"])])
     rows.append(["all training data (C swept)", fmt_pct(res["probe"]["in-style"]["acc1"]), ""])
@@ -386,7 +411,8 @@ def render_markdown(res: dict[str, Any], plots: dict[str, Path], md_dir: str | o
               "Category top-1 (%) on the val concepts, in the training styles and in two styles never seen "
               "in training. The probe is trained on in-style training images only.", ""]
     rows = []
-    shift_rows: list[tuple[str, dict[str, Any]]] = [(f"zero-shot, {v}", pr[v]) for v in TEMPLATE_VARIANTS]
+    shift_rows: list[tuple[str, dict[str, Any]]] = [(f"zero-shot, {v}", pr[v])
+                                                    for v in [*TEMPLATE_VARIANTS, MEMBER_NAMES] if v in pr]
     for label, r in shift_rows:
         cat = {k: r[k]["category"]["acc1"] for k in r}
         rows.append([label, fmt_pct(cat["in-style"]), fmt_pct(cat["new-style"]),
@@ -407,11 +433,13 @@ def render_markdown(res: dict[str, Any], plots: dict[str, Path], md_dir: str | o
     lines += _table(["method", "in-style", "new-style", "Δ (shift)", *IN_STYLES, *NEW_STYLES], rows)
     if res.get("trajectory"):
         lines += ["Along training (each saved checkpoint is one model; category top-1 %, in-style → new-style):", ""]
-        rows = [[t["step"], f"{fmt_pct(t['zero_shot'][best]['in-style'])} → {fmt_pct(t['zero_shot'][best]['new-style'])}",
-                 f"{fmt_pct(t['zero_shot']['bare label']['in-style'])} → "
-                 f"{fmt_pct(t['zero_shot']['bare label']['new-style'])}",
-                 f"{fmt_pct(t['probe']['in-style'])} → {fmt_pct(t['probe']['new-style'])}"] for t in res["trajectory"]]
-        lines += _table(["step", f"zero-shot, {best}", "zero-shot, bare label", "linear probe"], rows)
+        cols = [c for c in dict.fromkeys([best, "bare label", MEMBER_NAMES]) if c in res["trajectory"][0]["zero_shot"]]
+
+        def shift(d: dict[str, float]) -> str:
+            return f"{fmt_pct(d['in-style'])} → {fmt_pct(d['new-style'])}"
+
+        rows = [[t["step"], *(shift(t["zero_shot"][c]) for c in cols), shift(t["probe"])] for t in res["trajectory"]]
+        lines += _table(["step", *(f"zero-shot, {c}" for c in cols), "linear probe"], rows)
     lines += [f"![robustness]({rel['robustness']}) ![confusion]({rel['confusion']})", "",
               "The paper (Fig. 13-14): adapting to ImageNet with a linear probe raises ImageNet accuracy but "
               "gives back part of zero-shot CLIP's robustness on the shifted sets; zero-shot models sit "

@@ -382,7 +382,12 @@ def render_markdown(res: dict[str, Any], plots: dict[str, Path], md_dir: str | o
                      fmt_pct(r["new-style"]["subcategory"]["acc1"]) if sub else ""])
     lines += _table(["prompt", "category in-style", "Δ vs bare", "category new-style", "subcat in-style top-1",
                      "subcat in-style top-5", "subcat new-style top-1"], rows)
-    lines += [f"Best in-style set: **{best}** (picked on this same val split, so its own figure is slightly "
+    lines += ["Category names are prompted in readable form ('Food & Drink' -> 'food and drink'), subcategories "
+              "likewise ('animal-mammal' -> 'animal mammal'). *+ name parts* adds the halves of a two-part "
+              "category ('animals', 'nature') as synonyms; *training-concept names* describes each class by "
+              "the names of its training concepts ('pizza', 'taco', ... for Food & Drink), averaged: text only, "
+              "no labelled image, and no val concept among them.", "",
+              f"Best in-style template set: **{best}** (picked on this same val split, so its own figure is slightly "
               "optimistic; the other rows are not selected).", "",
               f"![prompting]({rel['prompting']})", "",
               "The paper (ImageNet, 400M pairs): one template +1.3 points over the bare label, an 80-template "

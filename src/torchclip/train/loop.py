@@ -328,7 +328,8 @@ def train(cfg: TrainConfig, resume: bool | str = False) -> dict[str, float]:
         if state["world_size"] != info.world_size:
             cursors = {}  # a different world size makes different streams: data restarts (weights do not)
     logger = MetricsLogger(out, enabled=info.is_main, tensorboard=cfg.run.tensorboard, progress=cfg.run.progress,
-                           resume_step=step if path else None)
+                           # a resumed run rewinds its logs to the checkpoint, step 0 if none was written yet
+                           resume_step=step if (path or resume) else None)
     if info.is_main:
         logger.info(f"model {clip.num_params() / 1e6:.2f}M params, {total} steps, global batch "
                     f"{cfg.data.batch_size * o.accum_steps * info.world_size}, precision "

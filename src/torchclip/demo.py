@@ -28,7 +28,7 @@ __all__ = ["COLORS", "SHAPES", "held_out", "draw_scene", "write_shard", "main"]
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), "yellow": (235, 205, 30),
           "purple": (140, 60, 190), "orange": (245, 140, 30)}
 SHAPES = ("circle", "square", "triangle", "cross")
-SIZES = {"small": 0.22, "large": 0.4}
+SIZES = {"small": 0.3, "large": 0.45}
 POSITIONS = {"left": (0.28, 0.5), "right": (0.72, 0.5), "top": (0.5, 0.28), "bottom": (0.5, 0.72),
              "middle": (0.5, 0.5)}
 
@@ -118,7 +118,7 @@ def plot_loss(metrics: Path, out: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m torchclip.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (data, checkpoints, plot)")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--train-samples", type=int, default=6000)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"generated {args.train_samples} training scenes (18 of 24 colour-shape pairs) and 2 x 480 test "
           f"scenes in {time.perf_counter() - t0:.1f}s -> {data}")
     cfg = TrainConfig.from_dict({
-        "model": {"preset": "cpu-vit-32", "vision_layers": 3, "text_layers": 2, "embed_dim": 64,
+        "model": {"preset": "cpu-vit-32", "patch_size": 8, "vision_layers": 3, "text_layers": 2, "embed_dim": 64,
                   "context_length": 24},
         "data": {"train": str(data / "train.tar"), "batch_size": 128, "num_workers": 1, "shuffle_buffer": 2000,
                  "vocab": "bpe:700", "crop_scale": [0.95, 1.0], "crop_ratio": [0.95, 1.05]},

@@ -69,9 +69,11 @@ class LayerNorm(nn.LayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+        if x.dtype == self.weight.dtype and x.dtype in (torch.float32, torch.float64):
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        y = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+        # fp16/bf16 inputs (or mixed parameter dtypes): normalize in at least fp32, then cast back.
+        ct = torch.promote_types(torch.promote_types(x.dtype, self.weight.dtype), torch.float32)
+        y = F.layer_norm(x.to(ct), self.normalized_shape, self.weight.to(ct), self.bias.to(ct), self.eps)
         return y.to(x.dtype)
 
 

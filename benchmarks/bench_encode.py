@@ -183,10 +183,11 @@ def main() -> None:
     ap.add_argument("--image-batches", default="1,8,32,64")
     ap.add_argument("--text-batch", type=int, default=256)
     ap.add_argument("--no-text", action="store_true")
+    ap.add_argument("--text-models", default="", help="models whose text tower is timed (default: all of --models)")
     ap.add_argument("--no-image", action="store_true")
     ap.add_argument("--peers", default="open_clip,hf", help="comma list out of open_clip,hf ('' for none)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls before the (also untimed) calibration call")
     ap.add_argument("--min-sample-s", type=float, default=0.5, help="repeat fast calls up to this per sample")
     ap.add_argument("--mm-size", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: every core this process may use)")
@@ -230,7 +231,7 @@ def main() -> None:
                 cases.append(Case(f"{name} image", b, "img/s",
                                   {k: (lambda fn=fn, px=px: fn(px)) for k, fn in impls_img.items()},
                                   {k: f for k in impls_img}))
-        if not args.no_text:
+        if not args.no_text and name in (args.text_models.split(",") if args.text_models else models):
             dense = torch.ones_like(ids)  # every row 77 tokens long: what the peers compute
             dense[:, 0], dense[:, -1] = 49406, 49407
             f_dense = count_flops(lambda m=ours, t=dense: m.encode_text(t))
@@ -293,7 +294,7 @@ Machine: {cpu_name()}, {cores} cores ({platform.machine()}), torch {torch.__vers
 threads, Python {platform.python_version()}; open_clip {open_clip.__version__}, transformers \
 {transformers.__version__}. Load average (1/5/15 min) before: {load_before[0]:.2f}/{load_before[1]:.2f}/\
 {load_before[2]:.2f}, after: {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} \
-(other processes share these cores). {args.rounds} interleaved rounds after {args.warmup} warm-up calls, \
+(other processes share these cores). {args.rounds} interleaved rounds after {args.warmup + 1} untimed warm-up calls per implementation, \
 {elapsed / 60:.1f} min.
 
 Command (setup of `.bench-venv` at the top of the script):

@@ -77,12 +77,36 @@ def _checkpoints(checkpoint: Path) -> list[Path]:
     return []
 
 
-def _run_config(checkpoint: Path) -> dict | None:
+def _train_minutes(checkpoint: Path) -> float | None:
+    """Wall time of the run that wrote ``checkpoint``, from its ``metrics.jsonl`` timestamps."""
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        log = folder / "metrics.jsonl"
+        if log.is_file():
+            times = [json.loads(line).get("time") for line in log.read_text().splitlines() if line.strip()]
+            times = [t for t in times if t]
+            return (max(times) - min(times)) / 60 if len(times) > 1 else None
+    return None
+
+
+def _config_path(checkpoint: Path) -> Path | None:
     """The ``torchclip train`` run config saved beside a checkpoint (run folder or its checkpoints/)."""
     for folder in (checkpoint.parent, checkpoint.parent.parent):
         if (folder / "config.json").is_file():
-            return json.loads((folder / "config.json").read_text())
+            return folder / "config.json"
     return None
+
+
+def _run_config(checkpoint: Path) -> dict | None:
+    path = _config_path(checkpoint)
+    return json.loads(path.read_text()) if path else None
+
+
+def _rel(path: Path) -> str:
+    """A path as the report shows it: relative to the repository when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,18 +142,21 @@ def main(argv: list[str] | None = None) -> int:
         res["trajectory"] = checkpoint_trajectory(ckpts, tokenizer, args.data, cache_dir=args.cache_dir)
     eval_s = time.time() - start
     cfg = model.config
-    res["setup"] = {"checkpoint": str(checkpoint), "config": cfg.to_dict(), "train_command": train_cmd,
+    res["setup"] = {"checkpoint": _rel(checkpoint), "config": cfg.to_dict(), "train_command": train_cmd,
                     "train_seconds": train_s, "eval_seconds": eval_s, "torch": torch.__version__,
                     "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     plots = make_plots(res, args.plots)
-    rerun = "python benchmarks/emoji_findings.py" + ("" if train_cmd else f" --checkpoint {checkpoint}")
+    rerun = "python benchmarks/emoji_findings.py" + ("" if train_cmd else f" --checkpoint {_rel(checkpoint)}")
     v, t = cfg.vision, cfg.text
     setup = [
         f"Model: ViT image {v.image_size}, patch {v.patch_size}, width {v.width}, {v.layers} layers; text width "
         f"{t.width}, {t.layers} layers, vocabulary {t.vocab_size}; embedding {cfg.embed_dim}; "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters.",
         f"Trained on google-train + twitter-train (2,648 pairs) by `{train_cmd}` in {train_s / 60:.0f} min."
-        if train_cmd else f"Checkpoint: `{checkpoint}` (trained on google-train + twitter-train).",
+        if train_cmd else f"Checkpoint: `{_rel(checkpoint)}`, trained on google-train + twitter-train (2,648 pairs)"
+        + (f" by `torchclip train` with the run config `{_rel(_config_path(checkpoint))}`"
+           if _config_path(checkpoint) else "")
+        + (f" in about {_train_minutes(checkpoint):.0f} min." if _train_minutes(checkpoint) else "."),
         f"Evaluation: {eval_s / 60:.1f} min on {res['setup']['machine']} (features cached). "
         f"Rerun: `{rerun}`. Every number: `{os.path.relpath(args.out.with_suffix('.json'), REPO)}`.",
     ]

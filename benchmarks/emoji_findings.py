@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip evaluating the run's intermediate checkpoints (the robustness-plot trails)")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TORCHCLIP_CACHE/eval)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for evaluation")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="only re-render the markdown and plots from a results JSON this script wrote")
     return p.parse_args(argv)
 
 
@@ -113,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.from_json:
+        from torchclip.evaluation.report import make_plots, render_markdown
+
+        res = json.loads(args.from_json.read_text())
+        plots = make_plots(res, args.plots)
+        args.out.write_text(render_markdown(res, plots, args.out.parent, setup=res["setup"]["lines"]))
+        print(f"wrote {args.out} and {len(plots)} plots in {args.plots}")
+        return 0
     if not (args.data / "classes.json").is_file():
         raise SystemExit(f"emoji data not found at {args.data} (--data)")
     train_cmd, train_s = None, None
@@ -169,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"Note: the run wrapped training captions in {d['templates']} with probability "
                 f"{d['template_prob']} (and dropped keywords with p={d.get('tag_dropout', 0)}), so those "
                 "templates are in-distribution text here, unlike the paper's web captions.")
+    res["setup"]["lines"] = setup
     md = render_markdown(res, plots, args.out.parent, setup=setup)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(md)

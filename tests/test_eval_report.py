@@ -78,3 +78,16 @@ def test_findings_and_report(emoji_root: Path, tmp_path: Path) -> None:
     for heading in ("### (a)", "### (b)", "### (c)", "### (d)"):
         assert heading in md
     assert "](plots/eval_robustness.png)" in md and "setup line" in md and "Along training" in md
+
+
+def test_effective_robustness_known_answer() -> None:
+    from torchclip.evaluation.report import effective_robustness, probe_trend
+
+    # probes that lose nothing under the shift: the trend is y = x, so ER is simply new - in
+    res = {"fewshot": {"category": {"summary": {"1": (0.2, 0.0), "4": (0.4, 0.0)},
+                                    "new_style": {"1": (0.2, 0.0), "4": (0.4, 0.0)}}},
+           "probe": {"in-style": {"acc1": 0.7}, "new-style": {"acc1": 0.7}}}
+    slope, intercept = probe_trend(res)
+    assert slope == pytest.approx(1.0) and intercept == pytest.approx(0.0, abs=1e-9)
+    assert effective_robustness((slope, intercept), 0.5, 0.6) == pytest.approx(0.1)
+    assert effective_robustness(None, 0.5, 0.6) is None

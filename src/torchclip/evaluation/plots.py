@@ -97,11 +97,13 @@ def plot_few_shot(summary: Mapping[int, tuple[float, float]], path: str | os.Pat
 def plot_robustness(points: Mapping[str, tuple[float, float]], path: str | os.PathLike[str], *,
                     title: str = "", xlabel: str = "in-style accuracy (%)",
                     ylabel: str = "new-style accuracy (%)", chance: float | None = None,
-                    trails: Mapping[str, Sequence[tuple[float, float]]] | None = None) -> Path:
+                    trails: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+                    curves: Mapping[str, Sequence[tuple[float, float]]] | None = None) -> Path:
     """The paper's effective-robustness plot in miniature: each model at (in-distribution,
     shifted) accuracy, with the y = x line of a perfectly robust model. Points far below the line lose
     accuracy under the shift; the paper's finding is that zero-shot models sit closer to it than probes.
-    ``trails`` are sequences of points (e.g. checkpoints along training) drawn as lines."""
+    ``trails`` are sequences of points (e.g. checkpoints along training) drawn as lines; ``curves`` are
+    fitted trends (plain dashed lines)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     trail_pts = [p for t in (trails or {}).values() for p in t]
@@ -111,6 +113,8 @@ def plot_robustness(points: Mapping[str, tuple[float, float]], path: str | os.Pa
     ax.plot([0, hi], [0, hi], color="grey", linestyle=":", label="y = x (no drop)")
     if chance is not None:
         ax.axhline(chance * 100, color="lightgrey", linestyle="--", label="chance")
+    for label, curve in (curves or {}).items():
+        ax.plot([p[0] * 100 for p in curve], [p[1] * 100 for p in curve], "--", color="grey", lw=1, label=label)
     for i, (label, trail) in enumerate((trails or {}).items()):
         tx, ty = [p[0] * 100 for p in trail], [p[1] * 100 for p in trail]
         ax.plot(tx, ty, ("-", "--", "-.")[i % 3], color=("black", "tab:red", "tab:green")[i % 3], alpha=0.6,

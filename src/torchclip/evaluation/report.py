@@ -301,6 +301,37 @@ def _chance_recall(positives: torch.Tensor, k: int) -> float:
     return float(np.mean(vals))
 
 
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return math.log(p / (1 - p))
+
+
+def probe_trend(res: dict[str, Any]) -> tuple[float, float] | None:
+    """(slope, intercept) of new-style vs in-style accuracy over every linear probe in ``res`` (k-shot,
+    full, per checkpoint), fitted in logit space as the effective-robustness literature does; None with
+    fewer than two distinct points."""
+    pts = [(v[0], res["fewshot"]["category"]["new_style"][k][0])
+           for k, v in res["fewshot"]["category"]["summary"].items() if k in res["fewshot"]["category"]["new_style"]]
+    pts.append((res["probe"]["in-style"]["acc1"], res["probe"]["new-style"]["acc1"]))
+    pts += [(t["probe"]["in-style"], t["probe"]["new-style"]) for t in res.get("trajectory") or []]
+    xs = np.array([_logit(x) for x, _ in pts])
+    ys = np.array([_logit(y) for _, y in pts])
+    if len(pts) < 2 or np.ptp(xs) < 1e-9:
+        return None
+    slope, intercept = np.polyfit(xs, ys, 1)
+    return float(slope), float(intercept)
+
+
+def trend_predict(trend: tuple[float, float], in_acc: float) -> float:
+    """The new-style accuracy the fitted trend predicts at ``in_acc``."""
+    return 1 / (1 + math.exp(-(trend[0] * _logit(in_acc) + trend[1])))
+
+
+def effective_robustness(trend: tuple[float, float] | None, in_acc: float, new_acc: float) -> float | None:
+    """New-style accuracy above what the probes' trend predicts at the same in-style accuracy."""
+    return None if trend is None else new_acc - trend_predict(trend, in_acc)
+
+
 def fmt_pct(x: float | None, digits: int = 1) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
 
@@ -359,8 +390,16 @@ def make_plots(res: dict[str, Any], plot_dir: str | os.PathLike[str], prefix: st
             trails["zero-shot (member names) over training"] = [
                 (t["zero_shot"][MEMBER_NAMES]["in-style"], t["zero_shot"][MEMBER_NAMES]["new-style"]) for t in traj]
         trails["linear probe over training"] = [(t["probe"]["in-style"], t["probe"]["new-style"]) for t in traj]
+    curves = {}
+    trend = probe_trend(res)
+    if trend is not None:
+        lo = min(x for x, _ in points.values())
+        hi = max(x for x, _ in points.values())
+        grid = np.linspace(max(lo * 0.8, 1e-3), min(hi * 1.1, 0.999), 50)
+        curves["linear-probe trend (logit fit)"] = [(float(x), trend_predict(trend, float(x))) for x in grid]
     out["robustness"] = plot_robustness(points, d / f"{prefix}robustness.png", chance=res["chance"]["category_acc1"],
-                                        title="(c) category top-1 under a drawing-style shift", trails=trails)
+                                        title="(c) category top-1 under a drawing-style shift", trails=trails,
+                                        curves=curves)
     out["confusion"] = plot_confusion(np.array(res["confusion"]["new-style"]), res["categories"],
                                       d / f"{prefix}confusion.png",
                                       title=f"zero-shot categories, new styles ({best})")
@@ -423,27 +462,32 @@ def render_markdown(res: dict[str, Any], plots: dict[str, Path], md_dir: str | o
     lines += ["### (c) Drawing-style shift: effective robustness in miniature", "",
               "Category top-1 (%) on the val concepts, in the training styles and in two styles never seen "
               "in training. The probe is trained on in-style training images only.", ""]
+    trend = probe_trend(res)
+
+    def shift_row(label: str, a: float, b: float, per_style: Sequence[str] = ("",) * 4) -> list[str]:
+        er = effective_robustness(trend, a, b)
+        return [label, fmt_pct(a), fmt_pct(b), f"{100 * (b - a):+.1f}",
+                "" if er is None else f"{100 * er:+.1f}", *per_style]
+
     rows = []
-    shift_rows: list[tuple[str, dict[str, Any]]] = [(f"zero-shot, {v}", pr[v])
-                                                    for v in [*TEMPLATE_VARIANTS, MEMBER_NAMES] if v in pr]
-    for label, r in shift_rows:
-        cat = {k: r[k]["category"]["acc1"] for k in r}
-        rows.append([label, fmt_pct(cat["in-style"]), fmt_pct(cat["new-style"]),
-                     f"{100 * (cat['new-style'] - cat['in-style']):+.1f}",
-                     *(fmt_pct(cat[s]) for s in IN_STYLES + NEW_STYLES)])
+    for v in [*TEMPLATE_VARIANTS, MEMBER_NAMES]:
+        if v in pr:
+            cat = {k: pr[v][k]["category"]["acc1"] for k in pr[v]}
+            rows.append(shift_row(f"zero-shot, {v}", cat["in-style"], cat["new-style"],
+                                  [fmt_pct(cat[s]) for s in IN_STYLES + NEW_STYLES]))
     p = res["probe"]
-    rows.append(["linear probe (in-style train)", fmt_pct(p["in-style"]["acc1"]), fmt_pct(p["new-style"]["acc1"]),
-                 f"{100 * (p['new-style']['acc1'] - p['in-style']['acc1']):+.1f}",
-                 *(fmt_pct(p["per_style"][s]["acc1"]) for s in IN_STYLES + NEW_STYLES)])
+    rows.append(shift_row("linear probe (in-style train)", p["in-style"]["acc1"], p["new-style"]["acc1"],
+                          [fmt_pct(p["per_style"][s]["acc1"]) for s in IN_STYLES + NEW_STYLES]))
     for k in fs["category"]["new_style"]:
-        a, b = fs["category"]["summary"][k][0], fs["category"]["new_style"][k][0]
-        rows.append([f"{k}-shot probe", fmt_pct(a), fmt_pct(b), f"{100 * (b - a):+.1f}", "", "", "", ""])
+        rows.append(shift_row(f"{k}-shot probe", fs["category"]["summary"][k][0], fs["category"]["new_style"][k][0]))
     if "baseline" in res:
         b = res["baseline"]["probe"]
-        rows.append(["linear probe, random-init model", fmt_pct(b["in-style"]["acc1"]),
-                     fmt_pct(b["new-style"]["acc1"]), f"{100 * (b['new-style']['acc1'] - b['in-style']['acc1']):+.1f}",
-                     "", "", "", ""])
-    lines += _table(["method", "in-style", "new-style", "Δ (shift)", *IN_STYLES, *NEW_STYLES], rows)
+        rows.append(shift_row("linear probe, random-init model", b["in-style"]["acc1"], b["new-style"]["acc1"]))
+    lines += _table(["method", "in-style", "new-style", "Δ (shift)", "eff. robustness", *IN_STYLES, *NEW_STYLES],
+                    rows)
+    lines += ["*Effective robustness*: new-style accuracy minus what the trend of the trained model's linear "
+              "probes (k-shot, full, and every checkpoint's; fitted in logit space) predicts at the same "
+              "in-style accuracy. Positive means more robust than adapting to the training styles would be.", ""]
     if res.get("trajectory"):
         lines += ["Along training (each saved checkpoint is one model; category top-1 %, in-style → new-style):", ""]
         cols = [c for c in dict.fromkeys([best, "bare label", MEMBER_NAMES]) if c in res["trajectory"][0]["zero_shot"]]

@@ -20,6 +20,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from torchclip import save_openai
 from torchclip.embed import ModelSpec, embed_source, load_embeddings, open_source
-from torchclip.embed.decode import open_image, prepare_pixels
+from torchclip.embed.decode import normalize_batch, open_image, prepare_pixels
 
 REPO = Path(__file__).resolve().parents[1]
 PEER_PY = REPO / ".bench-venv" / "bin" / "python"
@@ -81,11 +82,12 @@ def make_photos(folder: Path, n: int, w: int = 1600, h: int = 1200) -> list[Path
     return paths
 
 
-def decode_only(paths: list[Path], size: int, draft: float | None) -> tuple[float, list[np.ndarray]]:
-    t0 = time.perf_counter()
+def decode_only(paths: list[Path], size: int, draft: float | None) -> tuple[float, float, list[np.ndarray]]:
+    """(images/s, CPU ms per image, crops) of decode + eval geometry in this process."""
+    t0, c0 = time.perf_counter(), time.process_time()
     crops = [prepare_pixels(open_image(p, draft_size=size if draft else None, draft_factor=draft or 1.0), size)
              for p in paths]
-    return len(paths) / (time.perf_counter() - t0), crops
+    return len(paths) / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / len(paths), crops
 
 
 def pixel_effect(exact: list[np.ndarray], draft: list[np.ndarray]) -> dict[str, float]:
@@ -96,11 +98,19 @@ def pixel_effect(exact: list[np.ndarray], draft: list[np.ndarray]) -> dict[str, 
             "psnr_db": float(10 * np.log10(255**2 / mse)) if mse > 0 else float("inf")}
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) plus reaped children (the joined decoding workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_torchclip(photos: Path, model: torch.nn.Module, batch: int, workers: int, draft: float | None,
-                  out: Path) -> float:
+                  out: Path) -> dict[str, float]:
+    cpu0 = cpu_seconds()
     res = embed_source(open_source([photos]), model, out, batch_size=batch, workers=workers, draft_factor=draft,
                        overwrite=True, progress=False)
-    return res.new_items / res.seconds
+    cpu = cpu_seconds() - cpu0
+    return {"images_per_s": res.new_items / res.seconds, "cpu_ms_per_image": 1000 * cpu / res.new_items}
 
 
 def run_peer(photos: Path, weights: Path, batch: int, workers: int, out: Path) -> dict:
@@ -145,21 +155,29 @@ def main() -> int:
 
     # Decode + preprocess only (one process): the part draft mode changes.
     sub = paths[: args.decode_n]
-    rates = {"exact": [], "draft": []}
+    rates: dict[str, list[float]] = {"exact": [], "draft": [], "draft_factor_1": []}
+    cpu: dict[str, list[float]] = {k: [] for k in rates}
+    crops: dict[str, list[np.ndarray]] = {}
     for _ in range(args.repeats):
-        r_exact, crops_exact = decode_only(sub, size, None)
-        r_draft, crops_draft = decode_only(sub, size, args.draft)
-        rates["exact"].append(r_exact)
-        rates["draft"].append(r_draft)
+        for name, factor in (("exact", None), ("draft", args.draft), ("draft_factor_1", 1.0)):
+            r, c, crops[name] = decode_only(sub, size, factor)
+            rates[name].append(r)
+            cpu[name].append(c)
     result["decode_only_images_per_s"] = {k: statistics.median(v) for k, v in rates.items()}
-    result["decode_only_speedup"] = result["decode_only_images_per_s"]["draft"] / result["decode_only_images_per_s"]["exact"]
-    result["draft_pixels"] = pixel_effect(crops_exact, crops_draft)
+    result["decode_only_cpu_ms_per_image"] = {k: statistics.median(v) for k, v in cpu.items()}
+    result["decode_only_speedup_cpu"] = {k: cpu["exact"][0] and statistics.median(cpu["exact"]) / statistics.median(v)
+                                         for k, v in cpu.items() if k != "exact"}
+    result["draft_pixels"] = pixel_effect(crops["exact"], crops["draft"])
+    result["draft_factor_1_pixels"] = pixel_effect(crops["exact"], crops["draft_factor_1"])
+    with torch.inference_mode():  # feature effect of the more aggressive factor 1, on a subset
+        f = {k: model.encode_image(normalize_batch(np.stack(v[:64])), normalize=True).numpy() for k, v in crops.items()}
+    result["draft_factor_1_feature_cosine_64"] = cosines(f["exact"], f["draft_factor_1"])
     print(json.dumps(result, indent=2), file=sys.stderr)
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         weights = save_openai(model, tmp / "weights.pt")
-        runs: dict[str, list[float]] = {"torchclip": [], "torchclip_draft": [], "open_clip": []}
+        runs: dict[str, list[dict[str, float]]] = {"torchclip": [], "torchclip_draft": [], "open_clip": []}
         peer_info: dict = {}
         for rep in range(args.repeats):
             runs["torchclip"].append(run_torchclip(photos, model, args.batch_size, args.workers, None, tmp / "exact"))
@@ -167,10 +185,16 @@ def main() -> int:
                 run_torchclip(photos, model, args.batch_size, args.workers, args.draft, tmp / "draft"))
             if not args.skip_peer:
                 peer_info = run_peer(photos, weights, args.batch_size, args.workers, tmp / "peer.npy")
-                runs["open_clip"].append(peer_info["images_per_s"])
-            print(f"repeat {rep}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in runs.items() if v), file=sys.stderr)
-        result["pipeline_images_per_s"] = {k: statistics.median(v) for k, v in runs.items() if v}
+                runs["open_clip"].append({k: peer_info[k] for k in ("images_per_s", "cpu_ms_per_image")})
+            print(f"repeat {rep} ({os.getloadavg()[0]:.1f} load): " + ", ".join(
+                f"{k} {v[-1]['images_per_s']:.2f}/s {v[-1]['cpu_ms_per_image']:.0f} cpu-ms/img"
+                for k, v in runs.items() if v), file=sys.stderr)
+        result["pipeline_images_per_s"] = {k: statistics.median(r["images_per_s"] for r in v)
+                                           for k, v in runs.items() if v}
+        result["pipeline_cpu_ms_per_image"] = {k: statistics.median(r["cpu_ms_per_image"] for r in v)
+                                               for k, v in runs.items() if v}
         result["pipeline_runs"] = runs
+        result["load_average_end"] = os.getloadavg()
         exact = load_embeddings(tmp / "exact").vectors
         draft = load_embeddings(tmp / "draft").vectors
         result["draft_feature_cosine"] = cosines(exact, draft)

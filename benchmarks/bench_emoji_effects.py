@@ -4,7 +4,8 @@
         --out benchmarks/results_emoji_effects.json
 
 Task: zero-shot *category* classification (the README's benchmark: 9 categories, ``Component`` excluded)
-on ``google-val`` + ``twitter-val``, prompt ``"an emoji of {}."``, top-1 accuracy and mean per-class
+on ``google-val`` + ``twitter-val``, prompt ``"an emoji of {}."`` with the raw category names (as
+``torchclip train`` evaluates), top-1 accuracy and mean per-class
 recall, plus the share of images whose prediction changes against the baseline (more sensitive than
 accuracy on ~400 images).
 
@@ -64,6 +65,7 @@ def main() -> int:
     p.add_argument("--tokenizer", help="its vocabulary (default: found next to the checkpoint)")
     p.add_argument("--jpeg-scale", type=int, default=8, help="upscale factor of the JPEG re-encoding")
     p.add_argument("--draft", type=float, default=2.0)
+    p.add_argument("--readable-names", action="store_true", help="'food and drink' instead of 'Food & Drink'")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results_emoji_effects.json"))
     args = p.parse_args()
 
@@ -80,7 +82,9 @@ def main() -> int:
     names = list(ds.classnames)
     labels = np.asarray(ds.labels)
     images = [decode_image(ref) for ref in ds.refs]
-    prompts = [TEMPLATE.replace("{}", prompt_name(n)) for n in names]
+    # Class names as the trainer's evaluation writes them (raw CLDR category names), so that the baseline
+    # equals the accuracy ``torchclip train`` logs for the checkpoint.
+    prompts = [TEMPLATE.replace("{}", prompt_name(n) if args.readable_names else n) for n in names]
     ids = tokenizer(prompts, context_length=model.config.text.context_length, truncate=True)
     with torch.inference_mode():
         text_fp32 = model.encode_text(ids).numpy()

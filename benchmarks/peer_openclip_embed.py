@@ -4,7 +4,8 @@ Runs under ``.bench-venv/bin/python`` (open_clip_torch + torch 2.13 CPU): ``crea
 for the model and its preprocessing (torchvision Resize/CenterCrop/ToTensor/Normalize on PIL images), a
 ``torch.utils.data.DataLoader`` with worker processes for decoding, ``encode_image`` under ``no_grad``.
 Timing covers what ``bench_embed.py`` times for torchclip: first batch requested to last feature stored,
-worker start-up included, model construction excluded.
+worker start-up included, model construction excluded; wall seconds and CPU seconds (this process and its
+workers: on a shared machine CPU time per image is the steadier measure of efficiency).
 
 PyPI's torchvision 0.28 is a CUDA build that cannot load its extension next to the CPU torch, so
 ``benchmarks/openclip_shim.py`` (declares the two missing op schemas) is imported before OpenCLIP.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -28,6 +30,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) plus its reaped children (the DataLoader workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 class Files(Dataset):
@@ -63,14 +71,17 @@ def main() -> int:
     loader = DataLoader(Files(files, preprocess), batch_size=args.batch_size, num_workers=args.workers,
                         shuffle=False)
     feats = []
+    cpu0 = cpu_seconds()
     start = time.perf_counter()
     with torch.no_grad():
         for x in loader:
             feats.append(F.normalize(model.encode_image(x), dim=-1).numpy())
     seconds = time.perf_counter() - start
+    cpu = cpu_seconds() - cpu0  # the exhausted loader has joined (and so reaped) its workers
     if args.out:
         np.save(args.out, np.concatenate(feats))
     print(json.dumps({"images": len(files), "seconds": seconds, "images_per_s": len(files) / seconds,
+                      "cpu_seconds": cpu, "cpu_ms_per_image": 1000 * cpu / len(files),
                       "open_clip": open_clip.__version__, "torch": torch.__version__,
                       "threads": torch.get_num_threads()}))
     return 0

@@ -60,6 +60,18 @@ def test_text_tower_full_length_equals_the_trimmed_eager_forward(model: CLIP) ->
                                    atol=1e-5, rtol=0)
 
 
+def test_trim_ids(model: CLIP) -> None:
+    from torchclip.export import trim_ids
+
+    ids = _ids(model)
+    eot = model.config.text.eot_id
+    cut = trim_ids(ids, eot)
+    assert cut.shape[1] == int((ids == eot).int().argmax(1).max()) + 1 < ids.shape[1]
+    assert np.array_equal(trim_ids(ids.numpy(), eot), cut.numpy())
+    no_eot = torch.ones(2, 8, dtype=torch.long)
+    assert trim_ids(no_eot, eot) is no_eot
+
+
 def test_onnx_matches_torch_for_any_batch(model: CLIP, exported: dict[str, Path]) -> None:
     diffs = check_onnx(model, exported, batch_sizes=(1, 3, 8))
     assert diffs["image"] <= 1e-4 and diffs["text"] <= 1e-4, diffs

@@ -5,9 +5,10 @@ The text tower needs an export-specific forward: the eager one trims every batch
 (``int(pos.max())``, a data-dependent shape) and validates ids with Python branches, neither of which an
 exported graph can hold. Under causal attention the tokens after a row's end-of-text cannot change the
 feature pooled at it, so running all ``context_length`` positions and gathering at the first end-of-text id
-gives the same features (to float rounding) with static shapes. Inputs are ``input_ids`` int64
-``[batch, context_length]`` as the tokenizer returns them; rows must hold an end-of-text id (the eager model
-raises otherwise, the graph would pool position 0).
+gives the same features (to float rounding) with static control flow. Inputs are ``input_ids`` int64
+``[batch, length <= context_length]``: the tokenizer's rows, ideally cut after the batch's longest caption
+with ``trim_ids`` (the sequence axis is dynamic; running all 77 positions for short captions costs ~5x);
+rows must hold an end-of-text id (the eager model raises otherwise, the graph would pool position 0).
 
 Outputs are the *unnormalized* features of ``encode_image``/``encode_text`` unless ``--normalize``.
 Dynamic int8 quantization (ONNX Runtime's ``quantize_dynamic``: int8 weights, activations quantized per
@@ -33,7 +34,7 @@ from torch import nn
 
 from .model import CLIP
 
-__all__ = ["ImageTower", "TextTower", "example_ids", "export_onnx", "check_onnx", "quantize_int8", "OnnxTower", "main"]
+__all__ = ["ImageTower", "TextTower", "example_ids", "trim_ids", "export_onnx", "check_onnx", "quantize_int8", "OnnxTower", "main"]
 
 _NAMES = {"image": ("pixels", "image_features"), "text": ("input_ids", "text_features")}
 
@@ -100,7 +101,8 @@ def _cpu_fp32(model: CLIP) -> CLIP:
 
 def export_onnx(model: CLIP, out_dir: str | Path, *, towers: Sequence[str] = ("image", "text"),
                 normalize: bool = False, opset: int = 18, exporter: str | None = None) -> dict[str, Path]:
-    """Write ``image_encoder.onnx`` / ``text_encoder.onnx`` with a dynamic batch axis.
+    """Write ``image_encoder.onnx`` / ``text_encoder.onnx`` with a dynamic batch axis (and a dynamic
+    sequence axis for text: see ``trim_ids``).
 
     ``exporter``: ``legacy`` (TorchScript tracing; the default: a couple of seconds per tower, and the
     graph is checked numerically anyway) or ``dynamo`` (torch.export based, torch's newer default; needs
@@ -124,16 +126,34 @@ def export_onnx(model: CLIP, out_dir: str | Path, *, towers: Sequence[str] = ("i
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer and deprecation chatter; correctness is checked after
             if exporter == "dynamo":
-                batch = torch.export.Dim("batch", min=1, max=65536)
+                dims = {0: torch.export.Dim("batch", min=1, max=65536)}
+                if tower == "text":
+                    dims[1] = torch.export.Dim("sequence", min=2, max=model.config.text.context_length)
                 torch.onnx.export(module, (example,), str(path), input_names=[inp], output_names=[outp],
-                                  dynamic_shapes={inp: {0: batch}}, opset_version=opset, dynamo=True,
+                                  dynamic_shapes={inp: dims}, opset_version=opset, dynamo=True,
                                   external_data=big, verbose=False)
             else:
+                axes = {0: "batch", 1: "sequence"} if tower == "text" else {0: "batch"}
                 torch.onnx.export(module, (example,), str(path), input_names=[inp], output_names=[outp],
-                                  dynamic_axes={inp: {0: "batch"}, outp: {0: "batch"}},
+                                  dynamic_axes={inp: axes, outp: {0: "batch"}},
                                   opset_version=min(opset, 17), dynamo=False)
         paths[tower] = path
     return paths
+
+
+def trim_ids(ids: torch.Tensor | np.ndarray, eot_id: int) -> torch.Tensor | np.ndarray:
+    """Drop the columns after the last end-of-text of the batch: ``[B, L] -> [B, longest + 1]``.
+
+    Causal attention makes those columns irrelevant to every row's pooled feature, so the result is the
+    same (to float rounding) and the text tower does a fraction of the work: captions are mostly far
+    shorter than 77 tokens. The eager model does this internally; the exported graph takes what it gets.
+    """
+    arr = ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+    is_eot = arr == eot_id
+    if arr.size == 0 or not is_eot.any(axis=1).all():
+        return ids  # a row without end-of-text: leave the input alone (the graph pools position 0 then)
+    n = int(is_eot.argmax(axis=1).max()) + 1
+    return ids[:, :n]
 
 
 class OnnxTower:
@@ -173,10 +193,12 @@ def check_onnx(model: CLIP, paths: dict[str, Path], *, batch_sizes: Sequence[int
                 x = text_ids if text_ids is not None else example_ids(model, [(5 * i + 2) % 70 for i in range(b)])
             with torch.no_grad():
                 ref = (model.encode_image(x, normalize) if tower == "image" else model.encode_text(x, normalize)).numpy()
-            got = sess(x)
-            if got.shape != ref.shape:
-                raise AssertionError(f"{tower}: ONNX output {got.shape} vs PyTorch {ref.shape}")
-            worst = max(worst, float(np.abs(got - ref).max()))
+            inputs = [x] if tower == "image" else [x, trim_ids(x, model.config.text.eot_id)]
+            for inp in inputs:  # text: the full context and the trimmed batch (dynamic sequence axis)
+                got = sess(inp)
+                if got.shape != ref.shape:
+                    raise AssertionError(f"{tower}: ONNX output {got.shape} vs PyTorch {ref.shape}")
+                worst = max(worst, float(np.abs(got - ref).max()))
             if tower == "text" and text_ids is not None:
                 break
         diffs[tower] = worst

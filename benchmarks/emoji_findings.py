@@ -111,6 +111,38 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+def setup_lines(res: dict, json_path: Path) -> list[str]:
+    """The report's setup paragraph, from ``res["setup"]`` alone (so ``--from-json`` can rebuild it)."""
+    st = res["setup"]
+    cfg = st["config"]
+    v, t = cfg["vision"], cfg["text"]
+    ckpt = Path(st["checkpoint"])
+    lines = [f"Model: ViT image {v['image_size']}, patch {v['patch_size']}, width {v['width']}, {v['layers']} "
+             f"layers; text width {t['width']}, {t['layers']} layers, its own {t['vocab_size']}-token BPE "
+             f"vocabulary; embedding {cfg['embed_dim']}"
+             + (f"; {st['n_params'] / 1e6:.1f}M parameters." if st.get("n_params") else ".")]
+    run = st.get("train_config") or {}
+    steps = run.get("optim", {}).get("steps")
+    batch = run.get("data", {}).get("batch_size")
+    minutes = st["train_seconds"] / 60 if st.get("train_seconds") else st.get("train_minutes")
+    how = (f"`{st['train_command']}`" if st.get("train_command")
+           else "`torchclip train --config configs/emoji.yaml`" + (f" (run config `{_rel(_config_path(REPO / ckpt))}`)"
+                                                                 if _config_path(REPO / ckpt) else ""))
+    lines.append(f"Trained on google-train + twitter-train (2,648 pairs) by {how}"
+                 + (f", {steps} steps of batch {batch}" if steps and batch else "")
+                 + (f", in {minutes:.0f} min" if minutes else "") + f" on {st['machine']} shared with other jobs.")
+    lines.append(f"Reproduce: `python benchmarks/emoji_findings.py` trains and evaluates in one command; "
+                 f"`python benchmarks/emoji_findings.py --checkpoint {st['checkpoint']}` only evaluates "
+                 f"({st['eval_seconds'] / 60:.0f} min here, image features cached). Every number: "
+                 f"`{_rel(json_path)}`.")
+    d = run.get("data", {})
+    if d.get("templates") and d.get("template_prob"):
+        lines.append(f"Note: the run wrapped training captions in {d['templates']} with probability "
+                     f"{d['template_prob']} (and dropped keywords with p={d.get('tag_dropout', 0)}), so those "
+                     "templates are in-distribution text here, unlike the paper's web captions.")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -120,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
 
         res = json.loads(args.from_json.read_text())
         plots = make_plots(res, args.plots)
-        args.out.write_text(render_markdown(res, plots, args.out.parent, setup=res["setup"]["lines"]))
+        setup = setup_lines(res, args.from_json)
+        args.out.write_text(render_markdown(res, plots, args.out.parent, setup=setup))
         print(f"wrote {args.out} and {len(plots)} plots in {args.plots}")
         return 0
     if not (args.data / "classes.json").is_file():
@@ -150,42 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     ckpts = [] if args.no_trajectory else _checkpoints(checkpoint)
     if ckpts:
         res["trajectory"] = checkpoint_trajectory(ckpts, tokenizer, args.data, cache_dir=args.cache_dir)
-    eval_s = time.time() - start
-    cfg = model.config
-    res["setup"] = {"checkpoint": _rel(checkpoint), "config": cfg.to_dict(), "train_command": train_cmd,
-                    "train_seconds": train_s, "eval_seconds": eval_s, "torch": torch.__version__,
-                    "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    res["setup"] = {"checkpoint": _rel(checkpoint), "config": model.config.to_dict(), "train_command": train_cmd,
+                    "train_seconds": train_s, "train_minutes": _train_minutes(checkpoint),
+                    "eval_seconds": time.time() - start, "torch": torch.__version__,
+                    "n_params": sum(p.numel() for p in model.parameters()),
+                    "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                    "train_config": _run_config(checkpoint)}
     plots = make_plots(res, args.plots)
-    rerun = "python benchmarks/emoji_findings.py" + ("" if train_cmd else f" --checkpoint {_rel(checkpoint)}")
-    v, t = cfg.vision, cfg.text
-    setup = [
-        f"Model: ViT image {v.image_size}, patch {v.patch_size}, width {v.width}, {v.layers} layers; text width "
-        f"{t.width}, {t.layers} layers, vocabulary {t.vocab_size}; embedding {cfg.embed_dim}; "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters.",
-        f"Trained on google-train + twitter-train (2,648 pairs) by `{train_cmd}` in {train_s / 60:.0f} min."
-        if train_cmd else f"Checkpoint: `{_rel(checkpoint)}`, trained on google-train + twitter-train (2,648 pairs)"
-        + (f" by `torchclip train` with the run config `{_rel(_config_path(checkpoint))}`"
-           if _config_path(checkpoint) else "")
-        + (f" in about {_train_minutes(checkpoint):.0f} min." if _train_minutes(checkpoint) else "."),
-        f"Evaluation: {eval_s / 60:.1f} min on {res['setup']['machine']} (features cached). "
-        f"Rerun: `{rerun}`. Every number: `{os.path.relpath(args.out.with_suffix('.json'), REPO)}`.",
-    ]
-    run_cfg = _run_config(checkpoint)
-    if run_cfg:
-        d = run_cfg.get("data", {})
-        res["setup"]["train_config"] = run_cfg
-        if d.get("templates") and d.get("template_prob"):
-            setup.append(
-                f"Note: the run wrapped training captions in {d['templates']} with probability "
-                f"{d['template_prob']} (and dropped keywords with p={d.get('tag_dropout', 0)}), so those "
-                "templates are in-distribution text here, unlike the paper's web captions.")
-    res["setup"]["lines"] = setup
-    md = render_markdown(res, plots, args.out.parent, setup=setup)
+    json_path = args.out.with_suffix(".json")
+    md = render_markdown(res, plots, args.out.parent, setup=setup_lines(res, json_path))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(md)
-    args.out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+    json_path.write_text(json.dumps(res, indent=1, default=float) + "\n")
     print(md)
-    print(f"wrote {args.out}, {args.out.with_suffix('.json')} and {len(plots)} plots in {args.plots}")
+    print(f"wrote {args.out}, {json_path} and {len(plots)} plots in {args.plots}")
     return 0
 
 

@@ -121,9 +121,13 @@ def plot_robustness(points: Mapping[str, tuple[float, float]], path: str | os.Pa
                 marker=".", label=label, zorder=2)
         if tx:
             ax.annotate("start", (tx[0], ty[0]), fontsize=6, alpha=0.7)
-    markers = "osD^v<>ph*"
-    for i, (label, (x, y)) in enumerate(points.items()):
-        ax.scatter([x * 100], [y * 100], marker=markers[i % len(markers)], s=60, label=label, zorder=3)
+    seen: dict[str, int] = {}
+    for label, (x, y) in points.items():
+        # one marker per kind of model (zero-shot, probe, baseline); colours distinct within a kind
+        marker = "o" if label.startswith("zero-shot") else "x" if "random" in label else "s" if "linear" in label else "^"
+        seen[marker] = seen.get(marker, -1) + 1
+        ax.scatter([x * 100], [y * 100], marker=marker, s=60, label=label, zorder=3,
+                   color=plt.cm.tab10(seen[marker] % 10))
     ax.set_xlim(0, hi)
     ax.set_ylim(0, hi)
     ax.set_aspect("equal")

@@ -181,6 +181,25 @@ def test_caption_augment_keeps_name_and_only_given_tags(tags: list[str], p: floa
     assert CaptionAugment()(caption, random.Random(seed)) == caption
 
 
+@given(st.lists(st.text("abcdefgh ", min_size=1, max_size=8).filter(str.strip), min_size=1, max_size=8),
+       st.floats(0, 1), st.integers(0, 2**32 - 1))
+def test_caption_augment_name_dropout_never_empties(tags: list[str], p: float, seed: int) -> None:
+    tags = [" ".join(t.split()) for t in tags]
+    out = CaptionAugment(tag_dropout=p, name_dropout=1.0)(", ".join(tags), random.Random(seed))
+    parts = out.split(", ")
+    assert out and all(t in tags for t in parts)
+    if tags[0] not in tags[1:]:
+        # the name goes exactly when some other tag survived
+        assert (tags[0] in parts) == (parts == [tags[0]])
+
+
+def test_caption_augment_name_dropout_rate() -> None:
+    aug = CaptionAugment(name_dropout=0.3)
+    rng = random.Random(0)
+    kept = sum(aug("name, a, b", rng).startswith("name") for _ in range(4000))
+    assert 0.66 < kept / 4000 < 0.74
+
+
 def test_png_webp_jpeg_all_decode(tmp_path: Path) -> None:
     from PIL import Image
 

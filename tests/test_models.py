@@ -208,3 +208,27 @@ def test_config_round_trips_through_dict() -> None:
         assert CLIPConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown CLIPConfig keys"):
         CLIPConfig.from_dict({**PRESETS["RN50"].to_dict(), "bogus": 1})
+
+
+def test_patch_dropout_only_while_training() -> None:
+    """FLIP patch dropout: training drops a share of patches per image; eval always sees all of them."""
+    vision = VisionConfig(image_size=32, layers=1, width=64, patch_size=4, patch_dropout=0.75)
+    cfg = CLIPConfig(embed_dim=16, vision=vision, text=TextConfig(context_length=8, vocab_size=50, width=32,
+                                                                    heads=2, layers=1))
+    torch.manual_seed(0)
+    model = CLIP(cfg).eval()
+    full = CLIP(cfg.replace(vision=VisionConfig(image_size=32, layers=1, width=64, patch_size=4)))
+    full.load_state_dict(model.state_dict())
+    full.eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model.encode_image(x), full.encode_image(x))
+    model.train()
+    tokens = model.visual.forward_tokens(x)  # [B, 1 + k, W]
+    assert tokens.shape[1] == 1 + 16  # 64 patches, a quarter kept, plus the class token
+    a, b = model.encode_image(x), model.encode_image(x)
+    assert not torch.allclose(a, b)  # a fresh draw per call
+    with pytest.raises(ValueError, match="patch_dropout"):
+        VisionConfig(patch_dropout=1.0)
+    with pytest.raises(ValueError, match="ViT"):
+        VisionConfig(image_size=64, layers=(1, 1, 1, 1), width=16, patch_size=None, patch_dropout=0.5)
+    assert CLIPConfig.from_dict(cfg.to_dict()) == cfg

@@ -32,6 +32,9 @@ class VisionConfig:
     patch_size: int | None = 32
     head_width: int = 64
     mlp_ratio: float = 4.0
+    # Training only: share of patch tokens dropped at random per image (FLIP, Li et al. 2023). A
+    # regulariser on small data and a speed-up per step; evaluation always sees every patch.
+    patch_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
@@ -46,6 +49,10 @@ class VisionConfig:
                 raise ValueError(f"a ViT tower needs an int layer count, got layers={self.layers!r}")
             if self.image_size % self.patch_size:
                 raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ValueError(f"patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        if self.patch_dropout and self.is_resnet:
+            raise ValueError("patch_dropout needs a ViT image tower (patch_size set)")
         attn_width = self.width * 32 if self.is_resnet else self.width
         if attn_width % self.head_width:
             raise ValueError(f"attention width {attn_width} is not a multiple of head_width {self.head_width}")

@@ -232,8 +232,9 @@ class ImageAugment:
 class CaptionAugment:
     """Caption augmentation for tag-list captions (``name, keyword, keyword, ...``).
 
-    The first tag (the name) is always kept; each other tag is dropped with ``tag_dropout`` and the rest
-    shuffled when ``shuffle_tags``; then, with probability ``template_prob``, one of ``templates`` (each with
+    Each tag after the first (the name) is dropped with ``tag_dropout`` and the rest shuffled when
+    ``shuffle_tags``; the name itself is dropped with ``name_dropout`` when at least one other tag is left
+    (so the keywords, which unseen concepts share, must carry the match on their own); then, with probability ``template_prob``, one of ``templates`` (each with
     a ``{}``) wraps the result. Zero-shot prompts look like "an emoji of {name}.", so training on varied
     subsets of the tags in such frames is what lets the text tower match a bare name at test time.
     """
@@ -242,11 +243,13 @@ class CaptionAugment:
     shuffle_tags: bool = False
     templates: tuple[str, ...] = ()
     template_prob: float = 0.0
+    name_dropout: float = 0.0
     separator: str = ", "
 
     @property
     def active(self) -> bool:
-        return self.tag_dropout > 0 or self.shuffle_tags or (bool(self.templates) and self.template_prob > 0)
+        return (self.tag_dropout > 0 or self.shuffle_tags or self.name_dropout > 0
+                or (bool(self.templates) and self.template_prob > 0))
 
     def __call__(self, caption: str, rng: random.Random) -> str:
         if not self.active:
@@ -257,6 +260,8 @@ class CaptionAugment:
         rest = [t for t in rest if rng.random() >= self.tag_dropout]
         if self.shuffle_tags:
             rng.shuffle(rest)
+        if rest and self.name_dropout > 0 and rng.random() < self.name_dropout:
+            head = []
         text = self.separator.join(head + rest)
         if self.templates and rng.random() < self.template_prob:
             text = rng.choice(self.templates).format(text)

@@ -29,6 +29,7 @@ class VisionTransformer(nn.Module):
         assert v.patch_size is not None
         self.image_size = v.image_size
         self.patch_size = v.patch_size
+        self.patch_dropout = v.patch_dropout
         w = v.width
         scale = w**-0.5
         self.patch_embed = nn.Conv2d(3, w, kernel_size=v.patch_size, stride=v.patch_size, bias=False)
@@ -66,7 +67,18 @@ class VisionTransformer(nn.Module):
         x = self.embed_patches(pixels)  # [B, g*g, W]
         cls = self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, W]
         x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)  # [B, 1+g*g, W]
+        if self.training and self.patch_dropout > 0:
+            x = self._drop_patches(x)  # [B, 1+k, W]
         return self.transformer(self.norm_pre(x))
+
+    def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Keep the class token and a random ``1 - patch_dropout`` share of patches, per image."""
+        b, n1, w = x.shape
+        n = n1 - 1
+        keep = max(1, round(n * (1.0 - self.patch_dropout)))
+        idx = torch.rand(b, n, device=x.device).argsort(dim=1)[:, :keep] + 1  # [B, k], draws from torch's RNG
+        patches = x.gather(1, idx.unsqueeze(-1).expand(b, keep, w))  # [B, k, W]
+        return torch.cat([x[:, :1], patches], dim=1)
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.forward_tokens(pixels)[:, 0]  # [B, W]

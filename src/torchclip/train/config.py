@@ -43,6 +43,7 @@ class ModelSection:
     image_size: int | None = None
     patch_size: int | None = None
     vision_width: int | None = None
+    patch_dropout: float | None = None  # ViT only: share of patches dropped per image while training (FLIP)
     vision_layers: int | None = None
     text_width: int | None = None
     text_heads: int | None = None
@@ -70,6 +71,7 @@ class DataSection:
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)
     hflip: float = 0.0
     tag_dropout: float = 0.0
+    name_dropout: float = 0.0  # drop the first tag (the name) too, when other tags remain
     shuffle_tags: bool = False
     templates: tuple[str, ...] = ()
     template_prob: float = 0.0

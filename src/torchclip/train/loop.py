@@ -156,7 +156,8 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> CLIP:
 
         vision = type(v)(image_size=pick(m.image_size, v.image_size), layers=pick(m.vision_layers, v.layers),
                          width=pick(m.vision_width, v.width), patch_size=pick(m.patch_size, v.patch_size),
-                         head_width=v.head_width, mlp_ratio=v.mlp_ratio)
+                         head_width=v.head_width, mlp_ratio=v.mlp_ratio,
+                         patch_dropout=pick(m.patch_dropout, v.patch_dropout))
         text = type(t)(context_length=tokenizer.context_length, vocab_size=tokenizer.vocab_size,
                        width=pick(m.text_width, t.width), heads=pick(m.text_heads, t.heads),
                        layers=pick(m.text_layers, t.layers), mlp_ratio=t.mlp_ratio,
@@ -166,6 +167,10 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> CLIP:
                               init_logit_scale=pick(m.init_logit_scale, base.init_logit_scale),
                               source=f"torchclip.train from preset {m.preset}")
         model = CLIP(config)
+    if m.pretrained and m.patch_dropout is not None:
+        if not hasattr(model.visual, "patch_dropout"):
+            raise ValueError("model.patch_dropout needs a ViT image tower; the checkpoint has a ResNet")
+        model.visual.patch_dropout = m.patch_dropout  # training-only knob; the saved config keeps its own
     check_compatible(tokenizer, model.config.text)
     for tower, locked in ((model.visual, m.lock_image), (model.text, m.lock_text)):
         for p in tower.parameters():
@@ -221,9 +226,15 @@ def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor,
             return None
         loss_scale(loss).backward()
         return value
-    # 1. features of every micro-batch, without a graph
+    # 1. features of every micro-batch, without a graph. The RNG state before each micro-batch is kept so
+    #    that step 3 replays the same random draws (patch dropout), or the gradients would not be exact.
+    rng_before: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+    feats = []
     with torch.no_grad(), _frozen_batchnorm_stats(inner), autocast():
-        feats = [inner(pixels, ids) for pixels, ids in batches]
+        for pixels, ids in batches:
+            rng_before.append(_rng_snapshot())
+            feats.append(inner(pixels, ids))
+    rng_after = _rng_snapshot()
     img_all = torch.cat([f[0] for f in feats]).detach().requires_grad_()  # [k*B, E]
     txt_all = torch.cat([f[1] for f in feats]).detach().requires_grad_()  # [k*B, E]
     scale = inner.clip.logit_scale.exp().detach().requires_grad_()  # []
@@ -239,6 +250,7 @@ def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor,
     for j, (pixels, ids) in enumerate(batches):
         last = j == len(batches) - 1
         n = pixels.shape[0]
+        _rng_restore(rng_before[j])
         with _sync_context(model, last):
             with autocast():
                 img, txt, s = model(pixels, ids)
@@ -250,7 +262,19 @@ def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor,
                 # than autograd.backward(outs, grads): the multi-root call costs seconds on its first use.)
                 sum((o * g.to(o.dtype)).sum() for o, g in pairs).backward()
         start += n
+    _rng_restore(rng_after)
     return value
+
+
+def _rng_snapshot() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return torch.get_rng_state(), cuda
+
+
+def _rng_restore(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1]:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 # ---- the run -----------------------------------------------------------------------------------------------
@@ -343,7 +367,7 @@ def train(cfg: TrainConfig, resume: bool | str = False) -> dict[str, float]:
         shuffle_buffer=d.shuffle_buffer, resampled=d.resampled, caption_key=d.caption_key,
         csv_image_key=d.csv_image_key, csv_caption_key=d.csv_caption_key,
         image_augment=ImageAugment(d.crop_scale, d.crop_ratio, d.hflip),
-        caption_augment=CaptionAugment(d.tag_dropout, d.shuffle_tags, d.templates, d.template_prob),
+        caption_augment=CaptionAugment(d.tag_dropout, d.shuffle_tags, d.templates, d.template_prob, d.name_dropout),
         start=cursors, rotate=batches_seen % max(nw, 1))
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=nw, prefetch_factor=4 if nw else None,
                                          pin_memory=info.device.type == "cuda", persistent_workers=False)

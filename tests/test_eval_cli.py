@@ -78,6 +78,22 @@ def test_cli_errors_are_one_line(run_dir: Path, shards: tuple[Path, Path], tmp_p
     assert code == 2 and "no class names" in err  # nothing to exclude from an unlabelled set
 
 
+def test_classnames_of_the_kept_classes_with_exclude(run_dir: Path, shards: tuple[Path, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A CLIP_benchmark classnames.txt lists only the evaluated classes; the excluded class's samples are
+    dropped, not reported as an unknown class name."""
+    (tmp_path / "names.txt").write_text("green\nred\n")
+    argv = ["zeroshot", "--model", str(run_dir / "checkpoint.safetensors"), "--dataset", str(shards[1]),
+            "--label-key", "json:category", "--classnames", str(tmp_path / "names.txt"), "--exclude-class", "blue"]
+    args = cli.build_parser().parse_args(argv)
+    ds = cli._dataset(args, args.dataset)
+    assert ds.classnames == ["green", "red"] and len(ds) == 6
+    assert [m["category"] for m in ds.meta] == [ds.classnames[i] for i in ds.labels]
+    assert _run([*argv, "--no-cache", "--quiet"], capsys)[0] == 0
+    code, _, err = _run([*argv, "--exclude-class", "purple", "--no-cache", "--quiet"], capsys)
+    assert code == 2 and "purple" in err  # a typo in an excluded name still fails
+
+
 def test_probe_fewshot_retrieval_cli(run_dir: Path, shards: tuple[Path, Path], tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     common = ["--model", str(run_dir / "checkpoint.safetensors"), "--label-key", "json:category",

@@ -30,6 +30,12 @@ def test_topk_known_answer() -> None:
     assert acc == {1: 0.5, 3: 0.5, 4: 0.75, 5: 0.75, 6: 1.0}
 
 
+def test_accuracy_is_the_exact_fraction() -> None:
+    # CLIP_benchmark writes correct / n as a Python float; a float32 mean gives 0.3333333432674408
+    acc = topk_accuracy(torch.eye(3)[[0, 2, 0]], torch.tensor([0, 1, 2]), (1,))
+    assert acc == {1: 1 / 3} and classification_metrics(torch.eye(9)[:7], torch.arange(7))["acc5"] == 1.0
+
+
 def test_ties_count_against_the_model() -> None:
     scores = torch.zeros(4, 10)  # a collapsed model: every class ties
     labels = torch.arange(4)

@@ -92,15 +92,24 @@ def _dataset(args: argparse.Namespace, spec: str) -> Any:
     from .templates import load_classnames
 
     classnames = None
+    extra: list[str] = []
     if args.classnames:
         classnames = [c if isinstance(c, str) else c[0] for c in load_classnames(args.classnames)]
+        # A class list of the evaluated classes only (CLIP_benchmark's classnames.txt) omits the excluded
+        # ones: name them too while labelling, so their samples can be dropped rather than be "unknown".
+        extra = [c for c in dict.fromkeys(args.exclude_class) if c not in classnames]
+        classnames += extra
     kind = args.dataset_kind or guess_kind(spec)
     kw: dict[str, Any] = {"classnames": classnames}
     if kind == "wds":
         kw.update(label_key=args.label_key, caption_key=args.caption_key or "txt")
     elif kind == "csv":
         kw.update(image_col=args.image_key, label_col=args.label_key, caption_col=args.caption_key)
-    ds = open_dataset(spec, kind, **kw).drop_classes(args.exclude_class)
+    ds = open_dataset(spec, kind, **kw)
+    absent = [c for c in extra if not (ds.labels == classnames.index(c)).any()]
+    if absent:  # as without --classnames: excluding a class the data does not have is a typo
+        raise ValueError(f"unknown class name(s) {absent} to exclude: in neither {args.classnames} nor the data")
+    ds = ds.drop_classes(args.exclude_class)
     if args.dataset_name:
         ds.name = args.dataset_name
     return ds.require_nonempty()

@@ -60,7 +60,9 @@ def topk_accuracy(scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
     scores, labels = _as_tensor(scores).float(), _as_tensor(labels).long()
     _check_scores(scores, labels)
     ranks = _label_ranks(scores, labels)
-    return {k: (float((ranks < k).float().mean()) if k <= scores.shape[1] else math.nan) for k in ks}
+    # count / n in float64, as CLIP_benchmark computes it: a float32 mean would differ in the 8th digit
+    n = scores.shape[0]
+    return {k: (int((ranks < k).sum()) / n if k <= scores.shape[1] else math.nan) for k in ks}
 
 
 def confusion_matrix(pred: torch.Tensor | np.ndarray | Sequence[int],

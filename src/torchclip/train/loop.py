@@ -228,13 +228,13 @@ def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor,
         return value
     # 1. features of every micro-batch, without a graph. The RNG state before each micro-batch is kept so
     #    that step 3 replays the same random draws (patch dropout), or the gradients would not be exact.
-    rng_before: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+    rng_before: list[dict[str, Any]] = []
     feats = []
     with torch.no_grad(), _frozen_batchnorm_stats(inner), autocast():
         for pixels, ids in batches:
-            rng_before.append(_rng_snapshot())
+            rng_before.append(rng_state())
             feats.append(inner(pixels, ids))
-    rng_after = _rng_snapshot()
+    rng_after = rng_state()
     img_all = torch.cat([f[0] for f in feats]).detach().requires_grad_()  # [k*B, E]
     txt_all = torch.cat([f[1] for f in feats]).detach().requires_grad_()  # [k*B, E]
     scale = inner.clip.logit_scale.exp().detach().requires_grad_()  # []
@@ -250,7 +250,7 @@ def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor,
     for j, (pixels, ids) in enumerate(batches):
         last = j == len(batches) - 1
         n = pixels.shape[0]
-        _rng_restore(rng_before[j])
+        set_rng_state(rng_before[j])
         with _sync_context(model, last):
             with autocast():
                 img, txt, s = model(pixels, ids)
@@ -262,19 +262,8 @@ def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor,
                 # than autograd.backward(outs, grads): the multi-root call costs seconds on its first use.)
                 sum((o * g.to(o.dtype)).sum() for o, g in pairs).backward()
         start += n
-    _rng_restore(rng_after)
+    set_rng_state(rng_after)
     return value
-
-
-def _rng_snapshot() -> tuple[torch.Tensor, list[torch.Tensor]]:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    return torch.get_rng_state(), cuda
-
-
-def _rng_restore(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
-    torch.set_rng_state(state[0])
-    if state[1]:
-        torch.cuda.set_rng_state_all(state[1])
 
 
 # ---- the run -----------------------------------------------------------------------------------------------

@@ -108,6 +108,18 @@ def tokenize(texts: list[str], open_clip: types.ModuleType) -> tuple[torch.Tenso
     return ids.long(), "torchclip.tokenize (equal to open_clip.tokenize)"
 
 
+OURS_MKL = "torchclip (MKL GEMM)"
+
+
+def without_onednn(fn: Callable[[torch.Tensor], object], x: torch.Tensor) -> object:
+    """``fn(x)`` with torchclip's oneDNN projections off: what the same model does on torch's default GEMM."""
+    saved, torchclip.layers.ONEDNN_LINEAR = torchclip.layers.ONEDNN_LINEAR, False
+    try:
+        return fn(x)
+    finally:
+        torchclip.layers.ONEDNN_LINEAR = saved
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
@@ -192,6 +204,8 @@ def main() -> None:
     ap.add_argument("--mm-size", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: every core this process may use)")
     ap.add_argument("--out", type=Path, help="also write the markdown section here")
+    ap.add_argument("--mkl-baseline", action="store_true",
+                    help="also time torchclip with its oneDNN projections off (torch's default MKL GEMM)")
     args = ap.parse_args()
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -215,6 +229,8 @@ def main() -> None:
         ours = torchclip.create_model(name).eval()
         oc_name = {"ViT-B/32": "ViT-B-32", "RN50": "RN50"}[name]
         impls_img: dict[str, Callable[[torch.Tensor], object]] = {"torchclip": ours.encode_image}
+        if args.mkl_baseline:
+            impls_img[OURS_MKL] = lambda x, m=ours: without_onednn(m.encode_image, x)
         impls_txt: dict[str, Callable[[torch.Tensor], object]] = {"torchclip": ours.encode_text}
         if "open_clip" in peers:
             oc = open_clip.create_model(oc_name, pretrained=None).eval()
@@ -252,11 +268,16 @@ def main() -> None:
 
     peak = ceiling.gflops("torch.mm")
     peak_best = ceiling.gflops("torch.mm", "best")
-    rows = []
+    rows: list[str] = []
+    mkl_rows: list[str] = []
     for case in cases[1:]:
-        impls = list(case.impls)
+        impls = [k for k in case.impls if k != OURS_MKL]
         ours_rate = case.rate("torchclip")
         fast_peer = max((case.rate(p) for p in impls[1:]), default=float("nan"))
+        if OURS_MKL in case.impls:
+            mkl_rows.append(f"| {case.name} | {case.batch} | {ours_rate:.2f} | {case.rate(OURS_MKL):.2f} | "
+                            f"{ours_rate / case.rate(OURS_MKL):.2f}× | "
+                            f"{case.rate(OURS_MKL) / fast_peer:.2f}× |")
         cells = [case.name, str(case.batch)]
         for impl in ("torchclip", "open_clip", "HF"):
             if impl in case.impls:
@@ -316,6 +337,14 @@ GFLOP/s open_clip | GFLOP/s HF |
 
 FLOPs per item (2 per multiply-add, counted on torchclip's model, attention included): {"; ".join(flop_lines)}.
 """
+    if mkl_rows:
+        md += """
+torchclip's projections through oneDNN (the default on x86) against the same model with
+`torchclip.layers.ONEDNN_LINEAR = False` (torch's default GEMM, MKL), timed in the same rounds:
+
+| workload | batch | torchclip (oneDNN) | torchclip (MKL) | oneDNN / MKL | MKL path vs faster peer |
+|---|---:|---:|---:|---:|---:|
+""" + "\n".join(mkl_rows) + "\n"
     print(md)
     if args.out:
         args.out.write_text(md, encoding="utf-8")

@@ -2,16 +2,18 @@
 
 Inference (no autograd recording) packs text rows of different lengths, folds eval-mode BatchNorm into
 the convs (cached), runs the ResNet channels-last, embeds ViT patches with a matmul, splits large image
-batches and adds residuals in place. None of it may change a feature beyond float rounding, a state dict
+batches, adds residuals in place (fused into oneDNN's projections on x86). None of it may change a feature beyond float rounding, a state dict
 key, or what training sees.
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from torchclip import layers
 from torchclip.config import CLIPConfig, TextConfig, VisionConfig
-from torchclip.layers import Packing
+from torchclip.layers import Packing, inference_linear
 from torchclip.model import CLIP
 
 
@@ -121,3 +123,91 @@ def test_vit_inference_path_equals_autograd_path() -> None:
     with torch.inference_mode():
         fast = model.encode_image(px)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+
+
+needs_onednn = pytest.mark.skipif(not layers.ONEDNN_LINEAR,
+                                  reason="oneDNN projections are off here (not x86, no MKL-DNN, or TORCHCLIP_ONEDNN=0)")
+
+
+@pytest.fixture
+def onednn_switch():
+    """Restores ``layers.ONEDNN_LINEAR`` after a test flips it."""
+    saved = layers.ONEDNN_LINEAR
+    yield
+    layers.ONEDNN_LINEAR = saved
+
+
+@pytest.mark.parametrize("use_onednn", [True, False])
+def test_inference_linear_is_linear_plus_residual(use_onednn: bool, onednn_switch) -> None:
+    if use_onednn and not layers.ONEDNN_LINEAR:
+        pytest.skip("oneDNN projections are off here")
+    layers.ONEDNN_LINEAR = use_onednn
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 40, 17, generator=g).transpose(0, 1)  # [40, 3, 17], not contiguous
+    w, b = torch.randn(24, 17, generator=g), torch.randn(24, generator=g)
+    res = torch.randn(40, 3, 24, generator=g)
+    ref = (x.double() @ w.double().t() + b.double()).float()
+    with torch.inference_mode():
+        y = inference_linear(x, w, b)
+        y_res = inference_linear(x, w, b, res.clone())
+        y_nob = inference_linear(x, w)
+    assert y.shape == (40, 3, 24)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y_res, ref + res, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y_nob, ref - b, atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+@pytest.mark.parametrize("grad_ctx", [torch.no_grad, torch.inference_mode])
+def test_onednn_projections_match_default_gemm(grad_ctx, onednn_switch) -> None:
+    """Both towers through oneDNN give the default-GEMM features, and see weights changed in place."""
+    torch.manual_seed(0)
+    cfg = tiny(False)
+    model = CLIP(cfg).eval()
+    px = torch.randn(3, 3, 32, 32)
+    ids = ids_batch(cfg, [1, 12, 5])
+    ref_img, ref_txt = model.encode_image(px).detach(), model.encode_text(ids).detach()  # autograd path
+    out, ops = {}, {}
+    for on in (True, False):
+        layers.ONEDNN_LINEAR = on
+        with grad_ctx(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out[on] = model.encode_image(px), model.encode_text(ids)
+        ops[on] = {e.key for e in prof.key_averages()}
+    assert "mkldnn::_linear_pointwise" in ops[True] and "mkldnn::_linear_pointwise" not in ops[False]
+    for on in (True, False):
+        torch.testing.assert_close(out[on][0], ref_img, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[on][1], ref_txt, atol=1e-5, rtol=1e-5)
+    # Nothing is cached from the weights: an in-place change shows at once.
+    layers.ONEDNN_LINEAR = True
+    with torch.no_grad():
+        model.visual.transformer.blocks[0].mlp.fc1.weight.mul_(-1)
+        changed = model.encode_image(px)
+    assert (changed - out[True][0]).abs().max() > 1e-3
+    torch.testing.assert_close(changed, model.encode_image(px).detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_flop_counter_sees_every_projection() -> None:
+    """Under a dispatch mode (FlopCounterMode) the model runs standard ops, so all its FLOPs are counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = CLIP(tiny(False)).eval()
+    px = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.encode_image(px)
+    v = model.config.vision
+    tokens, width = 2 * (1 + (32 // 8) ** 2), v.width
+    per_layer = 2 * tokens * width * (3 * width + width + 2 * 4 * width)  # qkv, proj, fc1, fc2
+    assert counter.get_total_flops() >= v.layers * per_layer
+
+
+def test_half_precision_models_use_their_own_gemm() -> None:
+    torch.manual_seed(0)
+    model = CLIP(tiny(False)).eval()
+    px = torch.randn(2, 3, 32, 32)
+    ref = model.encode_image(px).detach()
+    model = model.to(torch.bfloat16)
+    with torch.inference_mode():
+        out = model.encode_image(px.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.1)

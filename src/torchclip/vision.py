@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CLIPConfig
-from .layers import LayerNorm, Transformer, fast_inference
+from .layers import LayerNorm, Transformer, fast_inference, inference_linear
 
 __all__ = ["VisionTransformer", "ModifiedResNet", "AttentionPool2d", "build_vision"]
 
@@ -60,7 +60,7 @@ class VisionTransformer(nn.Module):
             return self.patch_embed(pixels).flatten(2).transpose(1, 2)
         # A stride-P PxP conv is a matmul over unfolded patches; faster on CPU than a conv with 3 channels.
         patches = pixels.reshape(b, c, h // p, p, wd // p, p).permute(0, 2, 4, 1, 3, 5)  # [B, gh, gw, 3, P, P]
-        return patches.reshape(b, (h // p) * (wd // p), c * p * p) @ w.reshape(w.shape[0], -1).t()
+        return inference_linear(patches.reshape(b, (h // p) * (wd // p), c * p * p), w.reshape(w.shape[0], -1))
 
     def forward_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """All output tokens before ``norm_post``: [B, 1 + g*g, W] (class token first)."""

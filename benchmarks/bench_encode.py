@@ -113,11 +113,11 @@ OURS_MKL = "torchclip (MKL GEMM)"
 
 def without_onednn(fn: Callable[[torch.Tensor], object], x: torch.Tensor) -> object:
     """``fn(x)`` with torchclip's oneDNN projections off: what the same model does on torch's default GEMM."""
-    saved, torchclip.layers.ONEDNN_LINEAR = torchclip.layers.ONEDNN_LINEAR, False
+    saved, torchclip.layers.ONEDNN = torchclip.layers.ONEDNN, False
     try:
         return fn(x)
     finally:
-        torchclip.layers.ONEDNN_LINEAR = saved
+        torchclip.layers.ONEDNN = saved
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -340,7 +340,7 @@ FLOPs per item (2 per multiply-add, counted on torchclip's model, attention incl
     if mkl_rows:
         md += """
 torchclip's projections through oneDNN (the default on x86) against the same model with
-`torchclip.layers.ONEDNN_LINEAR = False` (torch's default GEMM, MKL), timed in the same rounds:
+`torchclip.layers.ONEDNN = False` (torch's default GEMM, MKL), timed in the same rounds:
 
 | workload | batch | torchclip (oneDNN) | torchclip (MKL) | oneDNN / MKL | MKL path vs faster peer |
 |---|---:|---:|---:|---:|---:|

@@ -125,23 +125,23 @@ def test_vit_inference_path_equals_autograd_path() -> None:
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
 
 
-needs_onednn = pytest.mark.skipif(not layers.ONEDNN_LINEAR,
+needs_onednn = pytest.mark.skipif(not layers.ONEDNN,
                                   reason="oneDNN projections are off here (not x86, no MKL-DNN, or TORCHCLIP_ONEDNN=0)")
 
 
 @pytest.fixture
 def onednn_switch():
-    """Restores ``layers.ONEDNN_LINEAR`` after a test flips it."""
-    saved = layers.ONEDNN_LINEAR
+    """Restores ``layers.ONEDNN`` after a test flips it."""
+    saved = layers.ONEDNN
     yield
-    layers.ONEDNN_LINEAR = saved
+    layers.ONEDNN = saved
 
 
 @pytest.mark.parametrize("use_onednn", [True, False])
 def test_inference_linear_is_linear_plus_residual(use_onednn: bool, onednn_switch) -> None:
-    if use_onednn and not layers.ONEDNN_LINEAR:
+    if use_onednn and not layers.ONEDNN:
         pytest.skip("oneDNN projections are off here")
-    layers.ONEDNN_LINEAR = use_onednn
+    layers.ONEDNN = use_onednn
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 40, 17, generator=g).transpose(0, 1)  # [40, 3, 17], not contiguous
     w, b = torch.randn(24, 17, generator=g), torch.randn(24, generator=g)
@@ -169,7 +169,7 @@ def test_onednn_projections_match_default_gemm(grad_ctx, onednn_switch) -> None:
     ref_img, ref_txt = model.encode_image(px).detach(), model.encode_text(ids).detach()  # autograd path
     out, ops = {}, {}
     for on in (True, False):
-        layers.ONEDNN_LINEAR = on
+        layers.ONEDNN = on
         with grad_ctx(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             out[on] = model.encode_image(px), model.encode_text(ids)
         ops[on] = {e.key for e in prof.key_averages()}
@@ -178,7 +178,7 @@ def test_onednn_projections_match_default_gemm(grad_ctx, onednn_switch) -> None:
         torch.testing.assert_close(out[on][0], ref_img, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out[on][1], ref_txt, atol=1e-5, rtol=1e-5)
     # Nothing is cached from the weights: an in-place change shows at once.
-    layers.ONEDNN_LINEAR = True
+    layers.ONEDNN = True
     with torch.no_grad():
         model.visual.transformer.blocks[0].mlp.fc1.weight.mul_(-1)
         changed = model.encode_image(px)
@@ -211,3 +211,33 @@ def test_half_precision_models_use_their_own_gemm() -> None:
         out = model.encode_image(px.to(torch.bfloat16))
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.1)
+
+
+@needs_onednn
+def test_resnet_packed_convs_match_and_survive_copies(onednn_switch) -> None:
+    """Pre-packed oneDNN convs give the plain features; a model holding them still copies and pickles."""
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    model = CLIP(tiny(True)).eval()
+    randomize_batchnorm(model)
+    px = torch.randn(3, 3, 64, 64)
+    ref = model.encode_image(px).detach()
+    out, ops = {}, {}
+    for on in (True, False, True):
+        layers.ONEDNN = on
+        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out[on] = model.encode_image(px)
+        ops[on] = {e.key for e in prof.key_averages()}
+        torch.testing.assert_close(out[on], ref, atol=1e-5, rtol=1e-5)
+    assert "mkldnn::_convolution_pointwise" in ops[True]
+    assert "mkldnn::_convolution_pointwise" not in ops[False]
+
+    twin = copy.deepcopy(model)  # the packed cache is dropped, not copied
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    with torch.no_grad():
+        torch.testing.assert_close(twin.encode_image(px), out[True], atol=0, rtol=0)
+        model.to(torch.float64)  # another dtype rebuilds the fold, unpacked
+        torch.testing.assert_close(model.encode_image(px.double()).float(), ref, atol=1e-5, rtol=1e-5)

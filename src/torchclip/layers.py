@@ -27,11 +27,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["LayerNorm", "QuickGELU", "Attention", "MLP", "Block", "Transformer", "Packing", "make_activation",
-           "fast_inference", "inference_linear", "ONEDNN_LINEAR"]
+           "fast_inference", "inference_linear", "ONEDNN"]
 
-# Route fp32 CPU inference projections through oneDNN (x86 builds with MKL-DNN only). Set
-# TORCHCLIP_ONEDNN=0, or this attribute to False, to use torch's default GEMM (MKL) everywhere.
-ONEDNN_LINEAR: bool = (os.environ.get("TORCHCLIP_ONEDNN", "1") != "0"
+# Route fp32 CPU inference projections (and the ResNet's BN-folded convs, with pre-packed weights) through
+# oneDNN's kernels, x86 builds with MKL-DNN only. Set TORCHCLIP_ONEDNN=0, or this attribute to False, for
+# torch's default kernels everywhere.
+ONEDNN: bool = (os.environ.get("TORCHCLIP_ONEDNN", "1") != "0"
                        and platform.machine().lower() in ("x86_64", "amd64")
                        and torch.backends.mkldnn.is_available()
                        and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
@@ -54,8 +55,9 @@ def _dispatch_mode_active() -> bool:
     return bool(length and length())
 
 
-def _onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (ONEDNN_LINEAR and torch.backends.mkldnn.enabled and x.device.type == "cpu"
+def onednn_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether an inference op on ``x`` with ``weight`` may take oneDNN's fused fp32 kernels."""
+    return (ONEDNN and torch.backends.mkldnn.enabled and x.device.type == "cpu"
             and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.numel() > 0
             and not _dispatch_mode_active())
 
@@ -67,7 +69,7 @@ def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     Inference only (call it under ``fast_inference()``): the oneDNN op has no autograd formula, and the
     fallback adds the residual in place into the fresh output.
     """
-    if not _onednn(x, weight):
+    if not onednn_eligible(x, weight):
         y = F.linear(x, weight, bias)
         return y if residual is None else y.add_(residual)
     lead, n = x.shape[:-1], weight.shape[0]

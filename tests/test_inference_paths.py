@@ -196,9 +196,29 @@ def test_flop_counter_sees_every_projection() -> None:
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model.encode_image(px)
     v = model.config.vision
-    tokens, width = 2 * (1 + (32 // 8) ** 2), v.width
-    per_layer = 2 * tokens * width * (3 * width + width + 2 * 4 * width)  # qkv, proj, fc1, fc2
-    assert counter.get_total_flops() >= v.layers * per_layer
+    b, w = 2, v.width
+    tokens = b * (1 + (32 // 8) ** 2)
+    full = 2 * tokens * w * (3 * w + w + 2 * 4 * w)  # one block: qkv, proj, fc1, fc2
+    last = 2 * tokens * w * 2 * w + 2 * b * w * (w + w + 2 * 4 * w)  # keys/values of all, the rest for cls
+    assert counter.get_total_flops() >= (v.layers - 1) * full + last
+
+
+def test_vit_last_block_runs_for_the_class_token_only() -> None:
+    """The inference forward skips the last block's work for patch tokens: fewer FLOPs, same features."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = CLIP(tiny(False)).eval()
+    px = torch.randn(4, 3, 32, 32)
+    counts = {}
+    for name, ctx in (("plain", torch.enable_grad), ("fast", torch.inference_mode)):
+        with ctx(), FlopCounterMode(display=False) as counter:
+            out = model.encode_image(px)
+        counts[name] = (counter.get_total_flops(), out.detach())
+    torch.testing.assert_close(counts["fast"][1], counts["plain"][1], atol=1e-5, rtol=1e-5)
+    w, tokens = model.config.vision.width, 4 * 16  # patch tokens skipped in the last block
+    saved = 2 * tokens * w * (w + w + 8 * w)  # their query, output projection and MLP
+    assert counts["plain"][0] - counts["fast"][0] >= saved
 
 
 def test_half_precision_models_use_their_own_gemm() -> None:

@@ -45,10 +45,12 @@ class VisionTransformer(nn.Module):
             nn.init.zeros_(block.attn.qkv.bias)
             nn.init.zeros_(block.attn.proj.bias)
 
-    # Inference splits larger batches into chunks of about this many tokens. Smaller chunks (8-16 B/32
-    # images) measured no faster per image on the benchmark machine, and slower when its cores are shared,
-    # so this only bounds activation memory for very large batches (benchmarks/results_encode.md).
-    chunk_tokens = 4096
+        # Inference splits larger batches into chunks of at most this many tokens, so that the largest
+        # activation (the MLP's hidden layer, fp32) stays under 24 MiB. Bigger blocks are fresh mmaps for
+        # glibc's allocator (its threshold tops out at 32 MiB) and page-fault on every touch: ViT-B/32 at
+        # batch 64 took ~200k faults per forward in one chunk and ~20k in two, 1.06x faster
+        # (benchmarks/results_encode.md). Set the attribute to change it.
+        self.chunk_tokens = max(self.pos_embed.shape[0], (24 << 20) // (4 * int(w * v.mlp_ratio)))
 
     def embed_patches(self, pixels: torch.Tensor) -> torch.Tensor:
         """Patch embedding: [B, 3, R, R] -> [B, g*g, W], row-major grid."""
@@ -64,12 +66,16 @@ class VisionTransformer(nn.Module):
 
     def forward_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """All output tokens before ``norm_post``: [B, 1 + g*g, W] (class token first)."""
+        return self.transformer(self._tokens_in(pixels))
+
+    def _tokens_in(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The transformer's input: [B, 1 + g*g, W] (fewer tokens under patch dropout in training)."""
         x = self.embed_patches(pixels)  # [B, g*g, W]
         cls = self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, W]
         x = torch.cat([cls, x], dim=1) + self.pos_embed.to(x.dtype)  # [B, 1+g*g, W]
         if self.training and self.patch_dropout > 0:
             x = self._drop_patches(x)  # [B, 1+k, W]
-        return self.transformer(self.norm_pre(x))
+        return self.norm_pre(x)
 
     def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
         """Keep the class token and a random ``1 - patch_dropout`` share of patches, per image."""
@@ -81,7 +87,10 @@ class VisionTransformer(nn.Module):
         return torch.cat([x[:, :1], patches], dim=1)
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.forward_tokens(pixels)[:, 0]  # [B, W]
+        if fast_inference():  # the last block only for the class token, the only output used
+            x = self.transformer.forward_first_token(self._tokens_in(pixels))  # [B, W]
+        else:
+            x = self.forward_tokens(pixels)[:, 0]  # [B, W]
         return self.norm_post(x) @ self.proj.to(x.dtype)  # [B, E]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

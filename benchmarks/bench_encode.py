@@ -294,6 +294,12 @@ def main() -> None:
         for impl in ("open_clip", "HF"):
             cells.append(f"{ours_rate / case.rate(impl):.2f}×" if impl in case.impls else "—")
         cells.append(f"{ours_rate / fast_peer:.2f}×" if len(impls) > 1 else "—")
+        if len(impls) > 1:  # per round: torchclip against the faster peer of that same round
+            paired = sorted(min(case.samples[p][r] for p in impls[1:]) / case.samples["torchclip"][r]
+                            for r in range(len(case.samples["torchclip"])))
+            cells.append(f"{statistics.median(paired):.2f}× ({paired[0]:.2f}–{paired[-1]:.2f})")
+        else:
+            cells.append("—")
         for impl in ("torchclip", "open_clip", "HF"):
             if impl in case.impls:
                 g = case.gflops(impl)
@@ -333,11 +339,12 @@ fp32 matmul ceiling (`torch.mm`, {args.mm_size}×{args.mm_size}, same rounds): *
 {peak_best:.0f} best.
 
 Throughput: items/s, median over rounds (best round in brackets). Ratios: torchclip's median over each \
-peer's. GFLOP/s: achieved, median (share of the median matmul ceiling).
+peer's. "Paired, per round": torchclip over the faster peer of the same round, median (range) over rounds;
+it cancels load that drifts between rounds. GFLOP/s: achieved, median (share of the median matmul ceiling).
 
-| workload | batch | torchclip | open_clip | HF | vs open_clip | vs HF | vs faster peer | GFLOP/s torchclip | \
-GFLOP/s open_clip | GFLOP/s HF |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| workload | batch | torchclip | open_clip | HF | vs open_clip | vs HF | vs faster peer | paired, per round | \
+GFLOP/s torchclip | GFLOP/s open_clip | GFLOP/s HF |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 """ + "\n".join(rows) + f"""
 
 {text_note}

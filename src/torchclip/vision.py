@@ -176,11 +176,12 @@ class AttentionPool2d(nn.Module):
         x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # [B, 1+h*w, C], mean before positions
         x = x + self.pos_embed.to(x.dtype)
         dh = c // self.heads
-        q = self.q_proj(x[:, :1]).view(b, 1, self.heads, dh).transpose(1, 2)  # [B, H, 1, Dh]
-        k = self.k_proj(x).view(b, -1, self.heads, dh).transpose(1, 2)  # [B, H, 1+h*w, Dh]
-        v = self.v_proj(x).view(b, -1, self.heads, dh).transpose(1, 2)
+        lin = inference_linear if fast_inference() else (lambda t, w, bias: F.linear(t, w, bias))
+        q = lin(x[:, :1], self.q_proj.weight, self.q_proj.bias).view(b, 1, self.heads, dh).transpose(1, 2)  # [B, H, 1, Dh]
+        k = lin(x, self.k_proj.weight, self.k_proj.bias).view(b, -1, self.heads, dh).transpose(1, 2)  # [B, H, 1+h*w, Dh]
+        v = lin(x, self.v_proj.weight, self.v_proj.bias).view(b, -1, self.heads, dh).transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v)  # [B, H, 1, Dh]
-        return self.out_proj(y.transpose(1, 2).reshape(b, c))  # [B, E]
+        return lin(y.transpose(1, 2).reshape(b, c), self.out_proj.weight, self.out_proj.bias)  # [B, E]
 
 
 class ModifiedResNet(nn.Module):

@@ -181,7 +181,8 @@ class AttentionPool2d(nn.Module):
         k = lin(x, self.k_proj.weight, self.k_proj.bias).view(b, -1, self.heads, dh).transpose(1, 2)  # [B, H, 1+h*w, Dh]
         v = lin(x, self.v_proj.weight, self.v_proj.bias).view(b, -1, self.heads, dh).transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v)  # [B, H, 1, Dh]
-        return lin(y.transpose(1, 2).reshape(b, c), self.out_proj.weight, self.out_proj.bias)  # [B, E]
+        # A module call: evaluation's probe features hook ``out_proj``'s input (B rows, no gain from oneDNN).
+        return self.out_proj(y.transpose(1, 2).reshape(b, c))  # [B, E]
 
 
 class ModifiedResNet(nn.Module):

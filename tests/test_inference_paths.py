@@ -261,3 +261,17 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch) -> None:
         torch.testing.assert_close(twin.encode_image(px), out[True], atol=0, rtol=0)
         model.to(torch.float64)  # another dtype rebuilds the fold, unpacked
         torch.testing.assert_close(model.encode_image(px.double()).float(), ref, atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+def test_onednn_only_for_few_rows(onednn_switch, monkeypatch) -> None:
+    """Above ``ONEDNN_MAX_ROWS`` rows MKL's GEMM runs (faster there), with the same result."""
+    monkeypatch.setattr(layers, "ONEDNN_MAX_ROWS", 4)
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(6, 5, generator=g), torch.randn(6, generator=g)
+    for rows, expect in ((4, True), (8, False)):
+        x = torch.randn(rows, 5, generator=g)
+        with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            y = inference_linear(x, w, b)
+        assert ("mkldnn::_linear_pointwise" in {e.key for e in prof.key_averages()}) == expect
+        torch.testing.assert_close(y, x @ w.t() + b, atol=1e-5, rtol=1e-5)

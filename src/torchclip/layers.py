@@ -9,10 +9,12 @@ passes: residual adds and the QuickGELU product write into tensors the block has
 stacks also accept *packed* rows (``Packing``): the tokens of rows of different lengths back to back, so
 every projection and MLP runs on real tokens only, and only attention sees a padded layout.
 
-On x86 CPUs, fp32 inference projections go through oneDNN (``inference_linear``) instead of MKL's GEMM:
-for the 50-row products of a batch-1 ViT-B/32 it splits the work across cores far better (1.3-1.5x per
-forward on the 2-core benchmark machine, see benchmarks/results_encode.md), with the residual add fused
-into the output projections. Same maths, a different summation order: features move by float rounding.
+On x86 CPUs, fp32 inference projections of at most ``ONEDNN_MAX_ROWS`` rows go through oneDNN
+(``inference_linear``) instead of MKL's GEMM: for the 50-row products of a batch-1 ViT-B/32 it splits the
+work across cores far better (1.3x per forward on the 2-core benchmark machine;
+benchmarks/results_encode.md), with the residual add fused into the output projections. Same maths, a different summation order: features move
+by float rounding. A non-causal stack's last block can also run for position 0 only
+(``Transformer.forward_first_token``): the ViT uses only its class token.
 """
 
 from __future__ import annotations
@@ -27,15 +29,18 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["LayerNorm", "QuickGELU", "Attention", "MLP", "Block", "Transformer", "Packing", "make_activation",
-           "fast_inference", "inference_linear", "ONEDNN"]
+           "fast_inference", "inference_linear", "ONEDNN", "ONEDNN_MAX_ROWS"]
 
 # Route fp32 CPU inference projections (and the ResNet's BN-folded convs, with pre-packed weights) through
 # oneDNN's kernels, x86 builds with MKL-DNN only. Set TORCHCLIP_ONEDNN=0, or this attribute to False, for
 # torch's default kernels everywhere.
 ONEDNN: bool = (os.environ.get("TORCHCLIP_ONEDNN", "1") != "0"
-                       and platform.machine().lower() in ("x86_64", "amd64")
-                       and torch.backends.mkldnn.is_available()
-                       and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+                and platform.machine().lower() in ("x86_64", "amd64")
+                and torch.backends.mkldnn.is_available()
+                and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+# oneDNN's projections win on few rows (ViT-B/32, 2 threads, paired rounds: 1.31x at 50 rows, 1.08-1.10x
+# at 100-200) and lose on many (0.97x at 400, 0.88x at 1,600), where MKL's GEMM stays.
+ONEDNN_MAX_ROWS: int = 256
 
 
 def fast_inference() -> bool:
@@ -69,7 +74,7 @@ def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     Inference only (call it under ``fast_inference()``): the oneDNN op has no autograd formula, and the
     fallback adds the residual in place into the fresh output.
     """
-    if not onednn_eligible(x, weight):
+    if not onednn_eligible(x, weight) or x.numel() > ONEDNN_MAX_ROWS * x.shape[-1]:
         y = F.linear(x, weight, bias)
         return y if residual is None else y.add_(residual)
     lead, n = x.shape[:-1], weight.shape[0]
@@ -180,7 +185,8 @@ class Attention(nn.Module):
         """Inference, non-causal: the output at position 0 only, plus ``residual`` ([B, D]): [B, D].
 
         Keys and values still come from every token; the query, the attention row and the output
-        projection are computed for position 0 alone. Exact: no other position feeds position 0's output.
+        projection are computed for position 0 alone. No other position's output feeds position 0's, so this
+is the full block's position-0 output (up to float rounding: the products have other shapes).
         """
         b, n, d = x.shape  # [B, N, D]
         w, bias = self.qkv.weight, self.qkv.bias

@@ -34,6 +34,7 @@ skipped, an exact saving under the causal mask), counted on that forward.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -233,8 +234,9 @@ def main() -> None:
         ours = torchclip.create_model(name).eval()
         oc_name = {"ViT-B/32": "ViT-B-32", "RN50": "RN50"}[name]
         impls_img: dict[str, Callable[[torch.Tensor], object]] = {"torchclip": ours.encode_image}
-        if args.mkl_baseline:
-            impls_img[OURS_MKL] = lambda x, m=ours: without_onednn(m.encode_image, x)
+        if args.mkl_baseline:  # its own copy: switching paths on one model would rebuild its conv caches
+            ours_mkl = copy.deepcopy(ours)
+            impls_img[OURS_MKL] = lambda x, m=ours_mkl: without_onednn(m.encode_image, x)
         impls_txt: dict[str, Callable[[torch.Tensor], object]] = {"torchclip": ours.encode_text}
         if "open_clip" in peers:
             oc = open_clip.create_model(oc_name, pretrained=None).eval()

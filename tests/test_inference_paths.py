@@ -242,7 +242,7 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch) -> None:
     torch.manual_seed(0)
     model = CLIP(tiny(True)).eval()
     randomize_batchnorm(model)
-    px = torch.randn(3, 3, 64, 64)
+    px = torch.randn(1, 3, 64, 64)  # batch 1: the only size that runs pre-packed weights
     ref = model.encode_image(px).detach()
     out, ops = {}, {}
     for on in (True, False, True):
@@ -253,6 +253,8 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch) -> None:
         torch.testing.assert_close(out[on], ref, atol=1e-5, rtol=1e-5)
     assert "mkldnn::_convolution_pointwise" in ops[True]
     assert "mkldnn::_convolution_pointwise" not in ops[False]
+    with torch.no_grad():  # other batch sizes: the plain folded convs, same features per image
+        torch.testing.assert_close(model.encode_image(px.expand(3, -1, -1, -1))[1:2], out[True], atol=1e-5, rtol=1e-5)
 
     twin = copy.deepcopy(model)  # the packed cache is dropped, not copied
     buf = io.BytesIO()

@@ -264,20 +264,22 @@ class _FoldCache:
         return (_FoldCache, ())
 
 
-def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, pack_for: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+def _cache(module: nn.Module, slot: str) -> _FoldCache:
+    cache = module.__dict__.get(slot)
+    if cache is None:
+        cache = module.__dict__[slot] = _FoldCache()
+    return cache
+
+
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight, bias) of ``conv`` followed by eval-mode ``bn`` as one conv, cached on ``bn``.
 
-    With ``pack_for`` (an fp32 CPU input), the weight comes pre-packed in oneDNN's blocked layout for
-    inputs like it, so no call reorders it again (1.2x on RN50 at batch 1, benchmarks/results_encode.md);
-    the packed weight works for any input shape. The cache key holds each source tensor's identity and
-    version counter, so loading a state dict, an optimizer step or ``.to()`` rebuilds it; it is a plain
-    attribute, never part of the state dict, and holds one weight copy either way.
+    The cache key holds each source tensor's identity and version counter, so loading a state dict,
+    an optimizer step or ``.to()`` rebuilds it; it is a plain attribute, never part of the state dict.
     """
     sources = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources) + (bn.eps, pack_for is not None)
-    cache = bn.__dict__.get("_folded")
-    if cache is None:
-        cache = bn.__dict__["_folded"] = _FoldCache()
+    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources) + (bn.eps,)
+    cache = _cache(bn, "_folded")
     if cache.key == key:
         return cache.tensors
     with torch.no_grad():  # in fp32 whatever the parameters' dtype, rounded once at the end
@@ -285,12 +287,25 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, pack_for: torch.Tensor | None =
         bias = (bn.bias.float() - bn.running_mean.float() * scale).to(conv.weight.dtype)
         weight = (conv.weight.float() * scale.reshape(-1, 1, 1, 1)).to(conv.weight.dtype)
         weight = weight.contiguous(memory_format=torch.channels_last)
-        if pack_for is not None:
-            weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                weight.to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
-                list(pack_for.shape))
     cache.key, cache.tensors = key, (weight, bias)
     return weight, bias
+
+
+def _packed(conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The folded ``weight`` pre-packed in oneDNN's blocked layout for single images shaped like ``x``.
+
+    Only batch 1 uses it: there it saves the per-call weight reorder (RN50 1.16-1.23x), while a weight
+    packed for one batch size runs other sizes slower than the plain layout (0.6-0.86x at batch 2-8).
+    """
+    key = tuple(x.shape[1:])
+    cache = _cache(bn, "_packed")
+    if cache.key != key or cache.tensors[1] is not weight:  # a rebuilt fold is a new tensor object
+        with torch.no_grad():
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                weight.to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+                list(x.shape))
+        cache.key, cache.tensors = key, (packed, weight)  # holding weight keeps its identity unambiguous
+    return cache.tensors[0]
 
 
 def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
@@ -298,12 +313,12 @@ def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, relu: bool = 
     if bn.training or not fast_inference() or not (bn.affine and bn.track_running_stats):
         y = bn(conv(x))
         return F.relu(y) if relu else y
-    if onednn_eligible(x, conv.weight):  # pre-packed weight, ReLU fused into the conv
-        weight, bias = _folded(conv, bn, pack_for=x)
-        return torch.ops.mkldnn._convolution_pointwise(
-            x.contiguous(memory_format=torch.channels_last), weight, bias, list(conv.padding), list(conv.stride),
-            list(conv.dilation), conv.groups, "relu" if relu else "none", [], "")
     weight, bias = _folded(conv, bn)
+    if x.shape[0] == 1 and onednn_eligible(x, weight):  # pre-packed weight, ReLU fused into the conv
+        return torch.ops.mkldnn._convolution_pointwise(
+            x.contiguous(memory_format=torch.channels_last), _packed(conv, bn, weight, x), bias,
+            list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, "relu" if relu else "none",
+            [], "")
     y = F.conv2d(x, weight.to(x.dtype), bias.to(x.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
     return y.relu_() if relu else y
 

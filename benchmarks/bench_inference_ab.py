@@ -95,12 +95,9 @@ def onednn(model_name: str, batches: list[int], rounds: int) -> dict:
 
         def call(on: bool, px: torch.Tensor = px, reps: int = reps) -> Callable[[], None]:
             def go() -> None:
-                saved, layers.ONEDNN = layers.ONEDNN, on
-                try:
+                with layers.onednn_enabled(on):
                     for _ in range(reps):
                         models[on].encode_image(px)
-                finally:
-                    layers.ONEDNN = saved
             return go
 
         with torch.inference_mode():

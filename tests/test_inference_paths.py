@@ -277,3 +277,17 @@ def test_onednn_only_for_few_rows(onednn_switch, monkeypatch) -> None:
             y = inference_linear(x, w, b)
         assert ("mkldnn::_linear_pointwise" in {e.key for e in prof.key_averages()}) == expect
         torch.testing.assert_close(y, x @ w.t() + b, atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+def test_onednn_enabled_switches_and_restores() -> None:
+    x, w = torch.randn(3, 5), torch.randn(4, 5)
+    before = layers.ONEDNN
+    with torch.inference_mode():
+        for flag in (False, True):
+            with layers.onednn_enabled(flag), torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                assert layers.ONEDNN is flag
+                inference_linear(x, w)
+            assert ("mkldnn::_linear_pointwise" in {e.key for e in prof.key_averages()}) is flag
+            assert layers.ONEDNN is before

@@ -12,15 +12,17 @@ every projection and MLP runs on real tokens only, and only attention sees a pad
 On x86 CPUs, fp32 inference projections of at most ``ONEDNN_MAX_ROWS`` rows go through oneDNN
 (``inference_linear``) instead of MKL's GEMM: for the 50-row products of a batch-1 ViT-B/32 it splits the
 work across cores far better (1.3x per forward on the 2-core benchmark machine;
-benchmarks/results_encode.md), with the residual add fused into the output projections. Same maths, a different summation order: features move
-by float rounding. A non-causal stack's last block can also run for position 0 only
+benchmarks/results_encode.md), with the residual add fused into the output projections. Same maths, a
+different summation order: features move by float rounding. A non-causal stack's last block can also run for position 0 only
 (``Transformer.forward_first_token``): the ViT uses only its class token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -29,15 +31,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["LayerNorm", "QuickGELU", "Attention", "MLP", "Block", "Transformer", "Packing", "make_activation",
-           "fast_inference", "inference_linear", "ONEDNN", "ONEDNN_MAX_ROWS"]
+           "fast_inference", "inference_linear", "ONEDNN", "ONEDNN_MAX_ROWS", "onednn_enabled"]
 
 # Route fp32 CPU inference projections (and the ResNet's BN-folded convs, with pre-packed weights) through
 # oneDNN's kernels, x86 builds with MKL-DNN only. Set TORCHCLIP_ONEDNN=0, or this attribute to False, for
 # torch's default kernels everywhere.
-ONEDNN: bool = (os.environ.get("TORCHCLIP_ONEDNN", "1") != "0"
-                and platform.machine().lower() in ("x86_64", "amd64")
-                and torch.backends.mkldnn.is_available()
-                and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+ONEDNN_AVAILABLE: bool = (platform.machine().lower() in ("x86_64", "amd64")
+                          and torch.backends.mkldnn.is_available()
+                          and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+ONEDNN: bool = ONEDNN_AVAILABLE and os.environ.get("TORCHCLIP_ONEDNN", "1") != "0"
 # oneDNN's projections win on few rows (ViT-B/32, 2 threads, paired rounds: 1.31x at 50 rows, 1.08-1.10x
 # at 100-200) and lose on many (0.97x at 400, 0.88x at 1,600), where MKL's GEMM stays.
 ONEDNN_MAX_ROWS: int = 256
@@ -52,6 +54,21 @@ def fast_inference() -> bool:
     if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     return not torch.compiler.is_compiling()
+
+
+@contextlib.contextmanager
+def onednn_enabled(enabled: bool) -> Iterator[None]:
+    """Within the block, set ``ONEDNN`` (``False``: torch's default kernels, to time or compare them).
+
+    ``True`` turns the kernels on only where they exist (``ONEDNN_AVAILABLE``), even if the environment
+    switched them off.
+    """
+    global ONEDNN
+    saved, ONEDNN = ONEDNN, enabled and ONEDNN_AVAILABLE
+    try:
+        yield
+    finally:
+        ONEDNN = saved
 
 
 def _dispatch_mode_active() -> bool:

@@ -48,7 +48,7 @@ class VisionTransformer(nn.Module):
         # Inference splits larger batches into chunks of at most this many tokens, so that the largest
         # activation (the MLP's hidden layer, fp32) stays under 24 MiB. Bigger blocks are fresh mmaps for
         # glibc's allocator (its threshold tops out at 32 MiB) and page-fault on every touch: ViT-B/32 at
-        # batch 64 took ~200k faults per forward in one chunk and ~20k in two, 1.06x faster
+        # batch 64 took ~245k faults per forward in one chunk and ~5k in two, 1.06-1.10x faster
         # (benchmarks/results_encode.md). Set the attribute to change it.
         self.chunk_tokens = max(self.pos_embed.shape[0], (24 << 20) // (4 * int(w * v.mlp_ratio)))
 
@@ -176,7 +176,7 @@ class AttentionPool2d(nn.Module):
         x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # [B, 1+h*w, C], mean before positions
         x = x + self.pos_embed.to(x.dtype)
         dh = c // self.heads
-        lin = inference_linear if fast_inference() else (lambda t, w, bias: F.linear(t, w, bias))
+        lin = inference_linear if fast_inference() else F.linear
         q = lin(x[:, :1], self.q_proj.weight, self.q_proj.bias).view(b, 1, self.heads, dh).transpose(1, 2)  # [B, H, 1, Dh]
         k = lin(x, self.k_proj.weight, self.k_proj.bias).view(b, -1, self.heads, dh).transpose(1, 2)  # [B, H, 1+h*w, Dh]
         v = lin(x, self.v_proj.weight, self.v_proj.bias).view(b, -1, self.heads, dh).transpose(1, 2)
@@ -294,7 +294,7 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Te
 def _packed(conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The folded ``weight`` pre-packed in oneDNN's blocked layout for single images shaped like ``x``.
 
-    Only batch 1 uses it: there it saves the per-call weight reorder (RN50 1.16-1.23x), while a weight
+    Only batch 1 uses it: there it saves the per-call weight reorder (RN50 1.16-1.24x), while a weight
     packed for one batch size runs other sizes slower than the plain layout (0.6-0.86x at batch 2-8).
     """
     key = tuple(x.shape[1:])

@@ -291,3 +291,77 @@ def test_onednn_enabled_switches_and_restores() -> None:
                 inference_linear(x, w)
             assert ("mkldnn::_linear_pointwise" in {e.key for e in prof.key_averages()}) is flag
             assert layers.ONEDNN is before
+
+
+@pytest.mark.parametrize(("heads", "d", "c", "n", "b"), [(4, 32, 32, 9, 3), (2, 16, 24, 5, 1), (8, 64, 64, 50, 2)])
+def test_attend_one_query_equals_projected_attention(heads: int, d: int, c: int, n: int, b: int) -> None:
+    """Moving the key/value projections across the products changes nothing, the key bias included."""
+    g = torch.Generator().manual_seed(heads + n)
+    q, x = torch.randn(b, d, generator=g), torch.randn(b, n, c, generator=g)
+    w_k, w_v = torch.randn(d, c, generator=g) / c**0.5, torch.randn(d, c, generator=g) / c**0.5
+    b_k, b_v = torch.randn(d, generator=g), torch.randn(d, generator=g)
+    dh = d // heads
+    k = torch.nn.functional.linear(x, w_k, b_k).view(b, n, heads, dh).transpose(1, 2)  # [B, H, N, Dh]
+    v = torch.nn.functional.linear(x, w_v, b_v).view(b, n, heads, dh).transpose(1, 2)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.view(b, heads, 1, dh), k, v).reshape(b, d)
+    out = layers.attend_one_query(q, x, w_k, w_v, b_v, heads)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    # Negative controls: the value bias and the head split both matter.
+    assert not torch.allclose(layers.attend_one_query(q, x, w_k, w_v, None, heads), ref, atol=1e-3)
+    if heads > 1:
+        assert not torch.allclose(layers.attend_one_query(q, x, w_k, w_v, b_v, 1), ref, atol=1e-3)
+
+
+def test_attention_pool_never_projects_every_token() -> None:
+    """The ResNet's pool projects one query per image; keys and values stay unprojected (fewer FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    pool = CLIP(tiny(True)).eval().visual.attn_pool
+    fmap = torch.randn(3, pool.k_proj.in_features, 2, 2)
+    counts = {}
+    for name, ctx in (("plain", torch.enable_grad), ("fast", torch.inference_mode)):
+        with ctx(), FlopCounterMode(display=False) as counter:
+            out = pool(fmap)
+        counts[name] = (counter.get_total_flops(), out.detach())
+    torch.testing.assert_close(counts["fast"][1], counts["plain"][1], atol=1e-5, rtol=1e-5)
+    c, tokens = pool.k_proj.in_features, 3 * 5
+    assert counts["plain"][0] - counts["fast"][0] >= 2 * tokens * c * c  # at least the key projection
+
+
+def test_resnet_blocks_overwrite_only_unobserved_inputs(monkeypatch) -> None:
+    """Blocks write their output into their input only when no hook can hold either, never a caller's tensor."""
+    from torchclip import vision
+
+    torch.manual_seed(0)
+    model = CLIP(tiny(True)).eval()
+    randomize_batchnorm(model)
+    px = torch.randn(3, 3, 64, 64)
+    blocks = [b for stage in model.visual.stages for b in stage]
+    expected = []
+    handles = [b.register_forward_hook(lambda _m, _a, out: expected.append(out.detach().clone())) for b in blocks]
+    model.encode_image(px)  # autograd on: the plain path
+    for h in handles:
+        h.remove()
+
+    def run_hooked() -> list[torch.Tensor]:
+        seen: list[torch.Tensor] = []
+        hs = [b.register_forward_hook(lambda _m, _a, out: seen.append(out)) for b in blocks]
+        with torch.inference_mode():
+            model.encode_image(px)
+        for h in hs:
+            h.remove()
+        return seen
+
+    for got, want in zip(run_hooked(), expected, strict=True):  # held outputs survive the rest of the forward
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(vision, "_observed", lambda _m: False)  # negative control: overwriting regardless
+    clobbered = run_hooked()
+    assert any(not torch.allclose(g, w, atol=1e-3) for g, w in zip(clobbered, expected, strict=True))
+
+    block = model.visual.stages[1][1]  # an identity-shortcut block called directly keeps the caller's tensor
+    t = torch.randn(2, block.conv1.in_channels, 8, 8).contiguous(memory_format=torch.channels_last)
+    before = t.clone()
+    with torch.inference_mode():
+        block(t)
+    assert torch.equal(t, before)

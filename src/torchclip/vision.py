@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CLIPConfig
-from .layers import LayerNorm, Transformer, fast_inference, inference_linear, onednn_eligible
+from .layers import (
+    LayerNorm,
+    Transformer,
+    attend_one_query,
+    fast_inference,
+    inference_linear,
+    onednn_eligible,
+)
 
 __all__ = ["VisionTransformer", "ModifiedResNet", "AttentionPool2d", "build_vision"]
 
@@ -127,14 +134,20 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out)
         self.downsample = Downsample(inp, out, stride) if stride > 1 or inp != out else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, consume: bool = False) -> torch.Tensor:
+        """``consume`` (inference): ``x`` is no longer needed by anyone, so the output may overwrite it."""
         y = _conv_bn(self.conv1, self.bn1, x, relu=True)
         y = _conv_bn(self.conv2, self.bn2, y, relu=True)
-        y = _conv_bn(self.conv3, self.bn3, self.pool(y))
+        y = self.pool(y)
+        if not fast_inference():
+            return F.relu(_conv_bn(self.conv3, self.bn3, y) + (x if self.downsample is None else self.downsample(x)))
+        if self.downsample is None and not consume:
+            return _conv_bn(self.conv3, self.bn3, y).add_(x).relu_()  # a fresh tensor: y + x == x + y exactly
+        # The shortcut is ours (a fresh downsample, or a consumed input): conv3, the residual add and the
+        # ReLU write into it in one pass. No new block of the output's size is allocated, and at 224 px
+        # those (25-50 MB) page-fault on first touch: RN50's 64->256 expand ran 3x faster this way.
         shortcut = x if self.downsample is None else self.downsample(x)
-        if fast_inference():
-            return y.add_(shortcut).relu_()  # y is a fresh tensor: y + shortcut == shortcut + y exactly
-        return F.relu(y + shortcut)
+        return _conv_bn_add_relu_(self.conv3, self.bn3, y, shortcut)
 
 
 class Stem(nn.Module):
@@ -175,14 +188,17 @@ class AttentionPool2d(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # [B, h*w, C]
         x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # [B, 1+h*w, C], mean before positions
         x = x + self.pos_embed.to(x.dtype)
-        dh = c // self.heads
-        lin = inference_linear if fast_inference() else F.linear
-        q = lin(x[:, :1], self.q_proj.weight, self.q_proj.bias).view(b, 1, self.heads, dh).transpose(1, 2)  # [B, H, 1, Dh]
-        k = lin(x, self.k_proj.weight, self.k_proj.bias).view(b, -1, self.heads, dh).transpose(1, 2)  # [B, H, 1+h*w, Dh]
-        v = lin(x, self.v_proj.weight, self.v_proj.bias).view(b, -1, self.heads, dh).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v)  # [B, H, 1, Dh]
+        if fast_inference():  # keys and values never projected: layers.attend_one_query
+            q = F.linear(x[:, 0], self.q_proj.weight, self.q_proj.bias)  # [B, C]
+            y = attend_one_query(q, x, self.k_proj.weight, self.v_proj.weight, self.v_proj.bias, self.heads)
+        else:
+            dh = c // self.heads
+            q = self.q_proj(x[:, :1]).view(b, 1, self.heads, dh).transpose(1, 2)  # [B, H, 1, Dh]
+            k = self.k_proj(x).view(b, -1, self.heads, dh).transpose(1, 2)  # [B, H, 1+h*w, Dh]
+            v = self.v_proj(x).view(b, -1, self.heads, dh).transpose(1, 2)
+            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, c)  # [B, C]
         # A module call: evaluation's probe features hook ``out_proj``'s input (B rows, no gain from oneDNN).
-        return self.out_proj(y.transpose(1, 2).reshape(b, c))  # [B, E]
+        return self.out_proj(y)  # [B, E]
 
 
 class ModifiedResNet(nn.Module):
@@ -214,9 +230,12 @@ class ModifiedResNet(nn.Module):
             for block in stage:
                 nn.init.zeros_(block.bn3.weight)  # each residual branch starts as identity
 
-    # Inference splits larger batches into chunks of this many images: at 224 px, 8-16 RN50 images per
-    # chunk measured ~8% faster per image than 32 (activations that stay in cache), 4 slower.
-    chunk_images = 16
+    # Inference splits larger batches into chunks of this many images; None: as many as keep the largest
+    # activation (the stem's output, width x R/2 x R/2) under 30 MiB. Bigger blocks are fresh mmaps for
+    # glibc's allocator (its threshold tops out at 32 MiB) that page-fault on first touch: RN50 at batch 32
+    # took 130k minor faults per forward in chunks of 16 and none in chunks of 8, 1.05x faster
+    # (benchmarks/results_encode.md). Set the attribute to override.
+    chunk_images: int | None = None
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """The last feature map before attention pooling: [B, 32w, R/32, R/32]."""
@@ -225,15 +244,27 @@ class ModifiedResNet(nn.Module):
             # oneDNN's convs are fastest on NHWC; every op below keeps the layout, the values are the same.
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
+        if not (fast_inference() and not _observed(self.stages)):
+            for stage in self.stages:
+                x = stage(x)
+            return x
+        # Inference with no hook that could hold a block's input or output: each block may overwrite its
+        # input (the previous block's output, read by nobody else) with its own output.
         for stage in self.stages:
-            x = stage(x)
+            for block in stage:
+                x = block(x, consume=True)
         return x
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.attn_pool(self.forward_features(pixels))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return _in_chunks(self._forward, pixels, self.chunk_images)
+        chunk = self.chunk_images
+        if chunk is None:
+            width = self.stem.conv3.out_channels
+            per_image = width * (pixels.shape[-2] // 2) * (pixels.shape[-1] // 2) * pixels.element_size()
+            chunk = max(1, (30 << 20) // max(1, per_image))
+        return _in_chunks(self._forward, pixels, chunk)
 
 
 def _in_chunks(forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -321,6 +352,29 @@ def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, relu: bool = 
             [], "")
     y = F.conv2d(x, weight.to(x.dtype), bias.to(x.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
     return y.relu_() if relu else y
+
+
+def _conv_bn_add_relu_(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual = relu(bn(conv(x)) + residual)``, in place where oneDNN can fuse it (inference only)."""
+    if bn.training or not (bn.affine and bn.track_running_stats):
+        return residual.add_(_conv_bn(conv, bn, x)).relu_()
+    weight, bias = _folded(conv, bn)
+    if (onednn_eligible(x, weight) and residual.dtype == weight.dtype
+            and residual.is_contiguous(memory_format=torch.channels_last)):
+        w = _packed(conv, bn, weight, x) if x.shape[0] == 1 else weight
+        return torch.ops.mkldnn._convolution_pointwise_.binary(
+            residual, x.contiguous(memory_format=torch.channels_last), w, bias, list(conv.padding),
+            list(conv.stride), list(conv.dilation), conv.groups, "add", 1.0, "relu", [], "")
+    return residual.add_(_conv_bn(conv, bn, x)).relu_()
+
+
+def _observed(module: nn.Module) -> bool:
+    """Whether a forward (pre-)hook, on ``module``, a submodule or global, could see its tensors."""
+    from torch.nn.modules import module as mod
+
+    if mod._global_forward_hooks or mod._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 def build_vision(cfg: CLIPConfig) -> nn.Module:

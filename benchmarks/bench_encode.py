@@ -147,6 +147,7 @@ class Case:
     flops: dict[str, int]  # per call, per implementation
     inner: dict[str, int] = field(default_factory=dict)
     samples: dict[str, list[float]] = field(default_factory=dict)  # seconds per call
+    faults: dict[str, list[float]] = field(default_factory=dict)  # minor page faults per call
 
     def rate(self, impl: str, how: str = "median") -> float:
         s = self.samples[impl]
@@ -167,6 +168,16 @@ def calibrate(case: Case, min_sample_s: float, warmup: int) -> None:
         dt = time.perf_counter() - t0
         case.inner[impl] = max(1, math.ceil(min_sample_s / max(dt, 1e-9)))
         case.samples[impl] = []
+        case.faults[impl] = []
+
+
+def minor_faults() -> int:
+    """This process's minor page faults so far (first touches of freshly mapped memory); 0 without resource."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def run_round(cases: list[Case], r: int) -> None:
@@ -175,10 +186,11 @@ def run_round(cases: list[Case], r: int) -> None:
         k = r % len(names)
         for impl in names[k:] + names[:k]:  # rotate who goes first
             fn, n = case.impls[impl], case.inner[impl]
-            t0 = time.perf_counter()
+            f0, t0 = minor_faults(), time.perf_counter()
             for _ in range(n):
                 fn()
             case.samples[impl].append((time.perf_counter() - t0) / n)
+            case.faults[impl].append((minor_faults() - f0) / n)
 
 
 def cpu_name() -> str:
@@ -276,6 +288,7 @@ def main() -> None:
     peak_best = ceiling.gflops("torch.mm", "best")
     rows: list[str] = []
     mkl_rows: list[str] = []
+    fault_rows: list[str] = []
     for case in cases[1:]:
         impls = [k for k in case.impls if k != OURS_MKL]
         ours_rate = case.rate("torchclip")
@@ -306,6 +319,9 @@ def main() -> None:
             else:
                 cells.append("—")
         rows.append("| " + " | ".join(cells) + " |")
+        fault_rows.append(f"| {case.name} | {case.batch} | " + " | ".join(
+            f"{statistics.median(case.faults[i]):,.0f}" if i in case.impls else "—"
+            for i in ("torchclip", "open_clip", "HF")) + " |")
 
     cmd = "    .bench-venv/bin/python benchmarks/bench_encode.py" + "".join(
         f" {a}" for a in sys.argv[1:])
@@ -349,6 +365,14 @@ GFLOP/s torchclip | GFLOP/s open_clip | GFLOP/s HF |
 {text_note}
 
 FLOPs per item (2 per multiply-add, counted on torchclip's model, attention included): {"; ".join(flop_lines)}.
+
+Minor page faults per call, median over rounds: first touches of memory the allocator freshly mapped.
+glibc maps every block above its mmap threshold (at most 32 MiB) anew and unmaps it on free, so a
+forward whose activations exceed that faults on every page of them each call.
+
+| workload | batch | torchclip | open_clip | HF |
+|---|---:|---:|---:|---:|
+""" + "\n".join(fault_rows) + """
 """
     if mkl_rows:
         md += """

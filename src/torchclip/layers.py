@@ -40,9 +40,10 @@ ONEDNN_AVAILABLE: bool = (platform.machine().lower() in ("x86_64", "amd64")
                           and torch.backends.mkldnn.is_available()
                           and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 ONEDNN: bool = ONEDNN_AVAILABLE and os.environ.get("TORCHCLIP_ONEDNN", "1") != "0"
-# oneDNN's projections win on few rows (ViT-B/32, 2 threads, paired rounds: 1.31x at 50 rows, 1.08-1.10x
-# at 100-200) and lose on many (0.97x at 400, 0.88x at 1,600), where MKL's GEMM stays.
-ONEDNN_MAX_ROWS: int = 256
+# oneDNN's projections win on few rows and lose on many, where MKL's GEMM stays. Whole ViT-B/32 forwards,
+# 2 threads, the two paths alternating call by call (median of paired ratios): 1.31x at 50 rows, 1.08x at
+# 200, 1.07-1.13x at 400, 1.00x at 500, 0.88x at 600, 0.88x at 1,600 (benchmarks/results_encode.md).
+ONEDNN_MAX_ROWS: int = 448
 
 
 def fast_inference() -> bool:

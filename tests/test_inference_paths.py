@@ -365,3 +365,24 @@ def test_resnet_blocks_overwrite_only_unobserved_inputs(monkeypatch) -> None:
     with torch.inference_mode():
         block(t)
     assert torch.equal(t, before)
+
+
+@pytest.mark.parametrize("activation", ["quick_gelu", "gelu"])
+def test_mlp_on_torch_gemm_folds_quick_gelu_into_silu(activation: str) -> None:
+    """Many rows (torch's GEMM): QuickGELU runs as one in-place SiLU with its factors inside the GEMMs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    mlp = layers.MLP(24, 96, activation).eval()
+    x, res = torch.randn(5, 7, 24), torch.randn(5, 7, 24)
+    ref = (mlp(x) + res).detach()  # autograd on: the plain module path
+    with layers.onednn_enabled(False), torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = mlp(x, residual=res)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    ops = {e.key for e in prof.key_averages()}
+    assert ("aten::silu_" in ops) == (activation == "quick_gelu")  # the fold ran exactly where it applies
+    mlp.fc1.bias = None  # and without biases
+    mlp.fc2.bias = None
+    with torch.inference_mode(), layers.onednn_enabled(False):
+        out = mlp(x, residual=res)
+    torch.testing.assert_close(out, (mlp(x) + res).detach(), atol=1e-5, rtol=1e-5)

@@ -85,6 +85,17 @@ def onednn_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not _dispatch_mode_active())
 
 
+def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``inference_linear(x, weight, ...)`` takes oneDNN's kernel (few rows) rather than torch's GEMM."""
+    return onednn_eligible(x, weight) and x.numel() <= ONEDNN_MAX_ROWS * x.shape[-1]
+
+
+def _same_dtype_no_autocast(*tensors: torch.Tensor) -> bool:
+    """GEMMs with ``out=`` are safe: one dtype throughout and no autocast (which skips ``out=`` variants)."""
+    t = tensors[0]
+    return all(u.dtype == t.dtype for u in tensors) and not torch.is_autocast_enabled(t.device.type)
+
+
 def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      residual: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias) + residual`` (``residual`` optional, shaped like the output).
@@ -92,9 +103,15 @@ def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     Inference only (call it under ``fast_inference()``): the oneDNN op has no autograd formula, and the
     fallback adds the residual in place into the fresh output.
     """
-    if not onednn_eligible(x, weight) or x.numel() > ONEDNN_MAX_ROWS * x.shape[-1]:
-        y = F.linear(x, weight, bias)
-        return y if residual is None else y.add_(residual)
+    if not uses_onednn(x, weight):
+        if residual is None or not _same_dtype_no_autocast(x, weight, residual):
+            y = F.linear(x, weight, bias)
+            return y if residual is None else y.add_(residual)
+        # The GEMM accumulates into (residual + bias): one memory pass fewer than adding the residual after.
+        # addmm(out=) rather than addmm_, which FLOP counters do not know.
+        n = weight.shape[0]
+        out = residual.reshape(-1, n).clone() if bias is None else torch.add(residual.reshape(-1, n), bias)
+        return torch.addmm(out, x.reshape(-1, x.shape[-1]), weight.t(), out=out).view(residual.shape)
     lead, n = x.shape[:-1], weight.shape[0]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()  # [M, K]
     w = weight.contiguous()  # [N, K]
@@ -254,8 +271,29 @@ class MLP(nn.Module):
         """``residual`` (inference only, shaped like ``x``) is added to the output inside ``fc2``."""
         if residual is None:
             return self.fc2(self.act(self.fc1(x)))
+        if (isinstance(self.act, QuickGELU) and not uses_onednn(x, self.fc1.weight)
+                and _same_dtype_no_autocast(x, self.fc1.weight, residual)):
+            return self._quick_gelu_gemm(x, residual)
         h = self.act(inference_linear(x, self.fc1.weight, self.fc1.bias))  # [..., hidden]
         return inference_linear(h, self.fc2.weight, self.fc2.bias, residual)
+
+    def _quick_gelu_gemm(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Inference on torch's GEMM: QuickGELU as one in-place SiLU, its 1.702 factors inside the GEMMs.
+
+        ``silu(1.702 h) = 1.702 h sigmoid(1.702 h) = 1.702 quick_gelu(h)``: fc1's GEMM scales its product by
+        1.702 (BLAS's alpha, free), the SiLU runs in place, and fc2's GEMM scales by 1/1.702 while it adds
+        into the residual plus bias. That replaces QuickGELU's three passes and temporary with one pass, and
+        the residual add with a GEMM accumulating into it (as ``inference_linear`` does).
+        """
+        n, b1, b2 = self.fc2.weight.shape[0], self.fc1.bias, self.fc2.bias
+        x2 = x.reshape(-1, x.shape[-1])  # [M, D]
+        if b1 is None:
+            h = torch.mm(x2, self.fc1.weight.t()).mul_(1.702)  # [M, hidden]
+        else:
+            h = torch.addmm(b1 * 1.702, x2, self.fc1.weight.t(), alpha=1.702)  # [M, hidden] = 1.702 fc1(x)
+        F.silu(h, inplace=True)  # 1.702 quick_gelu(fc1(x))
+        out = residual.reshape(-1, n).clone() if b2 is None else torch.add(residual.reshape(-1, n), b2)  # [M, D]
+        return torch.addmm(out, h, self.fc2.weight.t(), alpha=1 / 1.702, out=out).view(residual.shape)
 
 
 class Block(nn.Module):

@@ -41,9 +41,11 @@ ONEDNN_AVAILABLE: bool = (platform.machine().lower() in ("x86_64", "amd64")
                           and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 ONEDNN: bool = ONEDNN_AVAILABLE and os.environ.get("TORCHCLIP_ONEDNN", "1") != "0"
 # oneDNN's projections win on few rows and lose on many, where MKL's GEMM stays. Whole ViT-B/32 forwards,
-# 2 threads, the two paths alternating call by call (median of paired ratios): 1.31x at 50 rows, 1.08x at
-# 200, 1.07-1.13x at 400, 1.00x at 500, 0.88x at 600, 0.88x at 1,600 (benchmarks/results_encode.md).
-ONEDNN_MAX_ROWS: int = 448
+# 2 threads, paired: 1.31x at 50 rows, 1.08-1.10x at 100-200, 0.88x at 600 and 1,600. At 400 rows it
+# depends on the process: 1.07-1.13x in a long-running one, but in a fresh process oneDNN page-faults
+# there (13-22k minor faults per batch-8 forward) and a 448-row limit ran 0.90-0.98x of this one
+# (benchmarks/results_encode.md, session 4).
+ONEDNN_MAX_ROWS: int = 256
 
 
 def fast_inference() -> bool:

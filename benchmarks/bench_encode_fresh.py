@@ -1,0 +1,136 @@
+"""Image encoding throughput with each implementation alone in a fresh process, next to the peers.
+
+``bench_encode.py`` times torchclip, open_clip and HF in one process, where each runs on memory the others
+left to glibc's allocator. Whether a large-batch forward page-faults then depends on that history: in one
+process a peer's ViT-B/32 batch 64 ran with no minor faults, in a fresh one with 280k-610k per call. A user
+runs one library per process, so this script measures that: every round starts one subprocess per
+implementation (order rotated), which builds its model (random weights, ``eval()``), makes two untimed
+calls and times ``--calls`` calls under ``torch.inference_mode()``, counting minor page faults.
+
+    .bench-venv/bin/python benchmarks/bench_encode_fresh.py --models ViT-B/32,RN50 --batches 1,64 --rounds 5
+
+Reported: images/s (median over rounds of each round's median call), faults per call, and torchclip over
+the faster peer, as the ratio of medians and paired per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+IMPLS = ("torchclip", "open_clip", "HF")
+
+
+def worker(impl: str, model: str, batch: int, calls: int, threads: int) -> dict:
+    """Runs in the subprocess: build one model, time ``calls`` calls, report seconds and faults per call."""
+    import resource
+
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    if impl == "torchclip":
+        import torchclip
+
+        m = torchclip.create_model(model).eval()
+        fn = m.encode_image
+    else:
+        sys.path.insert(0, str(HERE))
+        from bench_encode import import_peers
+
+        open_clip, transformers = import_peers()
+        if impl == "open_clip":
+            m = open_clip.create_model(model.replace("/", "-"), pretrained=None).eval()
+            fn = m.encode_image
+        else:
+            if model != "ViT-B/32":
+                raise SystemExit(f"HF has no {model} image tower here")
+            hf = transformers.CLIPModel(transformers.CLIPConfig()).eval()
+            fn = lambda x: hf.get_image_features(pixel_values=x).pooler_output  # noqa: E731
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    times, faults = [], []
+    with torch.inference_mode():
+        fn(x)
+        fn(x)
+        for _ in range(calls):
+            f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t0)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return {"s_per_call": statistics.median(times), "faults_per_call": statistics.median(faults)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="ViT-B/32,RN50")
+    ap.add_argument("--batches", default="1,64")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=0, help="timed calls per process (0: 20 at batch 1, 3 above 16)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: every core this process may use)")
+    ap.add_argument("--out", type=Path, help="also write the markdown table here")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = args.threads or cores
+    if args.worker:
+        impl, model, batch, calls = json.loads(args.worker)
+        print(json.dumps(worker(impl, model, batch, calls, threads)))
+        return
+
+    results: dict[tuple[str, int, str], list[dict]] = {}
+    t_start = time.perf_counter()
+    for r in range(args.rounds):
+        for model in [m for m in args.models.split(",") if m]:
+            impls = [i for i in IMPLS if not (i == "HF" and model != "ViT-B/32")]
+            for batch in [int(b) for b in args.batches.split(",") if b]:
+                calls = args.calls or (20 if batch == 1 else 8 if batch <= 16 else 3)
+                k = r % len(impls)
+                for impl in impls[k:] + impls[:k]:  # rotate who goes first
+                    cmd = [sys.executable, __file__, "--threads", str(threads),
+                           "--worker", json.dumps([impl, model, batch, calls])]
+                    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                    if out.returncode != 0:
+                        raise SystemExit(f"{impl} {model} b{batch} failed:\n{out.stderr[-2000:]}")
+                    results.setdefault((model, batch, impl), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"round {r + 1}/{args.rounds} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
+
+    rows = []
+    for model in [m for m in args.models.split(",") if m]:
+        for batch in [int(b) for b in args.batches.split(",") if b]:
+            rate = {i: [batch / s["s_per_call"] for s in results[(model, batch, i)]]
+                    for i in IMPLS if (model, batch, i) in results}
+            flt = {i: statistics.median(s["faults_per_call"] for s in results[(model, batch, i)])
+                   for i in rate}
+            peers = [i for i in rate if i != "torchclip"]
+            med = {i: statistics.median(v) for i, v in rate.items()}
+            best_peer = max(med[p] for p in peers)
+            paired = sorted(rate["torchclip"][r] / max(rate[p][r] for p in peers) for r in range(args.rounds))
+            cells = [model, str(batch)] + [f"{med[i]:.2f}" if i in med else "—" for i in IMPLS]
+            cells += [f"{flt[i]:,.0f}" if i in flt else "—" for i in IMPLS]
+            cells += [f"{med['torchclip'] / best_peer:.2f}×",
+                      f"{statistics.median(paired):.2f}× ({paired[0]:.2f}–{paired[-1]:.2f})"]
+            rows.append("| " + " | ".join(cells) + " |")
+    cmd = "    .bench-venv/bin/python benchmarks/bench_encode_fresh.py" + "".join(f" {a}" for a in sys.argv[1:])
+    md = f"""Each implementation alone in a fresh process, {args.rounds} rounds, {threads} threads, \
+{(time.perf_counter() - t_start) / 60:.1f} min:
+
+{cmd}
+
+| model | batch | torchclip img/s | open_clip img/s | HF img/s | faults/call torchclip | faults/call open_clip \
+| faults/call HF | vs faster peer | paired, per round |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+""" + "\n".join(rows) + "\n"
+    print(md)
+    if args.out:
+        args.out.write_text(md, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

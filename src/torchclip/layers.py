@@ -98,6 +98,18 @@ def _same_dtype_no_autocast(*tensors: torch.Tensor) -> bool:
     return all(u.dtype == t.dtype for u in tensors) and not torch.is_autocast_enabled(t.device.type)
 
 
+def _gemm_into_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        residual: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """``alpha * x @ weight.T + bias + residual`` on torch's GEMM, accumulating into (residual + bias).
+
+    One memory pass fewer than adding the residual after the product. ``addmm(out=)`` rather than
+    ``addmm_``, which FLOP counters do not know.
+    """
+    n = weight.shape[0]
+    out = residual.reshape(-1, n).clone() if bias is None else torch.add(residual.reshape(-1, n), bias)  # [M, N]
+    return torch.addmm(out, x.reshape(-1, x.shape[-1]), weight.t(), alpha=alpha, out=out).view(residual.shape)
+
+
 def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      residual: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias) + residual`` (``residual`` optional, shaped like the output).
@@ -109,11 +121,7 @@ def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         if residual is None or not _same_dtype_no_autocast(x, weight, residual):
             y = F.linear(x, weight, bias)
             return y if residual is None else y.add_(residual)
-        # The GEMM accumulates into (residual + bias): one memory pass fewer than adding the residual after.
-        # addmm(out=) rather than addmm_, which FLOP counters do not know.
-        n = weight.shape[0]
-        out = residual.reshape(-1, n).clone() if bias is None else torch.add(residual.reshape(-1, n), bias)
-        return torch.addmm(out, x.reshape(-1, x.shape[-1]), weight.t(), out=out).view(residual.shape)
+        return _gemm_into_residual(x, weight, bias, residual)
     lead, n = x.shape[:-1], weight.shape[0]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()  # [M, K]
     w = weight.contiguous()  # [N, K]
@@ -287,15 +295,13 @@ class MLP(nn.Module):
         into the residual plus bias. That replaces QuickGELU's three passes and temporary with one pass, and
         the residual add with a GEMM accumulating into it (as ``inference_linear`` does).
         """
-        n, b1, b2 = self.fc2.weight.shape[0], self.fc1.bias, self.fc2.bias
-        x2 = x.reshape(-1, x.shape[-1])  # [M, D]
+        x2, b1 = x.reshape(-1, x.shape[-1]), self.fc1.bias  # [M, D]
         if b1 is None:
             h = torch.mm(x2, self.fc1.weight.t()).mul_(1.702)  # [M, hidden]
         else:
             h = torch.addmm(b1 * 1.702, x2, self.fc1.weight.t(), alpha=1.702)  # [M, hidden] = 1.702 fc1(x)
         F.silu(h, inplace=True)  # 1.702 quick_gelu(fc1(x))
-        out = residual.reshape(-1, n).clone() if b2 is None else torch.add(residual.reshape(-1, n), b2)  # [M, D]
-        return torch.addmm(out, h, self.fc2.weight.t(), alpha=1 / 1.702, out=out).view(residual.shape)
+        return _gemm_into_residual(h, self.fc2.weight, self.fc2.bias, residual, alpha=1 / 1.702)
 
 
 class Block(nn.Module):

@@ -341,7 +341,7 @@ def _packed(conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: torch.Tensor, x: torch.
 
 def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
     """``bn(conv(x))``, then ReLU if asked; in eval-mode inference as one conv with the BN folded in."""
-    if bn.training or not fast_inference() or not (bn.affine and bn.track_running_stats):
+    if not (fast_inference() and _foldable(bn)):
         y = bn(conv(x))
         return F.relu(y) if relu else y
     weight, bias = _folded(conv, bn)
@@ -356,16 +356,19 @@ def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, relu: bool = 
 
 def _conv_bn_add_relu_(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """``residual = relu(bn(conv(x)) + residual)``, in place where oneDNN can fuse it (inference only)."""
-    if bn.training or not (bn.affine and bn.track_running_stats):
-        return residual.add_(_conv_bn(conv, bn, x)).relu_()
-    weight, bias = _folded(conv, bn)
-    if (onednn_eligible(x, weight) and residual.dtype == weight.dtype
+    if (_foldable(bn) and onednn_eligible(x, conv.weight) and residual.dtype == conv.weight.dtype
             and residual.is_contiguous(memory_format=torch.channels_last)):
+        weight, bias = _folded(conv, bn)
         w = _packed(conv, bn, weight, x) if x.shape[0] == 1 else weight
         return torch.ops.mkldnn._convolution_pointwise_.binary(
             residual, x.contiguous(memory_format=torch.channels_last), w, bias, list(conv.padding),
             list(conv.stride), list(conv.dilation), conv.groups, "add", 1.0, "relu", [], "")
     return residual.add_(_conv_bn(conv, bn, x)).relu_()
+
+
+def _foldable(bn: nn.BatchNorm2d) -> bool:
+    """Eval-mode BatchNorm with affine parameters and running statistics: foldable into the conv before it."""
+    return not bn.training and bn.affine and bn.track_running_stats
 
 
 def _observed(module: nn.Module) -> bool:

@@ -178,7 +178,11 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu",
     with torch.device("meta"):
         model = CLIP(ckpt.config)
     check_state_dict(ckpt.state_dict, model.state_dict(), str(ckpt.path))
-    model.load_state_dict(ckpt.state_dict, strict=True, assign=True)
+    # safetensors hands out views into the file's mapping at 4- or 8-byte offsets; torch's allocator aligns
+    # to 64. Single-threaded MKL/oneDNN kernels round differently on differently aligned weights, so a model
+    # saved and loaded gave features 1 ulp off the original: adopt owned, aligned copies instead.
+    state = {k: v if v.data_ptr() % 64 == 0 else v.clone() for k, v in ckpt.state_dict.items()}
+    model.load_state_dict(state, strict=True, assign=True)
     return model.to(device).eval()
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import threads
 from .config import CLIPConfig
 from .layers import (
     LayerNorm,
@@ -101,7 +102,8 @@ class VisionTransformer(nn.Module):
         return self.norm_post(x) @ self.proj.to(x.dtype)  # [B, E]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return _in_chunks(self._forward, pixels, max(1, self.chunk_tokens // self.pos_embed.shape[0]))
+        return _in_chunks(self, self._forward, pixels, max(1, self.chunk_tokens // self.pos_embed.shape[0]),
+                          parallel=True)
 
 
 class Downsample(nn.Module):
@@ -264,13 +266,29 @@ class ModifiedResNet(nn.Module):
             width = self.stem.conv3.out_channels
             per_image = width * (pixels.shape[-2] // 2) * (pixels.shape[-1] // 2) * pixels.element_size()
             chunk = max(1, (30 << 20) // max(1, per_image))
-        return _in_chunks(self._forward, pixels, chunk)
+        # Serial: oneDNN's convolutions use both threads well, and RN50 at batch 64 on single-threaded
+        # workers (threads.map_chunks) ran 0.85-1.06x the two-threaded chunks (session 5).
+        return _in_chunks(self, self._forward, pixels, chunk, parallel=False)
 
 
-def _in_chunks(forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, chunk: int) -> torch.Tensor:
-    """``forward(pixels)``, in inference over chunks of ``chunk`` images (images never interact)."""
+def _in_chunks(tower: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor,
+               chunk: int, parallel: bool) -> torch.Tensor:
+    """``forward(pixels)``, in inference over chunks of at most ``chunk`` images (images never interact).
+
+    ``parallel``, with several torch threads: the chunks run side by side on single-threaded workers
+    (``threads.map_chunks``), ``chunk`` then bounding all the workers' chunks together, and a multiple of
+    the workers' count of them for balance; unless a forward hook watches the tower (it would be called
+    from several threads, out of order).
+    """
     n = pixels.shape[0]
-    if n <= chunk or not fast_inference():
+    if not fast_inference():
+        return forward(pixels)
+    k = threads.workers(pixels) if parallel and n > 1 else 1
+    if k > 1 and not _observed(tower):
+        parts = -(-n // max(1, chunk // k))
+        parts = min(n, -(-parts // k) * k)
+        return torch.cat(threads.map_chunks(forward, pixels.tensor_split(parts)))  # [B, E]
+    if n <= chunk:
         return forward(pixels)
     parts = -(-n // chunk)
     return torch.cat([forward(p) for p in pixels.split(-(-n // parts))])  # equal-sized chunks
@@ -282,11 +300,11 @@ class _FoldCache:
     (oneDNN's packed tensors cannot be deep-copied or pickled, and a copy would have to be rebuilt anyway.)
     """
 
-    __slots__ = ("key", "tensors")
+    __slots__ = ("entry",)
 
     def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.tensors: tuple = ()
+        # (key, tensors), replaced as one object: a chunk worker reading it never pairs a new key with old tensors.
+        self.entry: tuple[tuple | None, tuple] = (None, ())
 
     def __deepcopy__(self, memo: dict) -> _FoldCache:
         return _FoldCache()
@@ -311,14 +329,15 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Te
     sources = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
     key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources) + (bn.eps,)
     cache = _cache(bn, "_folded")
-    if cache.key == key:
-        return cache.tensors
+    cached_key, cached = cache.entry
+    if cached_key == key:
+        return cached
     with torch.no_grad():  # in fp32 whatever the parameters' dtype, rounded once at the end
         scale = bn.weight.float() * torch.rsqrt(bn.running_var.float() + bn.eps)  # eval batch_norm's factor
         bias = (bn.bias.float() - bn.running_mean.float() * scale).to(conv.weight.dtype)
         weight = (conv.weight.float() * scale.reshape(-1, 1, 1, 1)).to(conv.weight.dtype)
         weight = weight.contiguous(memory_format=torch.channels_last)
-    cache.key, cache.tensors = key, (weight, bias)
+    cache.entry = (key, (weight, bias))
     return weight, bias
 
 
@@ -330,13 +349,15 @@ def _packed(conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: torch.Tensor, x: torch.
     """
     key = tuple(x.shape[1:])
     cache = _cache(bn, "_packed")
-    if cache.key != key or cache.tensors[1] is not weight:  # a rebuilt fold is a new tensor object
+    cached_key, cached = cache.entry
+    if cached_key != key or cached[1] is not weight:  # a rebuilt fold is a new tensor object
         with torch.no_grad():
             packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
                 weight.to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
                 list(x.shape))
-        cache.key, cache.tensors = key, (packed, weight)  # holding weight keeps its identity unambiguous
-    return cache.tensors[0]
+        cached = (packed, weight)  # holding weight keeps its identity unambiguous
+        cache.entry = (key, cached)
+    return cached[0]
 
 
 def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:

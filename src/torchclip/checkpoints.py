@@ -179,8 +179,8 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu",
         model = CLIP(ckpt.config)
     check_state_dict(ckpt.state_dict, model.state_dict(), str(ckpt.path))
     # safetensors hands out views into the file's mapping at 4- or 8-byte offsets; torch's allocator aligns
-    # to 64. Single-threaded MKL/oneDNN kernels round differently on differently aligned weights, so a model
-    # saved and loaded gave features 1 ulp off the original: adopt owned, aligned copies instead.
+    # to 64. oneDNN's and MKL's kernels can round differently on differently aligned weights: a ViT saved and
+    # loaded gave batch-1 features 1 ulp off the original. Adopt owned, aligned copies instead.
     state = {k: v if v.data_ptr() % 64 == 0 else v.clone() for k, v in ckpt.state_dict.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device).eval()

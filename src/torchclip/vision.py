@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import threads
 from .config import CLIPConfig
 from .layers import (
     LayerNorm,
@@ -102,8 +101,7 @@ class VisionTransformer(nn.Module):
         return self.norm_post(x) @ self.proj.to(x.dtype)  # [B, E]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return _in_chunks(self, self._forward, pixels, max(1, self.chunk_tokens // self.pos_embed.shape[0]),
-                          parallel=True)
+        return _in_chunks(self._forward, pixels, max(1, self.chunk_tokens // self.pos_embed.shape[0]))
 
 
 class Downsample(nn.Module):
@@ -266,29 +264,13 @@ class ModifiedResNet(nn.Module):
             width = self.stem.conv3.out_channels
             per_image = width * (pixels.shape[-2] // 2) * (pixels.shape[-1] // 2) * pixels.element_size()
             chunk = max(1, (30 << 20) // max(1, per_image))
-        # Serial: oneDNN's convolutions use both threads well, and RN50 at batch 64 on single-threaded
-        # workers (threads.map_chunks) ran 0.85-1.06x the two-threaded chunks (session 5).
-        return _in_chunks(self, self._forward, pixels, chunk, parallel=False)
+        return _in_chunks(self._forward, pixels, chunk)
 
 
-def _in_chunks(tower: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor,
-               chunk: int, parallel: bool) -> torch.Tensor:
-    """``forward(pixels)``, in inference over chunks of at most ``chunk`` images (images never interact).
-
-    ``parallel``, with several torch threads: the chunks run side by side on single-threaded workers
-    (``threads.map_chunks``), ``chunk`` then bounding all the workers' chunks together, and a multiple of
-    the workers' count of them for balance; unless a forward hook watches the tower (it would be called
-    from several threads, out of order).
-    """
+def _in_chunks(forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``forward(pixels)``, in inference over chunks of ``chunk`` images (images never interact)."""
     n = pixels.shape[0]
-    if not fast_inference():
-        return forward(pixels)
-    k = threads.workers(pixels) if parallel and n > 1 else 1
-    if k > 1 and not _observed(tower):
-        parts = -(-n // max(1, chunk // k))
-        parts = min(n, -(-parts // k) * k)
-        return torch.cat(threads.map_chunks(forward, pixels.tensor_split(parts)))  # [B, E]
-    if n <= chunk:
+    if n <= chunk or not fast_inference():
         return forward(pixels)
     parts = -(-n // chunk)
     return torch.cat([forward(p) for p in pixels.split(-(-n // parts))])  # equal-sized chunks
@@ -303,7 +285,8 @@ class _FoldCache:
     __slots__ = ("entry",)
 
     def __init__(self) -> None:
-        # (key, tensors), replaced as one object: a chunk worker reading it never pairs a new key with old tensors.
+        # (key, tensors), replaced as one object: a concurrent caller (``torchclip serve`` answers requests
+        # on threads) never pairs a new key with the old tensors.
         self.entry: tuple[tuple | None, tuple] = (None, ())
 
     def __deepcopy__(self, memo: dict) -> _FoldCache:

@@ -347,15 +347,15 @@ def test_resnet_blocks_overwrite_only_unobserved_inputs(monkeypatch) -> None:
     def run_hooked() -> list[torch.Tensor]:
         seen: list[torch.Tensor] = []
         hs = [b.register_forward_hook(lambda _m, _a, out: seen.append(out)) for b in blocks]
-        with torch.inference_mode():
-            model.encode_image(px)
+        with torch.inference_mode():  # forward_features: the shortcuts' own guard (encode_image goes plain)
+            model.visual.forward_features(px)
         for h in hs:
             h.remove()
         return seen
 
     for got, want in zip(run_hooked(), expected, strict=True):  # held outputs survive the rest of the forward
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    monkeypatch.setattr(vision, "_observed", lambda _m: False)  # negative control: overwriting regardless
+    monkeypatch.setattr(vision, "observed", lambda *_a, **_k: False)  # negative control: overwriting regardless
     clobbered = run_hooked()
     assert any(not torch.allclose(g, w, atol=1e-3) for g, w in zip(clobbered, expected, strict=True))
 
@@ -386,3 +386,47 @@ def test_mlp_on_torch_gemm_folds_quick_gelu_into_silu(activation: str) -> None:
     with torch.inference_mode(), layers.onednn_enabled(False):
         out = mlp(x, residual=res)
     torch.testing.assert_close(out, (mlp(x) + res).detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("resnet", [False, True])
+def test_hooks_on_skipped_modules_fire_in_inference(resnet: bool, monkeypatch) -> None:
+    """The shortcuts call projections, convs and the ViT's last block as functions: a hook there makes
+    the tower run its plain module calls, so the hook fires with what it sees with grad on."""
+    torch.manual_seed(0)
+    model = CLIP(tiny(resnet)).eval()
+    if resnet:
+        randomize_batchnorm(model)
+    v = model.visual
+    size = 64 if resnet else 32
+    px = torch.randn(3, 3, size, size)
+    ids = ids_batch(model.config, [3, 9, 5])
+    targets = ([v.stages[-1][-1].conv2, v.attn_pool.k_proj] if resnet
+               else [v.transformer.blocks[-1], v.transformer.blocks[-1].mlp.fc1])
+    targets.append(model.text.transformer.blocks[-1].mlp.fc1)
+    seen: list[tuple[int, torch.Tensor]] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out, k=k: seen.append((k, out.detach().clone())))
+               for k, m in enumerate(targets)]
+    ref_img, ref_txt = model.encode_image(px).detach(), model.encode_text(ids).detach()  # grad on: plain
+    ref_seen, seen[:] = list(seen), []
+    with torch.inference_mode():
+        img, txt = model.encode_image(px), model.encode_text(ids)
+    assert [k for k, _ in seen] == [k for k, _ in ref_seen] and len(seen) == 3
+    for (_, a), (_, b) in zip(seen, ref_seen):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(img, ref_img, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(txt, ref_txt, atol=1e-5, rtol=1e-5)
+    for name in ("vision", "model"):  # negative control: without the check the shortcuts skip those modules
+        monkeypatch.setattr(f"torchclip.{name}.observed", lambda *_a, **_k: False)
+    seen.clear()
+    with torch.inference_mode():
+        model.encode_image(px), model.encode_text(ids)
+    assert seen == []
+    monkeypatch.undo()
+    for h in handles:
+        h.remove()
+    calls: list[int] = []
+    hook = targets[0].register_forward_hook(lambda _m, _i, _o: calls.append(1))
+    with torch.inference_mode(), layers.plain_ops():
+        model.encode_image(px)
+    hook.remove()
+    assert calls == [1]

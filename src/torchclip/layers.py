@@ -20,6 +20,7 @@ different summation order: features move by float rounding. A non-causal stack's
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import platform
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["LayerNorm", "QuickGELU", "Attention", "MLP", "Block", "Transformer", "Packing", "make_activation",
-           "fast_inference", "inference_linear", "attend_one_query", "ONEDNN", "ONEDNN_MAX_ROWS", "onednn_enabled"]
+           "fast_inference", "plain_ops", "observed", "inference_linear", "attend_one_query", "ONEDNN", "ONEDNN_MAX_ROWS", "onednn_enabled"]
 
 # Route fp32 CPU inference projections (and the ResNet's BN-folded convs, with pre-packed weights) through
 # oneDNN's kernels, x86 builds with MKL-DNN only. Set TORCHCLIP_ONEDNN=0, or this attribute to False, for
@@ -48,15 +49,46 @@ ONEDNN: bool = ONEDNN_AVAILABLE and os.environ.get("TORCHCLIP_ONEDNN", "1") != "
 ONEDNN_MAX_ROWS: int = 256
 
 
+_PLAIN: contextvars.ContextVar[bool] = contextvars.ContextVar("torchclip_plain_ops", default=False)
+
+
 def fast_inference() -> bool:
     """True when nothing records autograd history, traces or compiles: in-place and cached shortcuts are safe.
 
     Tracing (ONNX export) and compilation see the plain ops, so an exported graph never bakes in a batch
-    split or a cached tensor.
+    split or a cached tensor. Inside ``plain_ops()`` it is False too.
     """
-    if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting():
+    if _PLAIN.get() or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     return not torch.compiler.is_compiling()
+
+
+@contextlib.contextmanager
+def plain_ops() -> Iterator[None]:
+    """Within the block, inference runs the plain module calls (``fast_inference()`` is False)."""
+    token = _PLAIN.set(True)
+    try:
+        yield
+    finally:
+        _PLAIN.reset(token)
+
+
+def observed(module: nn.Module, exempt: tuple[nn.Module, ...] = (), global_hooks: bool = True) -> bool:
+    """Whether a forward (pre-)hook on ``module`` or a submodule outside ``exempt`` (or, with
+    ``global_hooks``, a global one) could fire.
+
+    The inference shortcuts call projections, convs and the ViT's last block as functions, not modules, so
+    hooks on them would silently never fire; a tower that finds one runs under ``plain_ops()`` instead, where
+    every hook sees what it sees with grad on. ``exempt`` lists modules the shortcuts still call as modules.
+    Towers pass ``global_hooks=False``: global hooks belong to tools that follow whatever modules run
+    (``FlopCounterMode``'s module tracker), which must measure the shortcuts, not switch them off.
+    """
+    from torch.nn.modules import module as mod
+
+    if global_hooks and (mod._global_forward_hooks or mod._global_forward_pre_hooks):
+        return True
+    skip = {id(m) for m in exempt}
+    return any((m._forward_hooks or m._forward_pre_hooks) and id(m) not in skip for m in module.modules())
 
 
 @contextlib.contextmanager

@@ -21,7 +21,9 @@ from .layers import (
     attend_one_query,
     fast_inference,
     inference_linear,
+    observed,
     onednn_eligible,
+    plain_ops,
 )
 
 __all__ = ["VisionTransformer", "ModifiedResNet", "AttentionPool2d", "build_vision"]
@@ -101,6 +103,10 @@ class VisionTransformer(nn.Module):
         return self.norm_post(x) @ self.proj.to(x.dtype)  # [B, E]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        # norm_post is called as a module on both paths (evaluation's probe features hook it, once per chunk).
+        if fast_inference() and observed(self, exempt=(self.norm_post,), global_hooks=False):
+            with plain_ops():  # a hook on a module the shortcuts skip: let it see the plain path
+                return self._forward(pixels)
         return _in_chunks(self._forward, pixels, max(1, self.chunk_tokens // self.pos_embed.shape[0]))
 
 
@@ -244,7 +250,7 @@ class ModifiedResNet(nn.Module):
             # oneDNN's convs are fastest on NHWC; every op below keeps the layout, the values are the same.
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
-        if not (fast_inference() and not _observed(self.stages)):
+        if not (fast_inference() and not observed(self.stages)):
             for stage in self.stages:
                 x = stage(x)
             return x
@@ -259,6 +265,10 @@ class ModifiedResNet(nn.Module):
         return self.attn_pool(self.forward_features(pixels))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        # out_proj is called as a module on both paths (evaluation's probe features pre-hook it, per chunk).
+        if fast_inference() and observed(self, exempt=(self.attn_pool.out_proj,), global_hooks=False):
+            with plain_ops():  # a hook on a module the shortcuts skip: let it see the plain path
+                return self._forward(pixels)
         chunk = self.chunk_images
         if chunk is None:
             width = self.stem.conv3.out_channels
@@ -373,15 +383,6 @@ def _conv_bn_add_relu_(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, res
 def _foldable(bn: nn.BatchNorm2d) -> bool:
     """Eval-mode BatchNorm with affine parameters and running statistics: foldable into the conv before it."""
     return not bn.training and bn.affine and bn.track_running_stats
-
-
-def _observed(module: nn.Module) -> bool:
-    """Whether a forward (pre-)hook, on ``module``, a submodule or global, could see its tensors."""
-    from torch.nn.modules import module as mod
-
-    if mod._global_forward_hooks or mod._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 def build_vision(cfg: CLIPConfig) -> nn.Module:

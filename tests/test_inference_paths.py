@@ -415,8 +415,8 @@ def test_hooks_on_skipped_modules_fire_in_inference(resnet: bool, monkeypatch) -
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(img, ref_img, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(txt, ref_txt, atol=1e-5, rtol=1e-5)
-    for name in ("vision", "model"):  # negative control: without the check the shortcuts skip those modules
-        monkeypatch.setattr(f"torchclip.{name}.observed", lambda *_a, **_k: False)
+    # Negative control: without the check the shortcuts skip those modules.
+    monkeypatch.setattr(layers, "observed", lambda *_a, **_k: False)
     seen.clear()
     with torch.inference_mode():
         model.encode_image(px), model.encode_text(ids)

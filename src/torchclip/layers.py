@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["LayerNorm", "QuickGELU", "Attention", "MLP", "Block", "Transformer", "Packing", "make_activation",
-           "fast_inference", "plain_ops", "observed", "inference_linear", "attend_one_query", "ONEDNN", "ONEDNN_MAX_ROWS", "onednn_enabled"]
+           "fast_inference", "plain_ops", "observed", "hooks_see_plain_ops", "inference_linear", "attend_one_query", "ONEDNN", "ONEDNN_MAX_ROWS", "onednn_enabled"]
 
 # Route fp32 CPU inference projections (and the ResNet's BN-folded convs, with pre-packed weights) through
 # oneDNN's kernels, x86 builds with MKL-DNN only. Set TORCHCLIP_ONEDNN=0, or this attribute to False, for
@@ -71,6 +71,20 @@ def plain_ops() -> Iterator[None]:
         yield
     finally:
         _PLAIN.reset(token)
+
+
+@contextlib.contextmanager
+def hooks_see_plain_ops(tower: nn.Module, exempt: tuple[nn.Module, ...] = ()) -> Iterator[None]:
+    """Run a tower's inference under ``plain_ops()`` when a hook outside ``exempt`` watches one of its modules.
+
+    The shortcuts would skip that module's call and the hook would never fire (``observed``); global hooks
+    do not count.
+    """
+    if fast_inference() and observed(tower, exempt, global_hooks=False):
+        with plain_ops():
+            yield
+    else:
+        yield
 
 
 def observed(module: nn.Module, exempt: tuple[nn.Module, ...] = (), global_hooks: bool = True) -> bool:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CLIPConfig, get_preset
-from .layers import LayerNorm, Packing, Transformer, fast_inference, observed, plain_ops
+from .layers import LayerNorm, Packing, Transformer, hooks_see_plain_ops
 from .vision import build_vision
 
 __all__ = ["CLIP", "CLIPOutput", "TextTransformer", "create_model_from_config"]
@@ -87,9 +87,10 @@ class TextTransformer(nn.Module):
     pack_min_padding = 0.1
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if fast_inference() and observed(self, global_hooks=False):
-            with plain_ops():  # a hook on a module the inference shortcuts skip: let it see the plain path
-                return self.forward(ids)
+        with hooks_see_plain_ops(self):
+            return self._forward(ids)
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         pos = self.eot_positions(ids)  # [B]
         # Causal attention: tokens after a row's first end-of-text cannot change the feature pooled there,
         # so they are never computed. Exact, and most captions are far shorter than 77. Trimming the batch to

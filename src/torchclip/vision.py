@@ -20,10 +20,10 @@ from .layers import (
     Transformer,
     attend_one_query,
     fast_inference,
+    hooks_see_plain_ops,
     inference_linear,
     observed,
     onednn_eligible,
-    plain_ops,
 )
 
 __all__ = ["VisionTransformer", "ModifiedResNet", "AttentionPool2d", "build_vision"]
@@ -104,10 +104,8 @@ class VisionTransformer(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         # norm_post is called as a module on both paths (evaluation's probe features hook it, once per chunk).
-        if fast_inference() and observed(self, exempt=(self.norm_post,), global_hooks=False):
-            with plain_ops():  # a hook on a module the shortcuts skip: let it see the plain path
-                return self._forward(pixels)
-        return _in_chunks(self._forward, pixels, max(1, self.chunk_tokens // self.pos_embed.shape[0]))
+        with hooks_see_plain_ops(self, exempt=(self.norm_post,)):
+            return _in_chunks(self._forward, pixels, max(1, self.chunk_tokens // self.pos_embed.shape[0]))
 
 
 class Downsample(nn.Module):
@@ -265,16 +263,14 @@ class ModifiedResNet(nn.Module):
         return self.attn_pool(self.forward_features(pixels))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        # out_proj is called as a module on both paths (evaluation's probe features pre-hook it, per chunk).
-        if fast_inference() and observed(self, exempt=(self.attn_pool.out_proj,), global_hooks=False):
-            with plain_ops():  # a hook on a module the shortcuts skip: let it see the plain path
-                return self._forward(pixels)
         chunk = self.chunk_images
         if chunk is None:
             width = self.stem.conv3.out_channels
             per_image = width * (pixels.shape[-2] // 2) * (pixels.shape[-1] // 2) * pixels.element_size()
             chunk = max(1, (30 << 20) // max(1, per_image))
-        return _in_chunks(self._forward, pixels, chunk)
+        # out_proj is called as a module on both paths (evaluation's probe features pre-hook it, per chunk).
+        with hooks_see_plain_ops(self, exempt=(self.attn_pool.out_proj,)):
+            return _in_chunks(self._forward, pixels, chunk)
 
 
 def _in_chunks(forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, chunk: int) -> torch.Tensor:

@@ -5,7 +5,8 @@ matmul instead of three), which is what makes small batches fast on a CPU. Param
 public layout of torchclip checkpoints; foreign layouts are mapped onto them in ``formats.py``.
 
 Inference (no autograd recording) takes a few shortcuts that compute the same numbers with fewer memory
-passes: residual adds and the QuickGELU product write into tensors the block has just created. Causal
+passes: residual adds and the QuickGELU product write into tensors the block has just created, and the
+large ones come from ``memory.empty`` (huge pages: fewer page faults in a fresh process). Causal
 stacks also accept *packed* rows (``Packing``): the tokens of rows of different lengths back to back, so
 every projection and MLP runs on real tokens only, and only attention sees a padded layout.
 
@@ -30,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from . import memory
 
 __all__ = ["LayerNorm", "QuickGELU", "Attention", "MLP", "Block", "Transformer", "Packing", "make_activation",
            "fast_inference", "plain_ops", "observed", "hooks_see_plain_ops", "inference_linear", "attend_one_query", "ONEDNN", "ONEDNN_MAX_ROWS", "onednn_enabled"]
@@ -158,8 +161,23 @@ def _gemm_into_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     ``addmm_``, which FLOP counters do not know.
     """
     n = weight.shape[0]
-    out = residual.reshape(-1, n).clone() if bias is None else torch.add(residual.reshape(-1, n), bias)  # [M, N]
+    out = memory.empty(residual.numel() // n, n, like=residual)  # [M, N]
+    if bias is None:
+        out.copy_(residual.reshape(-1, n))
+    else:
+        torch.add(residual.reshape(-1, n), bias, out=out)
     return torch.addmm(out, x.reshape(-1, x.shape[-1]), weight.t(), alpha=alpha, out=out).view(residual.shape)
+
+
+def _gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` as the same torch GEMM (``addmm``/``mm``), into a ``memory.empty`` buffer."""
+    x2 = x.reshape(-1, x.shape[-1])  # [M, K]
+    out = memory.empty(x2.shape[0], weight.shape[0], like=x2)  # [M, N]
+    if bias is None:
+        torch.mm(x2, weight.t(), out=out)
+    else:
+        torch.addmm(bias, x2, weight.t(), out=out)
+    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -170,10 +188,13 @@ def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     fallback adds the residual in place into the fresh output.
     """
     if not uses_onednn(x, weight):
-        if residual is None or not _same_dtype_no_autocast(x, weight, residual):
-            y = F.linear(x, weight, bias)
-            return y if residual is None else y.add_(residual)
-        return _gemm_into_residual(x, weight, bias, residual)
+        operands = (x, weight) + (() if bias is None else (bias,))
+        if residual is not None and _same_dtype_no_autocast(*operands, residual):
+            return _gemm_into_residual(x, weight, bias, residual)
+        if residual is None and x.device.type == "cpu" and _same_dtype_no_autocast(*operands):
+            return _gemm(x, weight, bias)
+        y = F.linear(x, weight, bias)
+        return y if residual is None else y.add_(residual)
     lead, n = x.shape[:-1], weight.shape[0]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()  # [M, K]
     w = weight.contiguous()  # [N, K]
@@ -351,7 +372,8 @@ class MLP(nn.Module):
         if b1 is None:
             h = torch.mm(x2, self.fc1.weight.t()).mul_(1.702)  # [M, hidden]
         else:
-            h = torch.addmm(b1 * 1.702, x2, self.fc1.weight.t(), alpha=1.702)  # [M, hidden] = 1.702 fc1(x)
+            h = memory.empty(x2.shape[0], self.fc1.weight.shape[0], like=x2)  # [M, hidden]
+            torch.addmm(b1 * 1.702, x2, self.fc1.weight.t(), alpha=1.702, out=h)  # = 1.702 fc1(x)
         F.silu(h, inplace=True)  # 1.702 quick_gelu(fc1(x))
         return _gemm_into_residual(h, self.fc2.weight, self.fc2.bias, residual, alpha=1 / 1.702)
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import memory
 from .config import CLIPConfig
 from .layers import (
     LayerNorm,
@@ -70,8 +71,10 @@ class VisionTransformer(nn.Module):
         if not fast_inference() or h % p or wd % p:
             return self.patch_embed(pixels).flatten(2).transpose(1, 2)
         # A stride-P PxP conv is a matmul over unfolded patches; faster on CPU than a conv with 3 channels.
-        patches = pixels.reshape(b, c, h // p, p, wd // p, p).permute(0, 2, 4, 1, 3, 5)  # [B, gh, gw, 3, P, P]
-        return inference_linear(patches.reshape(b, (h // p) * (wd // p), c * p * p), w.reshape(w.shape[0], -1))
+        gh, gw = h // p, wd // p
+        patches = memory.empty(b * gh * gw, c * p * p, like=pixels)  # [B*gh*gw, 3*P*P]
+        patches.view(b, gh, gw, c, p, p).copy_(pixels.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5))
+        return inference_linear(patches.view(b, gh * gw, c * p * p), w.reshape(w.shape[0], -1))
 
     def forward_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """All output tokens before ``norm_post``: [B, 1 + g*g, W] (class token first)."""

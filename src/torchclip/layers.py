@@ -169,14 +169,15 @@ def _gemm_into_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     return torch.addmm(out, x.reshape(-1, x.shape[-1]), weight.t(), alpha=alpha, out=out).view(residual.shape)
 
 
-def _gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` as the same torch GEMM (``addmm``/``mm``), into a ``memory.empty`` buffer."""
+def _gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, alpha: float = 1.0) -> torch.Tensor:
+    """``alpha * x @ weight.T + bias``: ``F.linear``'s own torch GEMM (``addmm``/``mm``), into a ``memory.empty``
+    buffer. ``alpha`` (BLAS's, free) needs a bias."""
     x2 = x.reshape(-1, x.shape[-1])  # [M, K]
     out = memory.empty(x2.shape[0], weight.shape[0], like=x2)  # [M, N]
     if bias is None:
         torch.mm(x2, weight.t(), out=out)
     else:
-        torch.addmm(bias, x2, weight.t(), out=out)
+        torch.addmm(bias, x2, weight.t(), alpha=alpha, out=out)
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
@@ -372,8 +373,7 @@ class MLP(nn.Module):
         if b1 is None:
             h = torch.mm(x2, self.fc1.weight.t()).mul_(1.702)  # [M, hidden]
         else:
-            h = memory.empty(x2.shape[0], self.fc1.weight.shape[0], like=x2)  # [M, hidden]
-            torch.addmm(b1 * 1.702, x2, self.fc1.weight.t(), alpha=1.702, out=h)  # = 1.702 fc1(x)
+            h = _gemm(x2, self.fc1.weight, b1 * 1.702, alpha=1.702)  # [M, hidden] = 1.702 fc1(x)
         F.silu(h, inplace=True)  # 1.702 quick_gelu(fc1(x))
         return _gemm_into_residual(h, self.fc2.weight, self.fc2.bias, residual, alpha=1 / 1.702)
 

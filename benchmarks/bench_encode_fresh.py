@@ -17,7 +17,7 @@ call by call, so each worker also times two fp32 ``torch.mm`` of ``--mm-size`` s
 before and right after every timed call (operands allocated once, before the model, and never freed, so
 they do not move glibc's mmap threshold). A call's speed over the mean of its two neighbouring ceilings
 is drift-normalized: reported as the share of the ceiling achieved (GFLOP/s over ceiling GFLOP/s, FLOPs
-counted per implementation at batch 1) and as torchclip over the faster peer in images per ceiling-GFLOP.
+counted per implementation at batch 1, the peers with grad on so that their fused inference ops are counted) and as torchclip over the faster peer in images per ceiling-GFLOP.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def worker(impl: str, model: str, batch: int, calls: int, threads: int, mm_size:
     import torch
 
     sys.path.insert(0, str(HERE))
+    from bench_encode import count_flops, import_peers
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
@@ -61,8 +63,6 @@ def worker(impl: str, model: str, batch: int, calls: int, threads: int, mm_size:
         m = torchclip.create_model(model).eval()
         fn = m.encode_image
     else:
-        from bench_encode import import_peers
-
         open_clip, transformers = import_peers()
         if impl == "open_clip":
             m = open_clip.create_model(model.replace("/", "-"), pretrained=None).eval()
@@ -72,10 +72,10 @@ def worker(impl: str, model: str, batch: int, calls: int, threads: int, mm_size:
                 raise SystemExit(f"HF has no {model} image tower here")
             hf = transformers.CLIPModel(transformers.CLIPConfig()).eval()
             fn = lambda x: hf.get_image_features(pixel_values=x).pooler_output  # noqa: E731
-    from bench_encode import count_flops
-
     x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    flops_per_image = count_flops(lambda: fn(x[:1]))
+    # The peers' inference fast paths (open_clip's fused attention) hide ops from the counter; with grad on they
+    # run (and count) the full maths. torchclip counts what its inference path really computes.
+    flops_per_image = count_flops(lambda: fn(x[:1]), plain=impl != "torchclip")
     times, faults, ceilings, per_ceiling = [], [], [], []
     with torch.inference_mode():
         fn(x)

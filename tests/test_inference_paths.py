@@ -266,8 +266,13 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch) -> None:
 
 
 @needs_onednn
-def test_onednn_only_for_few_rows(onednn_switch, monkeypatch) -> None:
-    """Above ``ONEDNN_MAX_ROWS`` rows MKL's GEMM runs (faster there), with the same result."""
+def test_onednn_max_rows_sends_larger_products_to_torch_gemm(onednn_switch, monkeypatch) -> None:
+    """Above ``ONEDNN_MAX_ROWS`` rows torch's GEMM runs, with the same result; by default there is no limit."""
+    assert layers.ONEDNN_MAX_ROWS is None
+    x, w = torch.randn(5000, 5), torch.randn(6, 5)
+    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        inference_linear(x, w)
+    assert "mkldnn::_linear_pointwise" in {e.key for e in prof.key_averages()}
     monkeypatch.setattr(layers, "ONEDNN_MAX_ROWS", 4)
     g = torch.Generator().manual_seed(0)
     w, b = torch.randn(6, 5, generator=g), torch.randn(6, generator=g)
@@ -386,6 +391,36 @@ def test_mlp_on_torch_gemm_folds_quick_gelu_into_silu(activation: str) -> None:
     with torch.inference_mode(), layers.onednn_enabled(False):
         out = mlp(x, residual=res)
     torch.testing.assert_close(out, (mlp(x) + res).detach(), atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+@pytest.mark.parametrize(("activation", "approximate"), [("quick_gelu", None), ("gelu", "none"), ("gelu", "tanh")])
+def test_mlp_on_onednn_fuses_the_activation_into_fc1(activation: str, approximate: str | None) -> None:
+    """oneDNN runs fc1 with its activation in one kernel (QuickGELU as swish on 1.702-scaled inputs) and fc2
+    with the residual: the plain module's numbers, for each activation, with and without biases."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    mlp = layers.MLP(24, 96, activation).eval()
+    if approximate is not None:
+        mlp.act = torch.nn.GELU(approximate=approximate)
+    x, res = torch.randn(5, 7, 24), torch.randn(5, 7, 24)
+    for with_bias in (True, False):
+        if not with_bias:
+            mlp.fc1.bias = None
+            mlp.fc2.bias = None
+        ref = (mlp(x) + res).detach()  # autograd on: the plain module path
+        with layers.onednn_enabled(True), torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = mlp(x, residual=res)
+        assert out.shape == res.shape
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        calls = [e for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise"]
+        assert calls and calls[0].count == 2  # fc1 with its activation, fc2 with the residual
+        ops = {e.key for e in prof.key_averages()}
+        assert not ops & {"aten::sigmoid", "aten::sigmoid_", "aten::gelu", "aten::silu_"}  # nothing outside
+    if approximate is not None:  # the approximation reaches the kernel: the other one is measurably off
+        other = torch.nn.GELU(approximate="tanh" if approximate == "none" else "none")
+        assert (mlp.fc2(other(mlp.fc1(x))) + res - out).abs().max() > 1e-5
 
 
 @pytest.mark.parametrize("resnet", [False, True])

@@ -5,16 +5,18 @@ matmul instead of three), which is what makes small batches fast on a CPU. Param
 public layout of torchclip checkpoints; foreign layouts are mapped onto them in ``formats.py``.
 
 Inference (no autograd recording) takes a few shortcuts that compute the same numbers with fewer memory
-passes: residual adds and the QuickGELU product write into tensors the block has just created, and the
-large ones come from ``memory.empty`` (huge pages: fewer page faults in a fresh process). Causal
+passes: residual adds and the QuickGELU product write into tensors the block has just created, and on
+torch's GEMM path the large ones come from ``memory.empty`` (huge pages: fewer page faults in a fresh
+process). Causal
 stacks also accept *packed* rows (``Packing``): the tokens of rows of different lengths back to back, so
 every projection and MLP runs on real tokens only, and only attention sees a padded layout.
 
-On x86 CPUs, fp32 inference projections of at most ``ONEDNN_MAX_ROWS`` rows go through oneDNN
-(``inference_linear``) instead of MKL's GEMM: for the 50-row products of a batch-1 ViT-B/32 it splits the
-work across cores far better (1.3x per forward on the 2-core benchmark machine;
-benchmarks/results_encode.md), with the residual add fused into the output projections. Same maths, a
-different summation order: features move by float rounding. A non-causal stack's last block can also run for position 0 only
+On x86 CPUs, fp32 inference projections go through oneDNN (``inference_linear``) instead of MKL's GEMM, with
+the residual add fused into the output projections and the MLP's activation into ``fc1`` (QuickGELU as
+oneDNN's swish on a 1.702-scaled input). On the 2-core benchmark machine that is 1.3x per batch-1
+ViT-B/32 forward, and 1.1-1.2x at batch 8-64 in fresh processes (benchmarks/results_encode.md, sessions 3
+and 7). Same maths, a different summation order: features move by float rounding. ``ONEDNN_MAX_ROWS``
+can send larger products back to MKL. A non-causal stack's last block can also run for position 0 only
 (``Transformer.forward_first_token``): the ViT uses only its class token.
 """
 
@@ -44,12 +46,12 @@ ONEDNN_AVAILABLE: bool = (platform.machine().lower() in ("x86_64", "amd64")
                           and torch.backends.mkldnn.is_available()
                           and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 ONEDNN: bool = ONEDNN_AVAILABLE and os.environ.get("TORCHCLIP_ONEDNN", "1") != "0"
-# oneDNN's projections win on few rows and lose on many, where MKL's GEMM stays. Whole ViT-B/32 forwards,
-# 2 threads, paired: 1.31x at 50 rows, 1.08-1.10x at 100-200, 0.88x at 600 and 1,600. At 400 rows it
-# depends on the process: 1.07-1.13x in a long-running one, but in a fresh process oneDNN page-faults
-# there (13-22k minor faults per batch-8 forward) and a 448-row limit ran 0.90-0.98x of this one
-# (benchmarks/results_encode.md, session 4).
-ONEDNN_MAX_ROWS: int = 256
+# Projections with more rows than this run on torch's GEMM (MKL) instead; None: no limit. Until session 7
+# this was 256: then whole ViT-B/32 forwards, paired, ran 0.88x on oneDNN at 600 and 1,600 rows. Measured
+# again in session 7 on the same VM, with the activation fused into fc1: oneDNN everywhere ran 1.15x at
+# batch 8 and 1.09-1.13x at batch 32 in one process, and 1.10x / 1.05x raw (1.19x / 1.12x drift-normalized)
+# at batch 8 / 64 in fresh processes (benchmarks/results_encode.md, session 7).
+ONEDNN_MAX_ROWS: int | None = None
 
 
 _PLAIN: contextvars.ContextVar[bool] = contextvars.ContextVar("torchclip_plain_ops", default=False)
@@ -136,15 +138,18 @@ def _dispatch_mode_active() -> bool:
 
 
 def onednn_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether an inference op on ``x`` with ``weight`` may take oneDNN's fused fp32 kernels."""
+    """Whether an inference op on ``x`` with ``weight`` may take oneDNN's fused fp32 kernels.
+
+    Not under CPU autocast, which asks for lower-precision products than these fp32 kernels compute.
+    """
     return (ONEDNN and torch.backends.mkldnn.enabled and x.device.type == "cpu"
             and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.numel() > 0
-            and not _dispatch_mode_active())
+            and not torch.is_autocast_enabled("cpu") and not _dispatch_mode_active())
 
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``inference_linear(x, weight, ...)`` takes oneDNN's kernel (few rows) rather than torch's GEMM."""
-    return onednn_eligible(x, weight) and x.numel() <= ONEDNN_MAX_ROWS * x.shape[-1]
+    """Whether ``inference_linear(x, weight, ...)`` takes oneDNN's kernel rather than torch's GEMM."""
+    return onednn_eligible(x, weight) and (ONEDNN_MAX_ROWS is None or x.numel() <= ONEDNN_MAX_ROWS * x.shape[-1])
 
 
 def _same_dtype_no_autocast(*tensors: torch.Tensor) -> bool:
@@ -355,11 +360,31 @@ class MLP(nn.Module):
         """``residual`` (inference only, shaped like ``x``) is added to the output inside ``fc2``."""
         if residual is None:
             return self.fc2(self.act(self.fc1(x)))
-        if (isinstance(self.act, QuickGELU) and not uses_onednn(x, self.fc1.weight)
-                and _same_dtype_no_autocast(x, self.fc1.weight, residual)):
+        if uses_onednn(x, self.fc1.weight):
+            return self._onednn(x, residual)
+        if isinstance(self.act, QuickGELU) and _same_dtype_no_autocast(x, self.fc1.weight, residual):
             return self._quick_gelu_gemm(x, residual)
         h = self.act(inference_linear(x, self.fc1.weight, self.fc1.bias))  # [..., hidden]
         return inference_linear(h, self.fc2.weight, self.fc2.bias, residual)
+
+    def _onednn(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Inference on oneDNN: the activation runs in fc1's GEMM epilogue, on tiles still in cache.
+
+        QuickGELU becomes oneDNN's swish (``silu``): ``silu(1.702 h) = 1.702 quick_gelu(h)``, so fc1 runs on the
+        input and bias scaled by 1.702 (the [M, D] side, a quarter of the hidden layer's size) and one
+        in-place pass divides the hidden layer by 1.702. GELU (erf or tanh) is fused as it is.
+        """
+        x2, w1, b1 = x.reshape(-1, x.shape[-1]), self.fc1.weight.contiguous(), self.fc1.bias  # [M, D]
+        pointwise = torch.ops.mkldnn._linear_pointwise
+        if isinstance(self.act, QuickGELU):
+            h = pointwise(x2 * 1.702, w1, None if b1 is None else b1 * 1.702, "swish", [], "")  # [M, hidden]
+            h.mul_(1 / 1.702)  # quick_gelu(fc1(x))
+        elif isinstance(self.act, nn.GELU):
+            h = pointwise(x2.contiguous(), w1, b1, "gelu", [], self.act.approximate)  # [M, hidden]
+        else:
+            h = self.act(pointwise(x2.contiguous(), w1, b1, "none", [], ""))  # [M, hidden]
+        out = inference_linear(h, self.fc2.weight, self.fc2.bias, residual.reshape(-1, residual.shape[-1]))
+        return out.view(residual.shape)  # [..., D]
 
     def _quick_gelu_gemm(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """Inference on torch's GEMM: QuickGELU as one in-place SiLU, its 1.702 factors inside the GEMMs.

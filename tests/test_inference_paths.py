@@ -285,6 +285,67 @@ def test_onednn_max_rows_sends_larger_products_to_torch_gemm(onednn_switch, monk
 
 
 @needs_onednn
+def test_packed_weights_match_plain_and_follow_the_parameters(onednn_switch, monkeypatch) -> None:
+    """Few-row projections run on oneDNN-packed weights cached on their modules: the plain-weight numbers,
+    rebuilt when a weight changes in place or is replaced, dropped by copies, never for many rows."""
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    cfg = tiny(False)
+    model = CLIP(cfg).eval()
+    px, ids = torch.randn(2, 3, 32, 32), ids_batch(cfg, [1, 12])
+    fc1 = model.visual.transformer.blocks[0].mlp.fc1
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            return model.encode_image(px), model.encode_text(ids)
+
+    monkeypatch.setattr(layers, "PACK_MAX_ROWS", 0)  # never pack: the reference
+    plain = run()
+    assert "_packed_linear" not in fc1.__dict__
+    monkeypatch.setattr(layers, "PACK_MAX_ROWS", 512)
+    packed = run()
+    entry = fc1.__dict__["_packed_linear"].entry
+    assert entry[1][0].is_mkldnn and entry[1][1] is fc1.weight
+    for a, b in zip(packed, plain):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    with torch.no_grad():  # an in-place change (an optimizer step) is seen at once
+        fc1.weight.mul_(-1)
+    changed = run()
+    assert (changed[0] - packed[0]).abs().max() > 1e-3
+    assert fc1.__dict__["_packed_linear"].entry[0][1] == fc1.weight._version
+    fc1.weight = torch.nn.Parameter(fc1.weight.detach() * -1)  # a replaced parameter too
+    torch.testing.assert_close(run()[0], packed[0], atol=1e-6, rtol=1e-6)
+    twin = copy.deepcopy(model)  # the cache is dropped, not copied (oneDNN tensors cannot be)
+    assert twin.visual.transformer.blocks[0].mlp.fc1.__dict__["_packed_linear"].entry == (None, ())
+    torch.save(model, io.BytesIO())
+    monkeypatch.setattr(layers, "PACK_MAX_ROWS", 4)  # more rows than that: the plain weight, no new cache
+    twin.visual.chunk_tokens = 10**6
+    with torch.inference_mode():
+        twin.encode_image(px)
+    assert twin.visual.transformer.blocks[0].mlp.fc1.__dict__["_packed_linear"].entry == (None, ())
+
+
+@pytest.mark.parametrize("resnet", [False, True])
+def test_models_built_in_inference_mode_encode(resnet: bool) -> None:
+    """Parameters created under ``torch.inference_mode()`` count no versions: nothing derived from them is
+    cached (packed weights, folded BatchNorm), and every path still gives the plain numbers."""
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        model = CLIP(tiny(resnet)).eval()
+        if resnet:
+            randomize_batchnorm(model)
+        assert next(model.parameters()).is_inference()
+        px = torch.randn(3, 3, *(2 * [model.config.vision.image_size]))
+        one, three = model.encode_image(px[:1]), model.encode_image(px)
+        with layers.plain_ops():
+            ref = model.encode_image(px)
+    torch.testing.assert_close(one, ref[:1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(three, ref, atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
 def test_onednn_enabled_switches_and_restores() -> None:
     x, w = torch.randn(3, 5), torch.randn(4, 5)
     before = layers.ONEDNN

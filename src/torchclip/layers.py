@@ -37,7 +37,8 @@ from torch.utils.checkpoint import checkpoint
 from . import memory
 
 __all__ = ["LayerNorm", "QuickGELU", "Attention", "MLP", "Block", "Transformer", "Packing", "make_activation",
-           "fast_inference", "plain_ops", "observed", "hooks_see_plain_ops", "inference_linear", "attend_one_query", "ONEDNN", "ONEDNN_MAX_ROWS", "onednn_enabled"]
+           "fast_inference", "plain_ops", "observed", "hooks_see_plain_ops", "inference_linear", "attend_one_query", "ONEDNN", "ONEDNN_MAX_ROWS", "PACK_MAX_ROWS", "onednn_enabled",
+           "packed_weight", "DerivedCache", "derived_cache", "tensor_key"]
 
 # Route fp32 CPU inference projections (and the ResNet's BN-folded convs, with pre-packed weights) through
 # oneDNN's kernels, x86 builds with MKL-DNN only. Set TORCHCLIP_ONEDNN=0, or this attribute to False, for
@@ -186,12 +187,88 @@ def _gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, alph
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
+# Products of 2 to this many rows run on a copy of the weight pre-packed in oneDNN's blocked layout,
+# cached on the module that owns it. With few rows the per-call reorder of the plain weight is a large
+# share of the product: the 48 ViT-B/32 projections ran 1.18x at 13 rows, 1.09x at 50, 1.04-1.06x at
+# 100-400, 1.00x at 1,600 (0.93x at one row); a whole batch-1 forward 1.08x, with identical results
+# (benchmarks/results_encode.md, session 7). The price is a second copy of those weights in memory once
+# small batches have run (ViT-B/32: ~350 MB for both towers); set this to 0 to never pack.
+PACK_MAX_ROWS: int = 512
+
+
+class DerivedCache:
+    """A module's derived inference tensors: never state, dropped by copies and pickling.
+
+    (oneDNN's packed tensors cannot be deep-copied or pickled, and a copy would have to be rebuilt anyway.)
+    """
+
+    __slots__ = ("entry",)
+
+    def __init__(self) -> None:
+        # (key, tensors), replaced as one object: a concurrent caller (``torchclip serve`` answers requests
+        # on threads) never pairs a new key with the old tensors.
+        self.entry: tuple[tuple | None, tuple] = (None, ())
+
+    def __deepcopy__(self, memo: dict) -> DerivedCache:
+        return DerivedCache()
+
+    def __reduce__(self) -> tuple:
+        return (DerivedCache, ())
+
+
+def derived_cache(module: nn.Module, slot: str) -> DerivedCache:
+    """The ``DerivedCache`` named ``slot`` on ``module`` (a plain attribute: not state, not a buffer)."""
+    cache = module.__dict__.get(slot)
+    if cache is None:
+        cache = module.__dict__[slot] = DerivedCache()
+    return cache
+
+
+def tensor_key(t: torch.Tensor) -> tuple | None:
+    """What identifies ``t``'s current values for a cache of tensors derived from it, or None if nothing can.
+
+    Address, version counter (bumped by every in-place change: an optimizer step, ``load_state_dict``),
+    shape, strides, dtype and device. Inference tensors (a model built under ``torch.inference_mode()``)
+    count no versions, so nothing derived from them may be cached.
+    """
+    if t.is_inference():
+        return None
+    return (t.data_ptr(), t._version, tuple(t.shape), t.stride(), t.dtype, t.device)
+
+
+def packed_weight(owner: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (fp32, [N, K], owned by ``owner``) in oneDNN's blocked layout for ``_linear_pointwise``, cached.
+
+    Keyed by ``tensor_key``; the entry holds the weight itself, so its memory cannot be reused by another
+    tensor while cached, and ``.to()`` or a replaced parameter rebuilds it. Views (a reshaped conv weight)
+    key the same way. The plain weight if it cannot be cached (an inference tensor).
+    """
+    key = tensor_key(weight)
+    if key is None:
+        return weight.contiguous()
+    cache = derived_cache(owner, "_packed_linear")
+    cached_key, cached = cache.entry
+    if cached_key != key:
+        with torch.no_grad():
+            cached = (torch.ops.mkldnn._reorder_linear_weight(weight.contiguous()), weight)
+        cache.entry = (key, cached)
+    return cached[0]
+
+
+def _onednn_weight(x2: torch.Tensor, weight: torch.Tensor, owner: nn.Module | None) -> torch.Tensor:
+    """The weight to hand oneDNN for the rows of ``x2`` ([M, K]): pre-packed for 2..PACK_MAX_ROWS rows."""
+    if owner is not None and 2 <= x2.shape[0] <= PACK_MAX_ROWS:
+        return packed_weight(owner, weight)
+    return weight.contiguous()
+
+
 def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                     residual: torch.Tensor | None = None) -> torch.Tensor:
+                     residual: torch.Tensor | None = None, owner: nn.Module | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias) + residual`` (``residual`` optional, shaped like the output).
 
     Inference only (call it under ``fast_inference()``): the oneDNN op has no autograd formula, and the
-    fallback adds the residual in place into the fresh output.
+    fallback adds the residual in place into the fresh output. ``owner``, the module that holds ``weight``
+    (one weight per owner), lets oneDNN reuse a pre-packed copy cached on it (``packed_weight``).
     """
     if not uses_onednn(x, weight):
         operands = (x, weight) + (() if bias is None else (bias,))
@@ -203,7 +280,7 @@ def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         return y if residual is None else y.add_(residual)
     lead, n = x.shape[:-1], weight.shape[0]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()  # [M, K]
-    w = weight.contiguous()  # [N, K]
+    w = _onednn_weight(x2, weight, owner)  # [N, K]
     if residual is None:
         y = torch.ops.mkldnn._linear_pointwise(x2, w, bias, "none", [], "")
     else:  # the residual rides along as oneDNN's "sum" post-op: (x W^T + b) + residual, in that order
@@ -320,7 +397,7 @@ class Attention(nn.Module):
         ``residual`` (inference only, shaped like ``x``) is added to the output inside the projection.
         """
         fast = residual is not None
-        qkv = inference_linear(x, self.qkv.weight, self.qkv.bias) if fast else self.qkv(x)
+        qkv = inference_linear(x, self.qkv.weight, self.qkv.bias, owner=self.qkv) if fast else self.qkv(x)
         if packing is None:
             b, n, d = x.shape  # [B, N, D]
         else:
@@ -332,7 +409,9 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, N, Dh]
         y = y.transpose(1, 2)  # [B, N, H, Dh]: SDPA's CPU kernels already lay it out this way, so no copy
         y = y.reshape(b, n, d) if packing is None else y.reshape(b * n, d).index_select(0, packing.scatter)
-        return inference_linear(y, self.proj.weight, self.proj.bias, residual) if fast else self.proj(y)  # like x
+        if not fast:
+            return self.proj(y)
+        return inference_linear(y, self.proj.weight, self.proj.bias, residual, owner=self.proj)  # like x
 
     def first_query(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """Inference, non-causal: the output at position 0 only, plus ``residual`` ([B, D]): [B, D].
@@ -346,7 +425,7 @@ class Attention(nn.Module):
         w, bias = self.qkv.weight, self.qkv.bias
         q = inference_linear(x[:, 0], w[:d], None if bias is None else bias[:d])  # [B, D]
         y = attend_one_query(q, x, w[d:2 * d], w[2 * d:], None if bias is None else bias[2 * d:], self.heads)
-        return inference_linear(y, self.proj.weight, self.proj.bias, residual)
+        return inference_linear(y, self.proj.weight, self.proj.bias, residual, owner=self.proj)
 
 
 class MLP(nn.Module):
@@ -364,8 +443,8 @@ class MLP(nn.Module):
             return self._onednn(x, residual)
         if isinstance(self.act, QuickGELU) and _same_dtype_no_autocast(x, self.fc1.weight, residual):
             return self._quick_gelu_gemm(x, residual)
-        h = self.act(inference_linear(x, self.fc1.weight, self.fc1.bias))  # [..., hidden]
-        return inference_linear(h, self.fc2.weight, self.fc2.bias, residual)
+        h = self.act(inference_linear(x, self.fc1.weight, self.fc1.bias, owner=self.fc1))  # [..., hidden]
+        return inference_linear(h, self.fc2.weight, self.fc2.bias, residual, owner=self.fc2)
 
     def _onednn(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """Inference on oneDNN: the activation runs in fc1's GEMM epilogue, on tiles still in cache.
@@ -374,7 +453,8 @@ class MLP(nn.Module):
         input and bias scaled by 1.702 (the [M, D] side, a quarter of the hidden layer's size) and one
         in-place pass divides the hidden layer by 1.702. GELU (erf or tanh) is fused as it is.
         """
-        x2, w1, b1 = x.reshape(-1, x.shape[-1]), self.fc1.weight.contiguous(), self.fc1.bias  # [M, D]
+        x2, b1 = x.reshape(-1, x.shape[-1]), self.fc1.bias  # [M, D]
+        w1 = _onednn_weight(x2, self.fc1.weight, self.fc1)  # [hidden, D]
         pointwise = torch.ops.mkldnn._linear_pointwise
         if isinstance(self.act, QuickGELU):
             h = pointwise(x2 * 1.702, w1, None if b1 is None else b1 * 1.702, "swish", [], "")  # [M, hidden]
@@ -383,7 +463,7 @@ class MLP(nn.Module):
             h = pointwise(x2.contiguous(), w1, b1, "gelu", [], self.act.approximate)  # [M, hidden]
         else:
             h = self.act(pointwise(x2.contiguous(), w1, b1, "none", [], ""))  # [M, hidden]
-        out = inference_linear(h, self.fc2.weight, self.fc2.bias, residual.reshape(-1, residual.shape[-1]))
+        out = inference_linear(h, self.fc2.weight, self.fc2.bias, residual.reshape(-1, residual.shape[-1]), owner=self.fc2)
         return out.view(residual.shape)  # [..., D]
 
     def _quick_gelu_gemm(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,10 @@ fresh processes, ViT-B/32 batch 64, drift-normalized by a matmul ceiling around 
 (median 1.06x over 7 paired rounds), faults per call 10-63k -> 0-24k; batch 8: 0.93-1.07x (neutral);
 benchmarks/results_encode.md, session 6.
 
+Where it applies: the ViT's unfolded patches always, and the transformer blocks' GEMM outputs where they run
+on torch's GEMM (CPUs without oneDNN, or ``TORCHCLIP_ONEDNN=0``); on x86 the projections run on oneDNN,
+which allocates its own outputs (``layers.inference_linear``).
+
 It acts only on Linux CPU tensors of at least ``MIN_BYTES``, only where the kernel's THP mode is
 ``madvise`` (with ``always`` the kernel does this by itself, with ``never`` it cannot), and can be switched
 off with ``TORCHCLIP_HUGEPAGES=0`` or by setting ``ENABLED`` to False.

@@ -20,11 +20,13 @@ from .layers import (
     LayerNorm,
     Transformer,
     attend_one_query,
+    derived_cache,
     fast_inference,
     hooks_see_plain_ops,
     inference_linear,
     observed,
     onednn_eligible,
+    tensor_key,
 )
 
 __all__ = ["VisionTransformer", "ModifiedResNet", "AttentionPool2d", "build_vision"]
@@ -74,7 +76,8 @@ class VisionTransformer(nn.Module):
         gh, gw = h // p, wd // p
         patches = memory.empty(b * gh * gw, c * p * p, like=pixels)  # [B*gh*gw, 3*P*P]
         patches.view(b, gh, gw, c, p, p).copy_(pixels.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5))
-        return inference_linear(patches.view(b, gh * gw, c * p * p), w.reshape(w.shape[0], -1))
+        return inference_linear(patches.view(b, gh * gw, c * p * p), w.reshape(w.shape[0], -1),
+                                owner=self.patch_embed)
 
     def forward_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """All output tokens before ``norm_post``: [B, 1 + g*g, W] (class token first)."""
@@ -285,33 +288,6 @@ def _in_chunks(forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Te
     return torch.cat([forward(p) for p in pixels.split(-(-n // parts))])  # equal-sized chunks
 
 
-class _FoldCache:
-    """A module's derived inference tensors: never state, dropped by copies and pickling.
-
-    (oneDNN's packed tensors cannot be deep-copied or pickled, and a copy would have to be rebuilt anyway.)
-    """
-
-    __slots__ = ("entry",)
-
-    def __init__(self) -> None:
-        # (key, tensors), replaced as one object: a concurrent caller (``torchclip serve`` answers requests
-        # on threads) never pairs a new key with the old tensors.
-        self.entry: tuple[tuple | None, tuple] = (None, ())
-
-    def __deepcopy__(self, memo: dict) -> _FoldCache:
-        return _FoldCache()
-
-    def __reduce__(self) -> tuple:
-        return (_FoldCache, ())
-
-
-def _cache(module: nn.Module, slot: str) -> _FoldCache:
-    cache = module.__dict__.get(slot)
-    if cache is None:
-        cache = module.__dict__[slot] = _FoldCache()
-    return cache
-
-
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight, bias) of ``conv`` followed by eval-mode ``bn`` as one conv, cached on ``bn``.
 
@@ -319,17 +295,19 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Te
     an optimizer step or ``.to()`` rebuilds it; it is a plain attribute, never part of the state dict.
     """
     sources = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources) + (bn.eps,)
-    cache = _cache(bn, "_folded")
+    keys = tuple(tensor_key(t) for t in sources)
+    key = None if None in keys else keys + (bn.eps,)  # None: inference tensors, never cached
+    cache = derived_cache(bn, "_folded")
     cached_key, cached = cache.entry
-    if cached_key == key:
+    if key is not None and cached_key == key:
         return cached
     with torch.no_grad():  # in fp32 whatever the parameters' dtype, rounded once at the end
         scale = bn.weight.float() * torch.rsqrt(bn.running_var.float() + bn.eps)  # eval batch_norm's factor
         bias = (bn.bias.float() - bn.running_mean.float() * scale).to(conv.weight.dtype)
         weight = (conv.weight.float() * scale.reshape(-1, 1, 1, 1)).to(conv.weight.dtype)
         weight = weight.contiguous(memory_format=torch.channels_last)
-    cache.entry = (key, (weight, bias))
+    if key is not None:
+        cache.entry = (key, (weight, bias))
     return weight, bias
 
 
@@ -340,7 +318,7 @@ def _packed(conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: torch.Tensor, x: torch.
     packed for one batch size runs other sizes slower than the plain layout (0.6-0.86x at batch 2-8).
     """
     key = tuple(x.shape[1:])
-    cache = _cache(bn, "_packed")
+    cache = derived_cache(bn, "_packed")
     cached_key, cached = cache.entry
     if cached_key != key or cached[1] is not weight:  # a rebuilt fold is a new tensor object
         with torch.no_grad():

@@ -16,7 +16,8 @@ the residual add fused into the output projections and the MLP's activation into
 oneDNN's swish on a 1.702-scaled input). On the 2-core benchmark machine that is 1.3x per batch-1
 ViT-B/32 forward, and 1.1-1.2x at batch 8-64 in fresh processes (benchmarks/results_encode.md, sessions 3
 and 7). Same maths, a different summation order: features move by float rounding. ``ONEDNN_MAX_ROWS``
-can send larger products back to MKL. A non-causal stack's last block can also run for position 0 only
+can send larger products back to MKL. Products of few rows use weights pre-packed for oneDNN, cached on
+their modules (``packed_weight``, ``PACK_MAX_ROWS``). A non-causal stack's last block can also run for position 0 only
 (``Transformer.forward_first_token``): the ViT uses only its class token.
 """
 
@@ -192,7 +193,8 @@ def _gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, alph
 # share of the product: the 48 ViT-B/32 projections ran 1.18x at 13 rows, 1.09x at 50, 1.04-1.06x at
 # 100-400, 1.00x at 1,600 (0.93x at one row); a whole batch-1 forward 1.08x, with identical results
 # (benchmarks/results_encode.md, session 7). The price is a second copy of those weights in memory once
-# small batches have run (ViT-B/32: ~350 MB for both towers); set this to 0 to never pack.
+# small batches have run (ViT-B/32, one image and one caption: resident memory 835 -> 1,286 MB); set this
+# to 0 to never pack.
 PACK_MAX_ROWS: int = 512
 
 

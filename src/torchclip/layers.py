@@ -7,9 +7,9 @@ public layout of torchclip checkpoints; foreign layouts are mapped onto them in 
 Inference (no autograd recording) takes a few shortcuts that compute the same numbers with fewer memory
 passes: residual adds and the QuickGELU product write into tensors the block has just created, and on
 torch's GEMM path the large ones come from ``memory.empty`` (huge pages: fewer page faults in a fresh
-process). Causal
-stacks also accept *packed* rows (``Packing``): the tokens of rows of different lengths back to back, so
-every projection and MLP runs on real tokens only, and only attention sees a padded layout.
+process). Causal stacks also accept *packed* rows (``Packing``): the tokens of rows of different lengths
+back to back, so every projection and MLP runs on real tokens only, and only attention sees a padded
+layout.
 
 On x86 CPUs, fp32 inference projections go through oneDNN (``inference_linear``) instead of MKL's GEMM, with
 the residual add fused into the output projections and the MLP's activation into ``fc1`` (QuickGELU as
@@ -17,8 +17,8 @@ oneDNN's swish on a 1.702-scaled input). On the 2-core benchmark machine that is
 ViT-B/32 forward, and 1.1-1.2x at batch 8-64 in fresh processes (benchmarks/results_encode.md, sessions 3
 and 7). Same maths, a different summation order: features move by float rounding. ``ONEDNN_MAX_ROWS``
 can send larger products back to MKL. Products of few rows use weights pre-packed for oneDNN, cached on
-their modules (``packed_weight``, ``PACK_MAX_ROWS``). A non-causal stack's last block can also run for position 0 only
-(``Transformer.forward_first_token``): the ViT uses only its class token.
+their modules (``packed_weight``, ``PACK_MAX_ROWS``). A non-causal stack's last block can also run for
+position 0 only (``Transformer.forward_first_token``): the ViT uses only its class token.
 """
 
 from __future__ import annotations
@@ -465,8 +465,8 @@ class MLP(nn.Module):
             h = pointwise(x2.contiguous(), w1, b1, "gelu", [], self.act.approximate)  # [M, hidden]
         else:
             h = self.act(pointwise(x2.contiguous(), w1, b1, "none", [], ""))  # [M, hidden]
-        out = inference_linear(h, self.fc2.weight, self.fc2.bias, residual.reshape(-1, residual.shape[-1]), owner=self.fc2)
-        return out.view(residual.shape)  # [..., D]
+        res2 = residual.reshape(-1, residual.shape[-1])  # [M, D]
+        return inference_linear(h, self.fc2.weight, self.fc2.bias, res2, owner=self.fc2).view(residual.shape)
 
     def _quick_gelu_gemm(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """Inference on torch's GEMM: QuickGELU as one in-place SiLU, its 1.702 factors inside the GEMMs.

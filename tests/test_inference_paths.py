@@ -286,8 +286,9 @@ def test_onednn_max_rows_sends_larger_products_to_torch_gemm(onednn_switch, monk
 
 @needs_onednn
 def test_packed_weights_match_plain_and_follow_the_parameters(onednn_switch, monkeypatch) -> None:
-    """Few-row projections run on oneDNN-packed weights cached on their modules: the plain-weight numbers,
-    rebuilt when a weight changes in place or is replaced, dropped by copies, never for many rows."""
+    """Projections run on oneDNN-packed weights cached on their modules (fc1/fc2 of QuickGELU MLPs scaled
+    by 1.702 and 1/1.702): the plain-weight numbers, rebuilt when a weight changes in place or is
+    replaced, dropped by copies, never above ``PACK_MAX_ROWS``."""
     import copy
     import io
 
@@ -304,17 +305,19 @@ def test_packed_weights_match_plain_and_follow_the_parameters(onednn_switch, mon
     monkeypatch.setattr(layers, "PACK_MAX_ROWS", 0)  # never pack: the reference
     plain = run()
     assert "_packed_linear" not in fc1.__dict__
-    monkeypatch.setattr(layers, "PACK_MAX_ROWS", 512)
+    monkeypatch.setattr(layers, "PACK_MAX_ROWS", None)  # the default: every product of 2 rows or more
     packed = run()
     entry = fc1.__dict__["_packed_linear"].entry
     assert entry[1][0].is_mkldnn and entry[1][1] is fc1.weight
+    scale = 1.702 if isinstance(model.visual.transformer.blocks[0].mlp.act, layers.QuickGELU) else 1.0
+    assert entry[0][1] == scale
     for a, b in zip(packed, plain):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     with torch.no_grad():  # an in-place change (an optimizer step) is seen at once
         fc1.weight.mul_(-1)
     changed = run()
     assert (changed[0] - packed[0]).abs().max() > 1e-3
-    assert fc1.__dict__["_packed_linear"].entry[0][1] == fc1.weight._version
+    assert fc1.__dict__["_packed_linear"].entry[0][0][1] == fc1.weight._version
     fc1.weight = torch.nn.Parameter(fc1.weight.detach() * -1)  # a replaced parameter too
     torch.testing.assert_close(run()[0], packed[0], atol=1e-6, rtol=1e-6)
     twin = copy.deepcopy(model)  # the cache is dropped, not copied (oneDNN tensors cannot be)
@@ -455,12 +458,16 @@ def test_mlp_on_torch_gemm_folds_quick_gelu_into_silu(activation: str) -> None:
 
 
 @needs_onednn
+@pytest.mark.parametrize("pack", [True, False])
 @pytest.mark.parametrize(("activation", "approximate"), [("quick_gelu", None), ("gelu", "none"), ("gelu", "tanh")])
-def test_mlp_on_onednn_fuses_the_activation_into_fc1(activation: str, approximate: str | None) -> None:
-    """oneDNN runs fc1 with its activation in one kernel (QuickGELU as swish on 1.702-scaled inputs) and fc2
-    with the residual: the plain module's numbers, for each activation, with and without biases."""
+def test_mlp_on_onednn_runs_the_activation_in_place(activation: str, approximate: str | None, pack: bool,
+                                                     monkeypatch) -> None:
+    """oneDNN runs fc1 and fc2 without fused post-ops, the activation in place in between (QuickGELU as
+    one SiLU, its factors inside the packed weights): the plain module's numbers, for each activation,
+    with and without biases, packed or not."""
     from torch.profiler import ProfilerActivity, profile
 
+    monkeypatch.setattr(layers, "PACK_MAX_ROWS", None if pack else 0)
     torch.manual_seed(0)
     mlp = layers.MLP(24, 96, activation).eval()
     if approximate is not None:
@@ -475,10 +482,15 @@ def test_mlp_on_onednn_fuses_the_activation_into_fc1(activation: str, approximat
             out = mlp(x, residual=res)
         assert out.shape == res.shape
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-        calls = [e for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise"]
-        assert calls and calls[0].count == 2  # fc1 with its activation, fc2 with the residual
-        ops = {e.key for e in prof.key_averages()}
-        assert not ops & {"aten::sigmoid", "aten::sigmoid_", "aten::gelu", "aten::silu_"}  # nothing outside
+        counts = {e.key: e.count for e in prof.key_averages()}
+        assert counts["mkldnn::_linear_pointwise"] == 2  # fc1, fc2
+        assert counts.get("aten::silu_", 0) == (activation == "quick_gelu")
+        assert counts.get("aten::gelu_", 0) == (activation == "gelu")
+        assert "aten::sigmoid" not in counts and "aten::gelu" not in counts  # no out-of-place temporaries
+        # packed: the 1.702 factors live in the packed weights, so nothing rescales the hidden layer
+        assert counts.get("aten::mul_", 0) == (activation == "quick_gelu" and not pack)
+        entry = mlp.fc1.__dict__.get("_packed_linear")
+        assert (entry is not None and entry.entry[0] is not None) == pack
     if approximate is not None:  # the approximation reaches the kernel: the other one is measurably off
         other = torch.nn.GELU(approximate="tanh" if approximate == "none" else "none")
         assert (mlp.fc2(other(mlp.fc1(x))) + res - out).abs().max() > 1e-5

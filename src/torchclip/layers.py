@@ -11,14 +11,16 @@ process). Causal stacks also accept *packed* rows (``Packing``): the tokens of r
 back to back, so every projection and MLP runs on real tokens only, and only attention sees a padded
 layout.
 
-On x86 CPUs, fp32 inference projections go through oneDNN (``inference_linear``) instead of MKL's GEMM, with
-the residual add fused into the output projections and the MLP's activation into ``fc1`` (QuickGELU as
-oneDNN's swish on a 1.702-scaled input). On the 2-core benchmark machine that is 1.3x per batch-1
-ViT-B/32 forward, and 1.1-1.2x at batch 8-64 in fresh processes (benchmarks/results_encode.md, sessions 3
-and 7). Same maths, a different summation order: features move by float rounding. ``ONEDNN_MAX_ROWS``
-can send larger products back to MKL. Products of few rows use weights pre-packed for oneDNN, cached on
-their modules (``packed_weight``, ``PACK_MAX_ROWS``). A non-causal stack's last block can also run for
-position 0 only (``Transformer.forward_first_token``): the ViT uses only its class token.
+On x86 CPUs, fp32 inference projections go through oneDNN (``inference_linear``) instead of MKL's GEMM, on
+copies of their weights pre-packed in oneDNN's blocked layout and cached on their modules
+(``packed_weight``, ``PACK_MAX_ROWS``). Residual adds and the MLP's activation run in place on the
+products rather than as oneDNN's fused post-ops, which were slower on this AVX2 machine; QuickGELU is one
+in-place SiLU with its 1.702 factors folded into fc1's and fc2's packed weights. On the 2-core benchmark
+machine that is 1.3x per batch-1 ViT-B/32 forward and 1.1-1.3x at batch 8-64 over MKL
+(benchmarks/results_encode.md, sessions 3, 7 and 8). Same maths, a different summation order: features
+move by float rounding. ``ONEDNN_MAX_ROWS`` can send larger products back to MKL. A non-causal stack's
+last block can also run for position 0 only (``Transformer.forward_first_token``): the ViT uses only its
+class token.
 """
 
 from __future__ import annotations
@@ -188,14 +190,14 @@ def _gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, alph
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
-# Products of 2 to this many rows run on a copy of the weight pre-packed in oneDNN's blocked layout,
-# cached on the module that owns it. With few rows the per-call reorder of the plain weight is a large
-# share of the product: the 48 ViT-B/32 projections ran 1.18x at 13 rows, 1.09x at 50, 1.04-1.06x at
-# 100-400, 1.00x at 1,600 (0.93x at one row); a whole batch-1 forward 1.08x, with identical results
-# (benchmarks/results_encode.md, session 7). The price is a second copy of those weights in memory once
-# small batches have run (ViT-B/32, one image and one caption: resident memory 835 -> 1,286 MB); set this
-# to 0 to never pack.
-PACK_MAX_ROWS: int = 512
+# Products of 2 rows or more (up to this many; None: no limit) run on a copy of the weight pre-packed in
+# oneDNN's blocked layout, cached on the module that owns it, instead of oneDNN reordering the plain weight
+# on every call. Packed over plain: the 48 ViT-B/32 projections ran 1.18x at 13 rows, 1.09x at 50,
+# 1.04-1.06x at 100-400 (0.93x at one row, hence the lower bound); fc1 alone at 1,600 rows 1.05x
+# (benchmarks/results_encode.md, sessions 7 and 8). It also carries the QuickGELU factors for free
+# (``MLP._onednn``). The price is a second copy of the transformer weights in memory once the model has
+# run (ViT-B/32, one image and one caption: resident memory 835 -> 1,286 MB); 0 never packs.
+PACK_MAX_ROWS: int | None = None
 
 
 class DerivedCache:
@@ -238,30 +240,38 @@ def tensor_key(t: torch.Tensor) -> tuple | None:
     return (t.data_ptr(), t._version, tuple(t.shape), t.stride(), t.dtype, t.device)
 
 
-def packed_weight(owner: nn.Module, weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` (fp32, [N, K], owned by ``owner``) in oneDNN's blocked layout for ``_linear_pointwise``, cached.
+def packed_weight(owner: nn.Module, weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor | None:
+    """``scale * weight`` (fp32, [N, K], owned by ``owner``) in oneDNN's blocked layout for
+    ``_linear_pointwise``, cached; None if it cannot be cached (an inference tensor).
 
-    Keyed by ``tensor_key``; the entry holds the weight itself, so its memory cannot be reused by another
-    tensor while cached, and ``.to()`` or a replaced parameter rebuilds it. Views (a reshaped conv weight)
-    key the same way. The plain weight if it cannot be cached (an inference tensor).
+    Keyed by ``tensor_key`` and ``scale``; the entry holds the weight itself, so its memory cannot be
+    reused by another tensor while cached, and ``.to()`` or a replaced parameter rebuilds it. Views (a
+    reshaped conv weight) key the same way. ``scale`` folds a constant factor into the packed copy for
+    free (the MLP's QuickGELU factors).
     """
     key = tensor_key(weight)
     if key is None:
-        return weight.contiguous()
+        return None
+    key = (key, scale)
     cache = derived_cache(owner, "_packed_linear")
     cached_key, cached = cache.entry
     if cached_key != key:
         with torch.no_grad():
-            cached = (torch.ops.mkldnn._reorder_linear_weight(weight.contiguous()), weight)
+            plain = weight.contiguous() if scale == 1.0 else weight * scale
+            cached = (torch.ops.mkldnn._reorder_linear_weight(plain), weight)
         cache.entry = (key, cached)
     return cached[0]
 
 
+def _packs(x2: torch.Tensor, owner: nn.Module | None) -> bool:
+    """Whether a product over the rows of ``x2`` ([M, K]) uses a weight pre-packed on ``owner``."""
+    return owner is not None and 2 <= x2.shape[0] and (PACK_MAX_ROWS is None or x2.shape[0] <= PACK_MAX_ROWS)
+
+
 def _onednn_weight(x2: torch.Tensor, weight: torch.Tensor, owner: nn.Module | None) -> torch.Tensor:
-    """The weight to hand oneDNN for the rows of ``x2`` ([M, K]): pre-packed for 2..PACK_MAX_ROWS rows."""
-    if owner is not None and 2 <= x2.shape[0] <= PACK_MAX_ROWS:
-        return packed_weight(owner, weight)
-    return weight.contiguous()
+    """The weight to hand oneDNN for the rows of ``x2`` ([M, K]): pre-packed where ``_packs`` says so."""
+    packed = packed_weight(owner, weight) if _packs(x2, owner) else None
+    return weight.contiguous() if packed is None else packed
 
 
 def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -283,11 +293,9 @@ def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     lead, n = x.shape[:-1], weight.shape[0]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()  # [M, K]
     w = _onednn_weight(x2, weight, owner)  # [N, K]
-    if residual is None:
-        y = torch.ops.mkldnn._linear_pointwise(x2, w, bias, "none", [], "")
-    else:  # the residual rides along as oneDNN's "sum" post-op: (x W^T + b) + residual, in that order
-        other = residual.reshape(-1, n).contiguous()
-        y = torch.ops.mkldnn._linear_pointwise.binary(x2, other, w, bias, "add")
+    y = torch.ops.mkldnn._linear_pointwise(x2, w, bias, "none", [], "")  # [M, N]
+    if residual is not None:  # (x W^T + b) + residual, in that order
+        y.add_(residual.reshape(-1, n))
     return y.view(*lead, n)  # [..., N]
 
 
@@ -449,23 +457,33 @@ class MLP(nn.Module):
         return inference_linear(h, self.fc2.weight, self.fc2.bias, residual, owner=self.fc2)
 
     def _onednn(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """Inference on oneDNN: the activation runs in fc1's GEMM epilogue, on tiles still in cache.
+        """Inference on oneDNN: fc1, the activation in place on its output, fc2 adding the residual.
 
-        QuickGELU becomes oneDNN's swish (``silu``): ``silu(1.702 h) = 1.702 quick_gelu(h)``, so fc1 runs on the
-        input and bias scaled by 1.702 (the [M, D] side, a quarter of the hidden layer's size) and one
-        in-place pass divides the hidden layer by 1.702. GELU (erf or tanh) is fused as it is.
+        oneDNN's fused activations (its eltwise post-ops) cost more than they save on AVX2: fc1 at 1,600 x
+        768 -> 3,072 ran 1.17x slower with ``swish`` fused and 1.36x with ``gelu`` than with none, against
+        1.04x for a separate in-place pass (benchmarks/results_encode.md, session 8). QuickGELU runs as one
+        in-place SiLU: ``silu(1.702 h) = 1.702 quick_gelu(h)``, so with packed weights fc1's copy is
+        scaled by 1.702 and fc2's by 1/1.702 (free); without them the input side is scaled and one more
+        pass divides.
         """
-        x2, b1 = x.reshape(-1, x.shape[-1]), self.fc1.bias  # [M, D]
-        w1 = _onednn_weight(x2, self.fc1.weight, self.fc1)  # [hidden, D]
+        x2, b1 = x.reshape(-1, x.shape[-1]).contiguous(), self.fc1.bias  # [M, D]
+        res2 = residual.reshape(-1, residual.shape[-1])  # [M, D]
         pointwise = torch.ops.mkldnn._linear_pointwise
         if isinstance(self.act, QuickGELU):
-            h = pointwise(x2 * 1.702, w1, None if b1 is None else b1 * 1.702, "swish", [], "")  # [M, hidden]
-            h.mul_(1 / 1.702)  # quick_gelu(fc1(x))
-        elif isinstance(self.act, nn.GELU):
-            h = pointwise(x2.contiguous(), w1, b1, "gelu", [], self.act.approximate)  # [M, hidden]
+            w1 = packed_weight(self.fc1, self.fc1.weight, 1.702) if _packs(x2, self.fc1) else None
+            w2 = packed_weight(self.fc2, self.fc2.weight, 1 / 1.702) if w1 is not None else None
+            b1s = None if b1 is None else b1 * 1.702
+            if w1 is not None and w2 is not None:
+                h = F.silu(pointwise(x2, w1, b1s, "none", [], ""), inplace=True)  # [M, hidden] 1.702 qgelu
+                return pointwise(h, w2, self.fc2.bias, "none", [], "").add_(res2).view(residual.shape)
+            h = F.silu(pointwise(x2 * 1.702, self.fc1.weight.contiguous(), b1s, "none", [], ""), inplace=True)
+            h.mul_(1 / 1.702)  # quick_gelu(fc1(x)), [M, hidden]
         else:
-            h = self.act(pointwise(x2.contiguous(), w1, b1, "none", [], ""))  # [M, hidden]
-        res2 = residual.reshape(-1, residual.shape[-1])  # [M, D]
+            h = pointwise(x2, _onednn_weight(x2, self.fc1.weight, self.fc1), b1, "none", [], "")  # [M, hidden]
+            if isinstance(self.act, nn.GELU):
+                torch.ops.aten.gelu_(h, approximate=self.act.approximate)
+            else:
+                h = self.act(h)
         return inference_linear(h, self.fc2.weight, self.fc2.bias, res2, owner=self.fc2).view(residual.shape)
 
     def _quick_gelu_gemm(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

@@ -235,14 +235,16 @@ def test_half_precision_models_use_their_own_gemm() -> None:
 
 @needs_onednn
 def test_resnet_packed_convs_match_and_survive_copies(onednn_switch) -> None:
-    """Pre-packed oneDNN convs give the plain features; a model holding them still copies and pickles."""
+    """Pre-packed oneDNN convs give the plain features at every batch size, packed per input shape (two
+    kept); a model holding them still copies and pickles."""
     import copy
     import io
 
     torch.manual_seed(0)
     model = CLIP(tiny(True)).eval()
     randomize_batchnorm(model)
-    px = torch.randn(1, 3, 64, 64)  # batch 1: the only size that runs pre-packed weights
+    model.visual.chunk_images = 3
+    px = torch.randn(1, 3, 64, 64)
     ref = model.encode_image(px).detach()
     out, ops = {}, {}
     for on in (True, False, True):
@@ -253,8 +255,19 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch) -> None:
         torch.testing.assert_close(out[on], ref, atol=1e-5, rtol=1e-5)
     assert "mkldnn::_convolution_pointwise" in ops[True]
     assert "mkldnn::_convolution_pointwise" not in ops[False]
-    with torch.no_grad():  # other batch sizes: the plain folded convs, same features per image
-        torch.testing.assert_close(model.encode_image(px.expand(3, -1, -1, -1))[1:2], out[True], atol=1e-5, rtol=1e-5)
+    cache = model.visual.stem.bn1.__dict__["_packed"]
+    assert cache.entry[0] == ((1, 3, 64, 64),)
+    with torch.no_grad():  # other batch sizes: packed for their own shape, same features per image
+        many = model.encode_image(px.expand(6, -1, -1, -1))  # two chunks of 3
+        torch.testing.assert_close(many, out[True].expand(6, -1), atol=1e-5, rtol=1e-5)
+        assert cache.entry[0] == ((3, 3, 64, 64), (1, 3, 64, 64))  # the chunks' shape, then the last other
+        model.encode_image(px.expand(2, -1, -1, -1))  # a third shape evicts the oldest
+        assert cache.entry[0] == ((2, 3, 64, 64), (3, 3, 64, 64))
+        plain = model.encode_image(px.expand(2, -1, -1, -1))  # a hit reuses the pack, same numbers
+        assert cache.entry[0] == ((2, 3, 64, 64), (3, 3, 64, 64))
+        layers.ONEDNN = False
+        torch.testing.assert_close(model.encode_image(px.expand(2, -1, -1, -1)), plain, atol=1e-5, rtol=1e-5)
+        layers.ONEDNN = True
 
     twin = copy.deepcopy(model)  # the packed cache is dropped, not copied
     buf = io.BytesIO()
@@ -263,6 +276,11 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch) -> None:
         torch.testing.assert_close(twin.encode_image(px), out[True], atol=0, rtol=0)
         model.to(torch.float64)  # another dtype rebuilds the fold, unpacked
         torch.testing.assert_close(model.encode_image(px.double()).float(), ref, atol=1e-5, rtol=1e-5)
+        twin.visual.stages[-1][-1].conv3.weight.mul_(-1)  # an in-place change rebuilds the fold and the pack
+        changed = twin.encode_image(px)
+        layers.ONEDNN = False
+        torch.testing.assert_close(changed, twin.encode_image(px), atol=1e-5, rtol=1e-5)
+        assert (changed - out[True]).abs().max() > 1e-3
 
 
 @needs_onednn

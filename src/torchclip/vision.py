@@ -3,7 +3,8 @@
 Inference (``layers.fast_inference()``) runs the same maths in a CPU-friendlier way: the ViT's patch
 embedding as one matmul over unfolded patches, large batches in cache-sized chunks, and the ResNet in
 channels-last layout with each eval-mode BatchNorm folded into the conv before it (cached, and rebuilt
-whenever a weight or running statistic changes), ReLUs and residual adds in place.
+whenever a weight or running statistic changes), ReLUs and residual adds in place; on x86 the folded
+weights are pre-packed for oneDNN per input shape.
 """
 
 from __future__ import annotations
@@ -312,22 +313,29 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Te
 
 
 def _packed(conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The folded ``weight`` pre-packed in oneDNN's blocked layout for single images shaped like ``x``.
+    """The folded ``weight`` pre-packed in oneDNN's blocked layout for inputs shaped exactly like ``x``.
 
-    Only batch 1 uses it: there it saves the per-call weight reorder (RN50 1.16-1.24x), while a weight
-    packed for one batch size runs other sizes slower than the plain layout (0.6-0.86x at batch 2-8).
+    Packing saves the per-call weight reorder: RN50 1.16-1.24x at batch 1, 1.09x at batch 64 (chunks of
+    8) and 1.05x at batch 8, with identical results (benchmarks/results_encode.md, sessions 3 and 8). A
+    weight packed for one input shape runs others slower than the plain layout (0.61x at batch 2, 0.86x
+    at batch 8 with one pack shared by every size), so packs are per input shape, batch included; the two
+    most recent shapes are kept (a large batch's equal-sized chunks and one other size), each a copy of
+    the folded weight.
     """
-    key = tuple(x.shape[1:])
+    shape = tuple(x.shape)
     cache = derived_cache(bn, "_packed")
-    cached_key, cached = cache.entry
-    if cached_key != key or cached[1] is not weight:  # a rebuilt fold is a new tensor object
+    _, entries = cache.entry  # ((shape, packed, weight), ...), most recent first
+    hit = next((e for e in entries if e[0] == shape and e[2] is weight), None)  # a rebuilt fold is a new tensor
+    if hit is None:
         with torch.no_grad():
             packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
                 weight.to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
-                list(x.shape))
-        cached = (packed, weight)  # holding weight keeps its identity unambiguous
-        cache.entry = (key, cached)
-    return cached[0]
+                list(shape))
+        hit = (shape, packed, weight)  # holding weight keeps its identity unambiguous
+    if not entries or entries[0] is not hit:
+        kept = tuple(e for e in entries if e is not hit and e[2] is weight)[:1]
+        cache.entry = ((hit[0],) + tuple(e[0] for e in kept), (hit,) + kept)
+    return hit[1]
 
 
 def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
@@ -336,7 +344,7 @@ def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, relu: bool = 
         y = bn(conv(x))
         return F.relu(y) if relu else y
     weight, bias = _folded(conv, bn)
-    if x.shape[0] == 1 and onednn_eligible(x, weight):  # pre-packed weight, ReLU fused into the conv
+    if onednn_eligible(x, weight):  # pre-packed weight, ReLU fused into the conv
         return torch.ops.mkldnn._convolution_pointwise(
             x.contiguous(memory_format=torch.channels_last), _packed(conv, bn, weight, x), bias,
             list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, "relu" if relu else "none",
@@ -350,10 +358,9 @@ def _conv_bn_add_relu_(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, res
     if (_foldable(bn) and onednn_eligible(x, conv.weight) and residual.dtype == conv.weight.dtype
             and residual.is_contiguous(memory_format=torch.channels_last)):
         weight, bias = _folded(conv, bn)
-        w = _packed(conv, bn, weight, x) if x.shape[0] == 1 else weight
         return torch.ops.mkldnn._convolution_pointwise_.binary(
-            residual, x.contiguous(memory_format=torch.channels_last), w, bias, list(conv.padding),
-            list(conv.stride), list(conv.dilation), conv.groups, "add", 1.0, "relu", [], "")
+            residual, x.contiguous(memory_format=torch.channels_last), _packed(conv, bn, weight, x), bias,
+            list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, "add", 1.0, "relu", [], "")
     return residual.add_(_conv_bn(conv, bn, x)).relu_()
 
 

@@ -106,7 +106,9 @@ class TextTransformer(nn.Module):
             rows = ids[:, :n].reshape(-1)  # [B*n]
             cols = torch.arange(n, device=ids.device).repeat(b)
             real = packing.scatter  # [T] padded slots of the real tokens, row by row
-            x = (self.token_embed(rows[real]) + self.pos_embed[cols[real]]).to(dtype)  # [T, W]
+            # F.embedding, not pos_embed[idx]: indexing's backward (index_put_ accumulate) sums repeated
+            # positions in a thread-dependent order, so seeded runs on 2+ threads drifted apart.
+            x = (self.token_embed(rows[real]) + F.embedding(cols[real], self.pos_embed)).to(dtype)  # [T, W]
             x = self.transformer(x, causal=True, packing=packing)  # [T, W]
             x = x[torch.cumsum(lengths, 0) - 1]  # [B, W]: each row's last real token, its end-of-text
         else:

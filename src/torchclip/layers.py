@@ -16,9 +16,9 @@ copies of their weights pre-packed in oneDNN's blocked layout and cached on thei
 (``packed_weight``, ``PACK_MAX_ROWS``). Residual adds and the MLP's activation run in place on the
 products rather than as oneDNN's fused post-ops, which were slower on this AVX2 machine; QuickGELU is one
 in-place SiLU with its 1.702 factors folded into fc1's and fc2's packed weights. On the 2-core benchmark
-machine that is 1.3x per batch-1 ViT-B/32 forward and 1.1-1.3x at batch 8-64 over MKL
-(benchmarks/results_encode.md, sessions 3, 7 and 8). Same maths, a different summation order: features
-move by float rounding. ``ONEDNN_MAX_ROWS`` can send larger products back to MKL. A non-causal stack's
+machine, session 8's no-post-op, packed-everywhere path alone made ViT-B/32 forwards 1.13x faster at
+batch 64 and 1.03-1.06x at batch 1-8 (benchmarks/results_encode.md, sessions 3, 7 and 8). Same maths, a
+different summation order: features move by float rounding. ``ONEDNN_MAX_ROWS`` can send larger products back to MKL. A non-causal stack's
 last block can also run for position 0 only (``Transformer.forward_first_token``): the ViT uses only its
 class token.
 """
@@ -196,7 +196,7 @@ def _gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, alph
 # 1.04-1.06x at 100-400 (0.93x at one row, hence the lower bound); fc1 alone at 1,600 rows 1.05x
 # (benchmarks/results_encode.md, sessions 7 and 8). It also carries the QuickGELU factors for free
 # (``MLP._onednn``). The price is a second copy of the transformer weights in memory once the model has
-# run (ViT-B/32, one image and one caption: resident memory 835 -> 1,286 MB); 0 never packs.
+# run (ViT-B/32, one image and one caption: resident memory 851 -> 1,396 MB); 0 never packs.
 PACK_MAX_ROWS: int | None = None
 
 

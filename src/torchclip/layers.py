@@ -18,9 +18,9 @@ products rather than as oneDNN's fused post-ops, which were slower on this AVX2 
 in-place SiLU with its 1.702 factors folded into fc1's and fc2's packed weights. On the 2-core benchmark
 machine, session 8's no-post-op, packed-everywhere path alone made ViT-B/32 forwards 1.13x faster at
 batch 64 and 1.03-1.06x at batch 1-8 (benchmarks/results_encode.md, sessions 3, 7 and 8). Same maths, a
-different summation order: features move by float rounding. ``ONEDNN_MAX_ROWS`` can send larger products back to MKL. A non-causal stack's
-last block can also run for position 0 only (``Transformer.forward_first_token``): the ViT uses only its
-class token.
+different summation order: features move by float rounding. ``ONEDNN_MAX_ROWS`` can send larger products
+back to MKL. A non-causal stack's last block can also run for position 0 only
+(``Transformer.forward_first_token``): the ViT uses only its class token.
 """
 
 from __future__ import annotations
@@ -460,8 +460,9 @@ class MLP(nn.Module):
         """Inference on oneDNN: fc1, the activation in place on its output, fc2 adding the residual.
 
         oneDNN's fused activations (its eltwise post-ops) cost more than they save on AVX2: fc1 at 1,600 x
-        768 -> 3,072 ran 1.17x slower with ``swish`` fused and 1.36x with ``gelu`` than with none, against
-        1.04x for a separate in-place pass (benchmarks/results_encode.md, session 8). QuickGELU runs as one
+        768 -> 3,072 on its packed weight took 1.24x the bare product's time with ``swish`` fused and 1.43x
+        with ``gelu``, against 1.04x with a separate in-place ``silu_`` (benchmarks/results_encode.md,
+        session 8). QuickGELU runs as one
         in-place SiLU: ``silu(1.702 h) = 1.702 quick_gelu(h)``, so with packed weights fc1's copy is
         scaled by 1.702 and fc2's by 1/1.702 (free); without them the input side is scaled and one more
         pass divides.

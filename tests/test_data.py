@@ -21,6 +21,7 @@ from torchclip.data import (
     iter_tar,
     load_eval_samples,
 )
+from torchclip.shards import ShardError
 from torchclip.tokenizer import Tokenizer
 
 TOK = Tokenizer([], context_length=32)  # bytes only: needs no vocabulary file
@@ -73,11 +74,19 @@ def test_iter_tar_groups_members_and_survives_truncation(tmp_path: Path) -> None
     cut = tmp_path / "cut.tar"
     cut.write_bytes(data[: len(data) // 2 + 100])
     counts: dict[str, int] = {}
-    partial = list(iter_tar(str(cut), counts))
-    assert 0 < len(partial) < 5 and set(counts) <= {"bad_shard"}  # a cut tar ends early, never raises
+    partial = list(iter_tar(str(cut), counts, skip_bad=True))
+    assert 0 < len(partial) < 5 and counts == {"bad_shard": 1}  # skipping: a cut tar ends early, counted
+    got = []
+    with pytest.raises(ShardError, match=r"cut\.tar: truncated") as err:
+        got.extend(iter_tar(str(cut)))  # by default: an error naming the shard, after the good samples
+    assert err.value.url == str(cut) and len(got) == len(partial)
     garbage = tmp_path / "garbage.tar"
     garbage.write_bytes(b"not a tar at all" * 100)
-    assert list(iter_tar(str(garbage), counts)) == [] and counts["bad_shard"] >= 1
+    assert list(iter_tar(str(garbage), counts, skip_bad=True)) == [] and counts["bad_shard"] == 2
+    with pytest.raises(ShardError, match=r"garbage\.tar: not a readable tar file"):
+        list(iter_tar(str(garbage)))
+    with pytest.raises(ShardError, match=r"nope\.tar: does not exist"):
+        list(iter_tar(str(tmp_path / "nope.tar")))
 
 
 def test_broken_samples_are_skipped_and_counted(tmp_path: Path) -> None:

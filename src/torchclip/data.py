@@ -1,10 +1,11 @@
 """Training data: WebDataset tar shards and CSV/TSV files -> batches of (pixels, token ids).
 
 Sources
-    * WebDataset shards (``data/shard-{000..099}.tar``, several specs joined with ``::``): members that share
-      a key (``dir/key.ext``) form one sample; the image is ``.jpg``/``.jpeg``/``.png``/``.webp`` and the
-      caption is ``.txt`` or a field of ``.json`` -- the layout img2dataset writes. Read with our own
-      streaming tar reader (``tarfile`` in stream mode), so no extra dependency.
+    * WebDataset shards (``data/shard-{000..099}.tar``, several specs joined with ``::``) from anywhere
+      :mod:`torchclip.shards` opens them: local paths, ``pipe:`` commands, http(s), ``s3://``/``gs://``/
+      ``az://``. Members that share a key (``dir/key.ext``) form one sample; the image is
+      ``.jpg``/``.jpeg``/``.png``/``.webp`` and the caption is ``.txt`` or a field of ``.json`` -- the layout
+      img2dataset writes.
     * CSV/TSV with a header (OpenCLIP's ``filepath``/``title`` columns by default); image paths are relative
       to the file's folder.
 
@@ -17,8 +18,10 @@ Why the stream is built the way it is
     never from a global RNG. Streams are infinite (epochs loop; ``resampled`` draws shards with
     replacement), which is what step-based training wants.
 
-Broken data never crashes a run: undecodable images, missing members and empty captions are skipped and
+Broken samples never crash a run: undecodable images, missing members and empty captions are skipped and
 counted; each batch carries the counts since the previous batch of its stream so the trainer can log them.
+A shard that cannot be read is an error naming it, or a counted skip (``skip_bad_shards``); a source in
+which a whole epoch yields no usable sample is an error with the counts, never a silent hang.
 """
 
 from __future__ import annotations
@@ -27,8 +30,6 @@ import csv
 import io
 import json
 import random
-import re
-import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
+
+from .shards import MAX_MEMBER_BYTES, ShardError, expand
+from .shards import iter_tar as _iter_tar_samples
 
 __all__ = [
     "IMAGE_EXTS",
@@ -55,7 +59,7 @@ __all__ = [
 ]
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-SKIP_REASONS = ("missing_image", "missing_caption", "empty_caption", "corrupt_image", "bad_shard")
+SKIP_REASONS = ("missing_image", "missing_caption", "empty_caption", "corrupt_image", "oversize_member", "bad_shard")
 Raw = dict[str, Any]  # {"__key__": str, "__url__": str, ext: bytes, ...} or {"__key__", "__path__", "caption"}
 
 
@@ -69,69 +73,28 @@ class SkipSample(Exception):
 
 # ---- sources ------------------------------------------------------------------------------------------------
 
-_BRACE = re.compile(r"\{([^{}]*)\}")
+expand_urls = expand  # the lazy shard list of a spec (see torchclip.shards.expand)
 
 
-def expand_urls(spec: str | Sequence[str]) -> list[str]:
-    """``'a-{000..002}.tar::b.tar'`` -> ``['a-000.tar', 'a-001.tar', 'a-002.tar', 'b.tar']``.
+def iter_tar(url: str, counts: dict[str, int] | None = None, *, skip_bad: bool = False,
+             max_member: int = MAX_MEMBER_BYTES) -> Iterator[Raw]:
+    """Stream the samples of one shard (any URL :func:`torchclip.shards.open_shard` takes) as ``{ext: bytes}``.
 
-    Numeric ranges keep the zero padding of the lower bound; ``{x,y}`` lists expand too (braceexpand's
-    grammar, minus nesting, which shard names never use).
+    A shard that cannot be opened or read (missing, denied, truncated, not a tar, a compression bomb) is a
+    :class:`~torchclip.shards.ShardError` naming it; with ``skip_bad`` it ends early instead and
+    ``counts['bad_shard']`` grows by one -- for long runs that prefer losing a shard to stopping.
     """
-    parts = list(spec) if not isinstance(spec, str) else [p for p in spec.split("::") if p]
-    out: list[str] = []
-    for part in parts:
-        m = _BRACE.search(part)
-        if m is None:
-            out.append(part)
-            continue
-        body, head, tail = m.group(1), part[: m.start()], part[m.end():]
-        if ".." in body:
-            lo, hi = body.split("..", 1)
-            width = len(lo) if lo.startswith("0") else 0
-            choices = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
-        else:
-            choices = body.split(",")
-        out.extend(expand_urls([head + c + tail for c in choices]))
-    return out
-
-
-def _split_key(name: str) -> tuple[str, str]:
-    """``'dir/abc.01.jpg'`` -> (``'dir/abc'``, ``'01.jpg'``): webdataset keys end at the basename's first dot."""
-    slash = name.rfind("/")
-    dot = name.find(".", slash + 1)
-    if dot < 0:
-        return name, ""
-    return name[:dot], name[dot + 1:].lower()
-
-
-def iter_tar(path: str, counts: dict[str, int] | None = None) -> Iterator[Raw]:
-    """Stream the samples of one tar: consecutive members with the same key, ``{ext: bytes}``.
-
-    A truncated or unreadable tar ends early with ``counts['bad_shard'] += 1`` instead of raising: one bad
-    shard out of thousands must not end a multi-day run.
-    """
-    current: Raw | None = None
     try:
-        with tarfile.open(path, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = _split_key(member.name)
-                if not ext or Path(member.name).name.startswith("."):
-                    continue
-                f = tar.extractfile(member)
-                data = f.read() if f is not None else b""
-                if current is None or current["__key__"] != key:
-                    if current is not None:
-                        yield current
-                    current = {"__key__": key, "__url__": path}
-                current[ext] = data
-    except (tarfile.TarError, OSError, EOFError):
+        for sample in _iter_tar_samples(url, max_member=max_member):
+            raw: Raw = {"__key__": sample.key, "__url__": url, **sample.data}
+            if sample.oversize:
+                raw["__oversize__"] = sample.oversize
+            yield raw
+    except ShardError:
+        if not skip_bad:
+            raise
         if counts is not None:
             counts["bad_shard"] = counts.get("bad_shard", 0) + 1
-    if current is not None:
-        yield current
 
 
 def read_csv(path: str, image_key: str = "filepath", caption_key: str = "title") -> list[Raw]:
@@ -166,6 +129,12 @@ def decode_image(data: bytes) -> Image.Image:
         raise SkipSample("corrupt_image", f"{type(e).__name__}: {e}") from e
 
 
+def _where(raw: Raw) -> str:
+    """``shard.tar: sample KEY`` -- where a sample came from, for messages."""
+    src = raw.get("__url__") or raw.get("__path__") or "?"
+    return f"{src}: sample {raw.get('__key__')}"
+
+
 def get_caption(raw: Raw, caption_key: str = "txt") -> str:
     """The caption: the ``.txt`` member (``caption_key='txt'``), else the ``caption_key`` field of ``.json``."""
     if "caption" in raw:  # CSV row
@@ -176,11 +145,11 @@ def get_caption(raw: Raw, caption_key: str = "txt") -> str:
         try:
             meta = json.loads(raw["json"])
         except ValueError as e:
-            raise SkipSample("missing_caption", f"{raw['__key__']}: bad json") from e
+            raise SkipSample("missing_caption", f"{_where(raw)}: bad .json ({e})") from e
         key = "caption" if caption_key == "txt" else caption_key
         text = meta.get(key) if isinstance(meta, dict) else None
         if not isinstance(text, str):
-            raise SkipSample("missing_caption", f"{raw['__key__']}: no {key!r} in json")
+            raise SkipSample("missing_caption", f"{_where(raw)}: no {key!r} in the .json")
     else:
         raise SkipSample("missing_caption", raw["__key__"])
     text = " ".join(text.split())
@@ -198,6 +167,8 @@ def _image_bytes(raw: Raw) -> bytes:
     for ext in IMAGE_EXTS:
         if ext in raw:
             return raw[ext]
+    if any(ext in IMAGE_EXTS for ext in raw.get("__oversize__", ())):
+        raise SkipSample("oversize_member", f"{_where(raw)}: image over the member size limit")
     raise SkipSample("missing_image", raw["__key__"])
 
 
@@ -299,12 +270,55 @@ def _shuffled(items: Iterator[Raw], size: int, rng: random.Random) -> Iterator[R
     yield from buf
 
 
+_SHUFFLE_LIST_MAX = 1 << 20  # shard lists up to this size are shuffled as a list; longer ones lazily
+
+
+class _LazyPermutation:
+    """A seeded bijection of ``range(n)`` for shard lists too long to shuffle as a list.
+
+    A four-round Feistel network on the next even power of two, cycle-walked back into range: O(1) memory
+    and time per index whatever ``n`` is.
+    """
+
+    def __init__(self, n: int, seed: str) -> None:
+        bits = max(2, (n - 1).bit_length())
+        self.half = (bits + 1) // 2
+        self.mask = (1 << self.half) - 1
+        self.n = n
+        rng = random.Random(seed)
+        self.keys = [rng.getrandbits(64) for _ in range(4)]
+
+    def _round(self, x: int, key: int) -> int:
+        x = ((x ^ key) * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)
+        x ^= x >> 29
+        return x & self.mask
+
+    def __call__(self, i: int) -> int:
+        while True:
+            left, right = i >> self.half, i & self.mask
+            for key in self.keys:
+                left, right = right, left ^ self._round(right, key)
+            i = (left << self.half) | right
+            if i < self.n:
+                return i
+
+
+def _shard_order(n: int, rng: random.Random, seed: str) -> Callable[[int], int]:
+    """Position -> shard index for one epoch's shuffled order."""
+    if n <= _SHUFFLE_LIST_MAX:
+        order = list(range(n))
+        rng.shuffle(order)
+        return order.__getitem__
+    return _LazyPermutation(n, seed)
+
+
 class ContrastiveStream(IterableDataset):
     """Infinite, resumable stream of :class:`Batch` for one rank (``DataLoader(batch_size=None)``).
 
-    ``source``: shard spec (``::``-joined, brace patterns) or a ``.csv``/``.tsv`` file. ``start``: per-stream
-    cursors to resume from (``{stream id: cursor}``); ``rotate`` shifts which DataLoader worker plays which
-    stream, so the DataLoader's round-robin order continues where it stopped.
+    ``source``: shard spec (``::``-joined, brace patterns, any URL :mod:`torchclip.shards` opens) or a
+    ``.csv``/``.tsv`` file. ``start``: per-stream cursors to resume from (``{stream id: cursor}``); ``rotate``
+    shifts which DataLoader worker plays which stream, so the DataLoader's round-robin order continues where
+    it stopped. ``skip_bad_shards``: count unreadable shards and go on instead of stopping with an error.
     """
 
     def __init__(
@@ -327,21 +341,22 @@ class ContrastiveStream(IterableDataset):
         caption_augment: CaptionAugment = CaptionAugment(),
         start: dict[int, int] | None = None,
         rotate: int = 0,
+        skip_bad_shards: bool = False,
     ) -> None:
         super().__init__()
         self.source, self.image_size, self.tokenizer = source, image_size, tokenizer
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.num_workers, self.shuffle_buffer, self.resampled = max(num_workers, 1), shuffle_buffer, resampled
         self.caption_key, self.image_augment, self.caption_augment = caption_key, image_augment, caption_augment
-        self.start, self.rotate = dict(start or {}), rotate
+        self.start, self.rotate, self.skip_bad_shards = dict(start or {}), rotate, skip_bad_shards
         if source.lower().endswith((".csv", ".tsv", ".tab")):
             self.rows: list[Raw] | None = read_csv(source, csv_image_key, csv_caption_key)
-            self.urls: list[str] = []
+            self.urls: Sequence[str] = []
             if not self.rows:
                 raise ValueError(f"{source}: no rows")
         else:
             self.rows, self.urls = None, expand_urls(source)
-            if not self.urls:
+            if not len(self.urls):
                 raise ValueError(f"no shards in {source!r}")
 
     @property
@@ -352,8 +367,11 @@ class ContrastiveStream(IterableDataset):
         """Global stream id of DataLoader worker ``worker`` on this rank (after rotation)."""
         return self.rank * self.num_workers + (worker + self.rotate) % self.num_workers
 
-    def _raw_items(self, stream: int, counts: dict[str, int]) -> Iterator[Raw]:
-        """This stream's raw samples, epoch after epoch, forever. Deterministic in (seed, stream)."""
+    def _raw_items(self, stream: int, counts: dict[str, int], info: dict[str, int] | None = None) -> Iterator[Raw]:
+        """This stream's raw samples, epoch after epoch, forever. Deterministic in (seed, stream).
+
+        ``info['epoch_items']`` is set to the number of raw items of the first full epoch once it is known.
+        """
         for epoch in range(1 << 62):
             produced = 0
             for item in self._epoch_items(stream, epoch, counts):
@@ -362,6 +380,11 @@ class ContrastiveStream(IterableDataset):
             if not produced:
                 raise RuntimeError(f"stream {stream} got no samples in epoch {epoch} of {self.source!r} "
                                    f"({self.n_streams} streams; skipped so far: {counts})")
+            if info is not None and "epoch_items" not in info:
+                info["epoch_items"] = produced
+
+    def _shard(self, url: str, counts: dict[str, int]) -> Iterator[Raw]:
+        return iter_tar(url, counts, skip_bad=self.skip_bad_shards)
 
     def _epoch_items(self, stream: int, epoch: int, counts: dict[str, int]) -> Iterator[Raw]:
         """One epoch of this stream: its share of the rows/shards, in an order seeded by (seed, epoch)."""
@@ -372,21 +395,20 @@ class ContrastiveStream(IterableDataset):
             order_rng.shuffle(idx)
             yield from (self.rows[i] for i in idx[stream::n])
             return
+        urls = self.urls
         if self.resampled:
             rng = random.Random(f"{self.seed}/resample/{stream}/{epoch}")
-            shards = [rng.choice(self.urls) for _ in range(max(1, len(self.urls) // n))]
-            for url in shards:
-                yield from iter_tar(url, counts)
+            for _ in range(max(1, len(urls) // n)):
+                yield from self._shard(rng.choice(urls), counts)
             return
-        shards = list(self.urls)
-        order_rng.shuffle(shards)
-        if len(shards) >= n:  # split by shard
-            for url in shards[stream::n]:
-                yield from iter_tar(url, counts)
+        order = _shard_order(len(urls), order_rng, f"{self.seed}/order/{epoch}")
+        if len(urls) >= n:  # split by shard
+            for j in range(stream, len(urls), n):
+                yield from self._shard(urls[order(j)], counts)
         else:  # fewer shards than streams: every stream reads all, keeps every n-th sample
             i = 0
-            for url in shards:
-                for item in iter_tar(url, counts):
+            for j in range(len(urls)):
+                for item in self._shard(urls[order(j)], counts):
                     if i % n == stream:
                         yield item
                     i += 1
@@ -401,7 +423,8 @@ class ContrastiveStream(IterableDataset):
     def iter_stream(self, stream: int) -> Iterator[Batch]:
         """The batches of one stream, starting after ``self.start[stream]`` raw items."""
         counts: dict[str, int] = {}
-        items = _shuffled(self._raw_items(stream, counts), self.shuffle_buffer,
+        info: dict[str, int] = {}
+        items = _shuffled(self._raw_items(stream, counts, info), self.shuffle_buffer,
                           random.Random(f"{self.seed}/shuffle/{stream}"))
         cursor, skip_to = 0, self.start.get(stream, 0)
         for _ in range(skip_to):  # replay raw bytes only: cheap, and restores the shuffle buffer exactly
@@ -411,13 +434,24 @@ class ContrastiveStream(IterableDataset):
         augment = self.image_augment.build(self.image_size)
         pixels: list[torch.Tensor] = []
         texts: list[str] = []
+        unusable = 0  # raw items in a row that gave no sample
+        total_skips: dict[str, int] = {}
         for raw in items:
             cursor += 1
             try:
                 x, text = self._sample(raw, cursor - 1, stream, augment)
             except SkipSample as e:
                 counts[e.reason] = counts.get(e.reason, 0) + 1
+                total_skips[e.reason] = total_skips.get(e.reason, 0) + 1
+                unusable += 1
+                epoch = info.get("epoch_items")
+                if epoch is not None and unusable > epoch + self.shuffle_buffer:
+                    raise RuntimeError(
+                        f"no usable sample in a whole epoch of {self.source!r} (stream {stream}: {unusable} "
+                        f"items in a row skipped: {total_skips}; last: {e})") from None
                 continue
+            unusable = 0
+            total_skips.clear()
             pixels.append(x)
             texts.append(text)
             if len(pixels) == self.batch_size:
@@ -451,7 +485,7 @@ def load_eval_samples(source: str, image_size: int, *, caption_key: str = "txt",
     tf = image_transform(image_size)
     rows = read_csv(source) if source.lower().endswith((".csv", ".tsv", ".tab")) else None
     items: Iterator[Raw] = iter(rows) if rows is not None else (
-        item for url in expand_urls(source) for item in iter_tar(url))
+        item for url in expand_urls(source) for item in iter_tar(url))  # a bad shard raises, naming it
     pixels, metas = [], []
     for raw in items:
         try:

@@ -6,18 +6,25 @@ Examples::
     torchclip embed 'shards/train-{000..009}.tar' --model ckpt.safetensors --out emb.safetensors
     torchclip embed images.csv --path-column file --id-column key --model ckpt/ --out emb/ --ids parquet
     torchclip embed captions.txt --model ckpt/ --out text-emb/                 # one text per line
+    torchclip embed 'https://host/shards/train-{000..099}.tar' --model ViT-B/32 --out emb/
+    torchclip embed 's3://bucket/shards/train-{000..099}.tar' --model ViT-B/32 --out emb/
+    torchrun --nproc-per-node 8 --no-python torchclip embed 'shards/train-{0000..1023}.tar' --model ViT-B/32 --out emb/
 
-Rerunning an interrupted command resumes it.
+Shards may be local paths, brace patterns, 'pipe:COMMAND', http(s) or s3:// gs:// az:// URLs (credentials
+from the usual environment). Under torchrun (or with --rank/--world-size) each process embeds its share and
+the last one to finish merges everything into one store at --out. Rerunning an interrupted command resumes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
+from ..shards import ShardError
 from .modelspec import add_model_arguments, spec_from_args
-from .runner import default_workers, embed_source
+from .runner import default_workers, dist_from_env, embed_source
 from .sources import open_source
 from .store import ResumeError
 
@@ -49,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part-size", type=int, default=8192, help="rows per committed part (resume granularity)")
     p.add_argument("--overwrite", action="store_true", help="discard a finished or unfinished output at --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--rank", type=int, default=None,
+                   help="this process's rank in a distributed run (default: $RANK, as torchrun sets it)")
+    p.add_argument("--world-size", type=int, default=None,
+                   help="processes in a distributed run (default: $WORLD_SIZE, as torchrun sets it, else 1)")
     return p
 
 
@@ -58,23 +69,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert spec is not None
     fmt = "safetensors" if args.out.endswith(".safetensors") else "npy"
     try:
+        env_rank, env_world = dist_from_env()
+        rank = env_rank if args.rank is None else args.rank
+        world = env_world if args.world_size is None else args.world_size
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"--rank {rank} is not in --world-size {world}")
+        device = args.device
+        if device == "cuda" and world > 1 and "LOCAL_RANK" in os.environ:
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per process on each machine
+        progress = not args.no_progress and rank == 0
         source = open_source(args.inputs, args.modality, path_column=args.path_column,
                              text_column=args.text_column, id_column=args.id_column)
-        model = spec.load_model(args.device)
+        model = spec.load_model(device)
         tokenizer = spec.load_tokenizer(model) if source.modality == "text" else None
-        total = None if args.no_progress else source.count()
+        total = source.for_rank(rank, world).count() if progress else None
         result = embed_source(
             source, model, args.out, tokenizer=tokenizer, model_spec=spec, batch_size=args.batch_size,
             workers=args.workers, draft_factor=args.draft_factor if args.draft else None,
-            normalize=not args.no_normalize, dtype=args.dtype, fmt=fmt, ids_format=args.ids, part_size=args.part_size, overwrite=args.overwrite,
-            progress=not args.no_progress, total=total,
+            normalize=not args.no_normalize, dtype=args.dtype, fmt=fmt, ids_format=args.ids,
+            part_size=args.part_size, overwrite=args.overwrite, progress=progress, total=total,
+            rank=rank, world_size=world,
         )
-    except (ResumeError, ValueError, FileNotFoundError) as exc:
+    except (ResumeError, ValueError, FileNotFoundError, ShardError) as exc:
         print(f"torchclip embed: {exc}", file=sys.stderr)
         return 1
     resumed = f", resumed after {result.resumed_from} items" if result.resumed_from else ""
-    print(f"{result.rows} embeddings -> {result.out} ({result.errors} failed{resumed}; "
+    who = f"rank {rank}/{world}: " if world > 1 else ""
+    print(f"{who}{result.rows} embeddings -> {result.out} ({result.errors} failed{resumed}; "
           f"{result.new_items} items in {result.seconds:.1f}s, {result.items_per_second:.1f}/s)")
+    if world > 1:
+        print(f"{who}merged all ranks into {result.out}" if result.merged
+              else f"{who}{result.pending}; the last rank to finish merges them into {args.out}")
     if result.errors:
         print("failed items are listed in the errors file next to the output", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":  # torchrun -m torchclip.embed.cli ...
+    sys.exit(main())

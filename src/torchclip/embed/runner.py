@@ -25,14 +25,18 @@ from ..tokenizer import Tokenizer
 from .decode import normalize_batch, ordered_map, prepare_batch, prepare_pixels
 from .modelspec import ModelSpec
 from .sources import Item, Source
-from .store import EmbeddingWriter, ResumeError
+from .store import EmbeddingWriter, ResumeError, merge_ranks, rank_dir, rank_progress, ranks_dir
 
-__all__ = ["EmbedResult", "embed_source", "encode_images", "encode_texts", "default_workers"]
+__all__ = ["EmbedResult", "embed_source", "encode_images", "encode_texts", "default_workers", "dist_from_env"]
 
 
 @dataclass
 class EmbedResult:
-    """What a run did: where the output is, rows written, items that failed, and how long it took."""
+    """What a run did: where the output is, rows written, items that failed, and how long it took.
+
+    In a distributed run ``out`` is the merged store when this rank merged it (``merged``), else this rank's
+    own output (the last rank to finish merges: ``pending`` says how the others stand).
+    """
 
     out: Path
     rows: int
@@ -40,6 +44,10 @@ class EmbedResult:
     resumed_from: int
     seconds: float
     new_items: int
+    rank: int = 0
+    world_size: int = 1
+    merged: bool = False
+    pending: str = ""
 
     @property
     def items_per_second(self) -> float:
@@ -85,10 +93,24 @@ def encode_texts(model: CLIP, tokenizer: Tokenizer, texts: Sequence[str], *, nor
     return np.concatenate(out) if out else np.zeros((0, model.config.embed_dim), np.float32)
 
 
-def _record(item: Item) -> dict[str, Any]:
+def dist_from_env() -> tuple[int, int]:
+    """(rank, world size) from torchrun's (or any launcher's) ``RANK``/``WORLD_SIZE``; (0, 1) without."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError as e:
+        raise ValueError(f"RANK/WORLD_SIZE must be integers: {e}") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is not in WORLD_SIZE={world}")
+    return rank, world
+
+
+def _record(item: Item, keep_order: bool = False) -> dict[str, Any]:
     rec: dict[str, Any] = {"id": item.id, **item.locator}
     if item.text is not None:
         rec["text"] = item.text
+    if keep_order:
+        rec["_order"] = list(item.order)
     return rec
 
 
@@ -131,6 +153,8 @@ def embed_source(
     progress: bool = True,
     total: int | None = None,
     on_commit: Callable[[EmbeddingWriter], None] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> EmbedResult:
     """Embed every item of ``source`` into ``out`` (a folder, or a ``.safetensors`` file).
 
@@ -138,9 +162,57 @@ def embed_source(
     committed part (progress reporting, and the interruption tests). ``draft_factor`` (images only): enable
     JPEG draft decoding keeping at least that multiple of the model resolution (None: exact decoding).
     Undecodable or missing images are skipped and listed in the errors file, never fatal.
+
+    ``world_size > 1``: this process is rank ``rank`` of a distributed run (torchrun: :func:`dist_from_env`).
+    It embeds its share of the source into its own resumable output under ``out``; the last rank to finish
+    merges all of them into one store at ``out``, equal to what one process writes. No process group is
+    needed, only a folder every rank can write (a shared filesystem across machines).
     """
     if source.modality == "text" and tokenizer is None:
         raise ValueError("embedding texts needs a tokenizer")
+    if world_size > 1:
+        final = EmbeddingWriter.finished_at(out, fmt)
+        if final and not overwrite:
+            raise ResumeError(f"{out} already holds finished embeddings; pass overwrite to replace them")
+        part = source.for_rank(rank, world_size)
+        target = rank_dir(out, fmt, rank, world_size)
+        result = _embed(part, model, target, tokenizer, model_spec, batch_size, workers, draft_factor, normalize,
+                        dtype, "npy", "jsonl", part_size, commit_seconds, overwrite, progress, total, on_commit,
+                        keep_order=True)
+        result.rank, result.world_size = rank, world_size
+        meta = _meta(source, model, model_spec, normalize, draft_factor)
+        try:
+            merged = merge_ranks(out, world_size=world_size, fmt=fmt, dtype=dtype, ids_format=ids_format, meta=meta)
+        except OSError:
+            if not EmbeddingWriter.finished_at(out, fmt):  # another rank merged and removed the rank outputs
+                raise
+            merged = None
+        if merged is not None:
+            result.out, result.merged = merged, True
+        else:
+            result.pending = rank_progress(ranks_dir(out, fmt)) if ranks_dir(out, fmt).exists() else "merged"
+        return result
+    return _embed(source, model, out, tokenizer, model_spec, batch_size, workers, draft_factor, normalize, dtype,
+                  fmt, ids_format, part_size, commit_seconds, overwrite, progress, total, on_commit)
+
+
+def _meta(source: Source, model: CLIP, model_spec: ModelSpec | None, normalize: bool,
+          draft_factor: float | None) -> dict[str, Any]:
+    return {
+        "source": source.describe(),
+        "modality": source.modality,
+        "model": model_spec.to_dict() if model_spec else None,
+        "model_config": model.config.to_dict(),
+        "normalized": normalize,
+        "draft_factor": draft_factor if source.modality == "image" else None,
+    }
+
+
+def _embed(source: Source, model: CLIP, out: str | os.PathLike[str], tokenizer: Tokenizer | None,
+           model_spec: ModelSpec | None, batch_size: int, workers: int | None, draft_factor: float | None,
+           normalize: bool, dtype: str, fmt: str, ids_format: str, part_size: int, commit_seconds: float,
+           overwrite: bool, progress: bool, total: int | None,
+           on_commit: Callable[[EmbeddingWriter], None] | None, keep_order: bool = False) -> EmbedResult:
     model.eval()
     workers = default_workers() if workers is None else workers
     writer = EmbeddingWriter(
@@ -152,44 +224,38 @@ def embed_source(
     start = time.perf_counter()
     bar = _progress(progress, total, skip, "img" if source.modality == "image" else "text")
     try:
-        items = _check_resume_point(source, skip, writer.last_id)
+        items = _check_resume_point(source, skip, writer.last_id, writer.last_order)
         if source.modality == "image":
-            steps = _image_steps(items, model, batch_size, workers, draft_factor, normalize)
+            steps = _image_steps(items, model, batch_size, workers, draft_factor, normalize, keep_order)
         else:
-            steps = _text_steps(items, model, tokenizer, batch_size, normalize)  # type: ignore[arg-type]
+            steps = _text_steps(items, model, tokenizer, batch_size, normalize, keep_order)  # type: ignore[arg-type]
         new_items = 0
-        for vectors, records, errors, consumed, last_id in steps:
-            committed = writer.add(vectors, records, errors, consumed, last_id)
+        for vectors, records, errors, consumed, last_id, last_order in steps:
+            committed = writer.add(vectors, records, errors, consumed, last_id, last_order)
             new_items += consumed
             bar.update(consumed)
             if committed and on_commit is not None:
                 on_commit(writer)
     finally:
         bar.close()
-    meta = {
-        "source": source.describe(),
-        "modality": source.modality,
-        "model": model_spec.to_dict() if model_spec else None,
-        "model_config": model.config.to_dict(),
-        "normalized": normalize,
-        "draft_factor": draft_factor if source.modality == "image" else None,
-    }
-    path = writer.finalize(meta)
+    path = writer.finalize(_meta(source, model, model_spec, normalize, draft_factor))
     return EmbedResult(path, writer.rows, int(writer.state["errors"]), skip, time.perf_counter() - start,
                        new_items)
 
 
-def _check_resume_point(source: Source, skip: int, last_id: str | None) -> Iterator[Item]:
+def _check_resume_point(source: Source, skip: int, last_id: str | None,
+                        last_order: tuple[int, int] | None = None) -> Iterator[Item]:
     """Items after the committed ones. When resuming, the last committed item must still be where it was:
-    a source that changed (files added or removed) would otherwise shift every later row silently."""
+    a source that changed (files added or removed) would otherwise shift every later row silently. Tar
+    shards resume at the recorded item's shard, without reading the shards before it."""
     if skip == 0 or last_id is None:
         return source.iter(skip)
-    it = source.iter(skip - 1)
+    it = source.iter(skip - 1) if last_order is None or not source.by_shard else source.iter(after=last_order)
     try:
         previous = next(it)
     except StopIteration:
         raise ResumeError(f"cannot resume: the input now holds fewer than {skip} items") from None
-    if previous.id != last_id:
+    if previous.id != last_id or (last_order is not None and source.by_shard and previous.order != last_order):
         raise ResumeError(
             f"cannot resume: item {skip} of the input is now {previous.id!r}, the run stopped after {last_id!r}; "
             "the input changed since the interrupted run (use overwrite to start again)"
@@ -197,12 +263,12 @@ def _check_resume_point(source: Source, skip: int, last_id: str | None) -> Itera
     return it
 
 
-Step = tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]], int, "str | None"]
+Step = tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]], int, "str | None", "tuple[int, int] | None"]
 
 
 @torch.inference_mode()
 def _image_steps(items: Iterator[Item], model: CLIP, batch_size: int, workers: int,
-                 draft_factor: float | None, normalize: bool) -> Iterator[Step]:
+                 draft_factor: float | None, normalize: bool, keep_order: bool = False) -> Iterator[Step]:
     device = next(model.parameters()).device
     size = model.config.vision.image_size
     chunk = max(1, min(16, batch_size // max(1, workers)))
@@ -221,6 +287,7 @@ def _image_steps(items: Iterator[Item], model: CLIP, batch_size: int, workers: i
     errors: list[dict[str, Any]] = []
     consumed = 0
     last_id: str | None = None
+    last_order: tuple[int, int] | None = None
 
     def flush() -> Step:
         if pixels:
@@ -228,19 +295,21 @@ def _image_steps(items: Iterator[Item], model: CLIP, batch_size: int, workers: i
             vec = model.encode_image(x, normalize=normalize).float().cpu().numpy()
         else:
             vec = np.zeros((0, model.config.embed_dim), np.float32)
-        return vec, list(records), list(errors), consumed, last_id
+        return vec, list(records), list(errors), consumed, last_id, last_order
 
     window = 2 * max(1, workers) + 2
     for group_result in ordered_map(prepare_batch, tasks(), workers, max_in_flight=window):
         group = groups.popleft()
         for item, (pix, err) in zip(group, group_result):
             consumed += 1
-            last_id = item.id
+            last_id, last_order = item.id, item.order
+            if item.error is not None:
+                pix, err = None, item.error
             if pix is None:
-                errors.append({"id": item.id, **item.locator, "error": err})
+                errors.append({**_record(item, keep_order), "error": err})
             else:
                 pixels.append(pix)
-                records.append(_record(item))
+                records.append(_record(item, keep_order))
             if len(pixels) >= batch_size or consumed >= 4 * batch_size:
                 yield flush()
                 pixels.clear()
@@ -253,10 +322,10 @@ def _image_steps(items: Iterator[Item], model: CLIP, batch_size: int, workers: i
 
 @torch.inference_mode()
 def _text_steps(items: Iterator[Item], model: CLIP, tokenizer: Tokenizer, batch_size: int,
-                normalize: bool) -> Iterator[Step]:
+                normalize: bool, keep_order: bool = False) -> Iterator[Step]:
     device = next(model.parameters()).device
     ctx = model.config.text.context_length
     for group in _chunks(items, batch_size):
         ids = tokenizer([it.text or "" for it in group], context_length=ctx, truncate=True, num_workers=1)
         vec = model.encode_text(ids.to(device), normalize=normalize).float().cpu().numpy()
-        yield vec, [_record(it) for it in group], [], len(group), group[-1].id
+        yield vec, [_record(it, keep_order) for it in group], [], len(group), group[-1].id, group[-1].order

@@ -31,9 +31,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EmbeddingWriter", "Embeddings", "load_embeddings", "ResumeError", "STATE_VERSION"]
+__all__ = ["EmbeddingWriter", "Embeddings", "load_embeddings", "ResumeError", "STATE_VERSION", "RANKS_DIR",
+           "ranks_dir", "rank_dir", "merge_ranks"]
 
 STATE_VERSION = 1
+RANKS_DIR = ".ranks"  # per-rank outputs of a distributed run, inside the output folder
 _INT_FIELDS = ("offset", "size", "line", "row")
 _DTYPES = {"float32": ("F32", np.float32), "float16": ("F16", np.float16)}
 
@@ -93,13 +95,20 @@ class EmbeddingWriter:
         self._errors: list[dict[str, Any]] = []
         self._pending_consumed = 0
         self._last_id: str | None = None
+        self._last_order: list[int] | None = None
         self._last_commit = time.monotonic()
         self.state = self._open(overwrite)
 
     # ---- state -----------------------------------------------------------------------------------------
 
     def _finished(self) -> bool:
-        return (self.out / "meta.json").exists() if self.fmt == "npy" else self.out.exists()
+        return self.finished_at(self.out, self.fmt)
+
+    @staticmethod
+    def finished_at(out: str | os.PathLike[str], fmt: str) -> bool:
+        """Whether ``out`` holds a finished output of format ``fmt``."""
+        out = Path(out)
+        return (out / "meta.json").exists() if fmt == "npy" else out.exists()
 
     def _open(self, overwrite: bool) -> dict[str, Any]:
         state_path = self.work / "state.json"
@@ -145,8 +154,14 @@ class EmbeddingWriter:
 
     # ---- writing ---------------------------------------------------------------------------------------
 
+    @property
+    def last_order(self) -> tuple[int, int] | None:
+        """``order`` of the last committed item (where a tar source resumes without rereading shards)."""
+        order = self.state.get("last_order")
+        return (int(order[0]), int(order[1])) if order is not None else None
+
     def add(self, vectors: np.ndarray, records: list[dict[str, Any]], errors: list[dict[str, Any]],
-            consumed: int, last_id: str | None) -> bool:
+            consumed: int, last_id: str | None, last_order: tuple[int, int] | None = None) -> bool:
         """Buffer rows for ``consumed`` more input items (successes and failures). Returns True when this
         call committed a part."""
         vectors = np.asarray(vectors)
@@ -158,6 +173,8 @@ class EmbeddingWriter:
         self._pending_consumed += consumed
         if last_id is not None:
             self._last_id = last_id
+        if last_order is not None:
+            self._last_order = list(last_order)
         buffered = sum(len(v) for v in self._vectors)
         due = time.monotonic() - self._last_commit >= self.commit_seconds
         if buffered >= self.part_size or self._pending_consumed >= 4 * self.part_size or due:
@@ -181,6 +198,7 @@ class EmbeddingWriter:
         state["rows"] = int(self.state["rows"]) + len(vectors)
         state["errors"] = int(self.state["errors"]) + len(self._errors)
         state["last_id"] = self._last_id if self._last_id is not None else self.state.get("last_id")
+        state["last_order"] = self._last_order if self._last_order is not None else self.state.get("last_order")
         _atomic_bytes(self.work / "state.json", json.dumps(state).encode())
         self.state = state
         self._vectors, self._records, self._errors, self._pending_consumed = [], [], [], 0
@@ -299,6 +317,9 @@ def load_embeddings(path: str | os.PathLike[str], *, mmap: bool = False) -> Embe
         meta_path = path / "meta.json"
         if not meta_path.exists():
             hint = " (an unfinished run: rerun the same embed command to resume it)" if (path / ".work").exists() else ""
+            if (path / RANKS_DIR).exists():
+                hint = (f" (an unfinished distributed run: {rank_progress(path / RANKS_DIR)}; rerun the same "
+                        "embed command with the same number of processes to finish and merge it)")
             raise FileNotFoundError(f"{path} holds no finished embeddings (no meta.json){hint}")
         meta = json.loads(meta_path.read_text())
         vectors = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None)
@@ -314,3 +335,114 @@ def load_embeddings(path: str | os.PathLike[str], *, mmap: bool = False) -> Embe
     if len(records) != len(vectors):
         raise ValueError(f"{path}: {len(vectors)} vectors but {len(records)} records")
     return Embeddings(vectors=vectors, records=records, meta=meta)
+
+
+# ---- distributed runs: one output per rank, merged into one store ----------------------------------------------
+
+
+def ranks_dir(out: str | os.PathLike[str], fmt: str) -> Path:
+    """Where the ranks of a distributed run write: ``<out>/.ranks`` (or ``<file>.safetensors.ranks``)."""
+    out = Path(out)
+    return out / RANKS_DIR if fmt == "npy" else out.with_name(out.name + RANKS_DIR)
+
+
+def rank_dir(out: str | os.PathLike[str], fmt: str, rank: int, world_size: int) -> Path:
+    return ranks_dir(out, fmt) / f"rank-{rank:05d}-of-{world_size:05d}"
+
+
+def rank_progress(ranks: Path) -> str:
+    """``'2 of 4 ranks finished'`` for the newest world size found under ``ranks``."""
+    dirs = sorted(ranks.glob("rank-*-of-*"))
+    if not dirs:
+        return "no rank has started"
+    world = int(dirs[-1].name.rsplit("-", 1)[1])
+    done = sum((ranks / f"rank-{r:05d}-of-{world:05d}" / "meta.json").exists() for r in range(world))
+    return f"{done} of {world} ranks finished"
+
+
+def _rank_rows(folder: Path, rank: int) -> Iterator[tuple[list[int], int, int, dict[str, Any]]]:
+    with open(folder / "ids.jsonl", encoding="utf-8") as f:
+        for row, line in enumerate(f):
+            rec = json.loads(line)
+            yield rec.pop("_order"), rank, row, rec
+
+
+def _lock(path: Path) -> bool:
+    """Take the merge lock (a file created exclusively); a lock left by a dead process on this host is taken
+    over."""
+    import socket
+
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int):
+                try:
+                    os.kill(holder["pid"], 0)
+                except ProcessLookupError:
+                    path.unlink(missing_ok=True)
+                    continue
+                except PermissionError:
+                    pass
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return True
+    return False
+
+
+def merge_ranks(out: str | os.PathLike[str], *, world_size: int, fmt: str = "npy", dtype: str = "float32",
+                ids_format: str = "jsonl", meta: dict[str, Any] | None = None) -> Path | None:
+    """Merge the finished rank outputs of a distributed run into one store at ``out``, rows in the
+    single-process order; the rank outputs are then removed. Returns None while a rank is unfinished or
+    another process holds the merge."""
+    import heapq
+
+    ranks = ranks_dir(out, fmt)
+    folders = [rank_dir(out, fmt, r, world_size) for r in range(world_size)]
+    if not all((d / "meta.json").exists() for d in folders):
+        return None
+    lock = ranks / f"merge-{world_size:05d}.lock"
+    if not _lock(lock):
+        return None
+    metas = [json.loads((d / "meta.json").read_text()) for d in folders]
+    dim = int(metas[0]["dim"])
+    errors: list[tuple[list[int], dict[str, Any]]] = []
+    for d in folders:
+        for line in (d / "errors.jsonl").read_text(encoding="utf-8").splitlines():
+            if line:
+                rec = json.loads(line)
+                errors.append((rec.pop("_order"), rec))
+    errors.sort(key=lambda e: e[0])
+    vectors = [np.load(d / "embeddings.npy", mmap_mode="r") for d in folders]
+    writer = EmbeddingWriter(out, dim=dim, fmt=fmt, dtype=dtype, ids_format=ids_format,
+                             signature={"merge": world_size}, overwrite=True, commit_seconds=float("inf"))
+    consumed = sum(int(m["count"]) + int(m["errors"]) for m in metas)
+    chunk: list[tuple[int, int, dict[str, Any]]] = []
+
+    def flush(errs: list[dict[str, Any]], n: int) -> None:
+        vec = np.stack([vectors[r][row] for r, row, _ in chunk]) if chunk else np.zeros((0, dim), np.float32)
+        writer.add(vec, [rec for _, _, rec in chunk], errs, n, None)
+        chunk.clear()
+
+    first = True
+    for _, rank, row, rec in heapq.merge(*(_rank_rows(d, r) for r, d in enumerate(folders)), key=lambda t: t[0]):
+        chunk.append((rank, row, rec))
+        if len(chunk) >= 4096:
+            flush([e for _, e in errors] if first else [], len(chunk) + (len(errors) if first else 0))
+            first = False
+    flush([e for _, e in errors] if first else [], len(chunk) + (len(errors) if first else 0))
+    base = dict(meta or metas[0])
+    source = dict(base.get("source") or {})
+    source.pop("rank", None)
+    source.pop("world_size", None)
+    base.update(source=source, ranks=world_size)
+    path = writer.finalize(base)
+    assert writer.state["consumed"] == consumed
+    shutil.rmtree(ranks, ignore_errors=True)
+    return path

@@ -323,6 +323,8 @@ def _cause(exc: BaseException) -> str:
         return "is a directory, not a shard"
     status = _status(exc)
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(getattr(exc, "message", None), str) and exc.message:  # type: ignore[attr-defined]
+        msg = exc.message  # type: ignore[attr-defined]  # aiohttp: the reason phrase alone
     if status is not None:
         return f"HTTP {status}" + (f" ({msg})" if msg and str(status) not in msg else f": {msg}" if msg else "")
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
@@ -593,7 +595,11 @@ class _Tail(io.RawIOBase):
         return bytes(self.buf[offset - start : offset - start + n])
 
 
-_MAGIC = ((b"\x1f\x8b", gzip.GzipFile), (b"BZh", bz2.BZ2File), (b"\xfd7zXZ\x00", lzma.LZMAFile))
+_MAGIC: tuple[tuple[bytes, Callable[[BinaryIO], BinaryIO]], ...] = (
+    (b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),  # type: ignore[arg-type,return-value]
+    (b"BZh", lambda f: bz2.BZ2File(f, "rb")),  # type: ignore[arg-type,return-value]
+    (b"\xfd7zXZ\x00", lambda f: lzma.LZMAFile(f, "rb")),  # type: ignore[arg-type,return-value]
+)
 
 
 def _tar_stream(url: str, f: BinaryIO, *, ratio: float, floor: int) -> tuple[BinaryIO, bool]:
@@ -603,7 +609,7 @@ def _tar_stream(url: str, f: BinaryIO, *, ratio: float, floor: int) -> tuple[Bin
     head = buffered.peek(6)[:6]
     for magic, cls in _MAGIC:
         if head.startswith(magic):
-            inflated = _Inflation(url, cls(fileobj=buffered), counting, ratio, floor)  # type: ignore[arg-type]
+            inflated = _Inflation(url, cls(buffered), counting, ratio, floor)  # type: ignore[arg-type]
             return io.BufferedReader(inflated, _CHUNK), True
     return buffered, False
 

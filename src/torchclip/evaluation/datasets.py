@@ -308,7 +308,10 @@ def load_webdataset(shards: str | os.PathLike[str] | Sequence[str | os.PathLike[
                 if ext in exts:
                     s.setdefault("__image__", ImageRef(shard, m.name, m.offset_data, m.size))
                 elif ext == "json":
-                    s[ext] = json.loads(_read_member(tar, m))
+                    try:
+                        s[ext] = json.loads(_read_member(tar, m))
+                    except ValueError as e:  # UnicodeDecodeError too
+                        raise ValueError(f"{shard}: sample {os.path.join(d, stem)}: bad .json ({e})") from None
                 elif m.size < 1 << 20:
                     s[ext] = _read_member(tar, m).strip()
         for key, s in samples.items():

@@ -61,14 +61,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         data = path.read_bytes()
-        start = 0
+        start, stop = 0, len(data)
         if rng and self.faults.ranges and rng.startswith("bytes="):
-            start = int(rng[6:].split("-", 1)[0])
+            first, last = rng[6:].split("-", 1)
+            start, stop = int(first), min(int(last) + 1, len(data)) if last else len(data)
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")
         else:
             self.send_response(200)
-        body = data[start:]
+        body = data[start:stop]
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Content-Type", "application/x-tar")
         self.end_headers()

@@ -97,6 +97,8 @@ def test_expand_forms() -> None:
     assert S.expand("lit{x}eral{}") == ["lit{x}eral{}"]  # as in bash, not a pattern
     assert S.expand("s3://b/k-{0..1}.tar::pipe:cat x") == ["s3://b/k-0.tar", "s3://b/k-1.tar", "pipe:cat x"]
     assert S.expand(["p.tar", "q-{0..1}.tar"]) == ["p.tar", "q-0.tar", "q-1.tar"]
+    assert S.expand("/a/x.tar::/b/y.tar::s3://c/z.tar") == ["/a/x.tar", "/b/y.tar", "s3://c/z.tar"]
+    assert S.expand("http://[::1]:80/a.tar::b.tar") == ["http://[::1]:80/a.tar", "b.tar"]
     with pytest.raises(IndexError):
         S.expand("a{0..2}")[3]
 

@@ -235,11 +235,12 @@ def expand(spec: str | Sequence[str]) -> ShardList:
 
     A string may join several specs with ``::`` (OpenCLIP's syntax); a sequence is taken part by part.
     Numeric ranges keep the zero padding of the lower bound and may count down or take a step
-    (``{0..10..5}``); ``{x,y}`` lists may nest. A ``::`` inside a URL scheme (``s3://``) is not a separator.
+    (``{0..10..5}``); ``{x,y}`` lists may nest. A ``::`` inside an IPv6 address (``http://[::1]/``) is not
+    a separator.
     """
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
-        parts = [p for p in re.split(r"::(?!/)", text) if p]
+        parts = [p for p in re.split(r"::(?![^\[]*\])", text) if p]  # not inside an IPv6 literal
         label = text
     else:
         parts = [os.fspath(p) for p in spec]

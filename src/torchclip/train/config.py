@@ -61,6 +61,7 @@ class DataSection:
     num_workers: int = 2
     shuffle_buffer: int = 1000
     resampled: bool = False
+    skip_bad_shards: bool = False  # count an unreadable shard and go on, instead of stopping with its error
     num_samples: int | None = None  # dataset size, to turn optim.epochs into steps
     caption_key: str = "txt"  # 'txt' member, or a .json field name
     csv_image_key: str = "filepath"

@@ -357,7 +357,7 @@ def train(cfg: TrainConfig, resume: bool | str = False) -> dict[str, float]:
         csv_image_key=d.csv_image_key, csv_caption_key=d.csv_caption_key,
         image_augment=ImageAugment(d.crop_scale, d.crop_ratio, d.hflip),
         caption_augment=CaptionAugment(d.tag_dropout, d.shuffle_tags, d.templates, d.template_prob, d.name_dropout),
-        start=cursors, rotate=batches_seen % max(nw, 1))
+        start=cursors, rotate=batches_seen % max(nw, 1), skip_bad_shards=d.skip_bad_shards)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=nw, prefetch_factor=4 if nw else None,
                                          pin_memory=info.device.type == "cuda", persistent_workers=False)
     batches: Iterator[Batch] = iter(loader)

@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import tarfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -255,21 +254,12 @@ def _field(sample: dict[str, Any], key: str, where: str) -> Any:
     return value.get(sub)
 
 
-def expand_braces(pattern: str) -> list[str]:
+def expand_braces(pattern: str) -> Sequence[str]:
     """WebDataset shard lists: ``a-{000..003}.tar`` (zero-padded ranges) and ``{x,y}.tar`` (alternatives),
-    expanded left to right; a string without braces is itself."""
-    m = re.search(r"\{([^{}]*)\}", pattern)
-    if m is None:
-        return [pattern]
-    head, body, tail = pattern[:m.start()], m.group(1), pattern[m.end():]
-    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if rng:
-        lo, hi = rng.groups()
-        width = len(lo) if lo.startswith("0") else 0
-        options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
-    else:
-        options = body.split(",")
-    return [x for opt in options for x in expand_braces(head + opt + tail)]
+    expanded lazily by :func:`torchclip.shards.expand`; a string without braces is itself."""
+    from ..shards import expand
+
+    return expand([pattern])
 
 
 def load_webdataset(shards: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,

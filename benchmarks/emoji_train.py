@@ -47,7 +47,8 @@ def evaluate(checkpoint: str, tokenizer: str | None, activation: str | None = No
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
-    """Markdown: one row per model, name R@1/5/10, category acc/balanced acc, subcategory top-1/top-5."""
+    """Markdown: one row per model, name R@1/5/10, category acc/balanced acc, subcategory top-1/top-5.
+    Name image->text recall@K over the val names is the name's top-K accuracy (``name/accK``)."""
     head = ("| model | style | name i2t R@1 | R@5 | R@10 | name t2i R@1 | category acc1 | category mean recall "
             "| subcategory acc1 | subcategory acc5 |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
@@ -57,7 +58,7 @@ def table(results: dict[str, dict[str, float]]) -> str:
                 v = r.get(f"{style}/{k}")
                 return "-" if v is None else f"{100 * v:.1f}"
 
-            lines.append(f"| {model} | {style} | {g('name/i2t_R@1')} | {g('name/i2t_R@5')} | {g('name/i2t_R@10')} "
+            lines.append(f"| {model} | {style} | {g('name/acc1')} | {g('name/acc5')} | {g('name/acc10')} "
                          f"| {g('name/t2i_R@1')} | {g('category/acc1')} | {g('category/mean_per_class_recall')} "
                          f"| {g('subcategory/acc1')} | {g('subcategory/acc5')} |")
     return "\n".join(lines)

@@ -246,11 +246,11 @@ def test_draft_mode_decodes_large_jpegs_small_and_keeps_features(tmp_path: Path)
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _folder(tmp_path / "imgs")
-    args = [str(tmp_path / "imgs"), "--model", "cpu-vit-32", "--random-init", "--no-progress", "--workers", "1"]
+    args = [str(tmp_path / "imgs"), "--model", "cpu-vit-32", "--random-init", "--quiet", "--workers", "1"]
     assert embed_main([*args, "--out", str(tmp_path / "e.safetensors")]) == 0
     assert "9 embeddings" in capsys.readouterr().out
     assert load_embeddings(tmp_path / "e.safetensors").meta["model"]["model"] == "cpu-vit-32"
-    assert embed_main([*args, "--out", str(tmp_path / "e.safetensors")]) == 1
+    assert embed_main([*args, "--out", str(tmp_path / "e.safetensors")]) == 2
     assert "already holds finished" in capsys.readouterr().err
     assert embed_main([*args, "--out", str(tmp_path / "d"), "--draft", "--draft-factor", "3", "--ids", "jsonl"]) == 0
     assert load_embeddings(tmp_path / "d").meta["draft_factor"] == 3.0

@@ -72,10 +72,11 @@ def test_cli_errors_are_one_line(run_dir: Path, shards: tuple[Path, Path], tmp_p
     code, _, err = _run(["zeroshot", "--model", str(run_dir / "checkpoint.safetensors"), "--dataset",
                          str(shards[1]), "--label-key", "json:category", "--classnames",
                          str(tmp_path / "names.txt"), "--quiet", "--no-cache"], capsys)
-    assert code == 2 and "unknown class name 'blue'" in err and "Traceback" not in err
+    assert code == 1 and "unknown class name 'blue'" in err and "Traceback" not in err
+    assert err.startswith("torchclip eval: error: ") and len(err.strip().splitlines()) == 1
     code, _, err = _run(["zeroshot", "--model", str(run_dir / "checkpoint.safetensors"), "--dataset",
                          str(shards[1]), "--exclude-class", "red", "--quiet"], capsys)
-    assert code == 2 and "no class names" in err  # nothing to exclude from an unlabelled set
+    assert code == 1 and "no class names" in err  # nothing to exclude from an unlabelled set
 
 
 def test_classnames_of_the_kept_classes_with_exclude(run_dir: Path, shards: tuple[Path, Path], tmp_path: Path,
@@ -91,7 +92,7 @@ def test_classnames_of_the_kept_classes_with_exclude(run_dir: Path, shards: tupl
     assert [m["category"] for m in ds.meta] == [ds.classnames[i] for i in ds.labels]
     assert _run([*argv, "--no-cache", "--quiet"], capsys)[0] == 0
     code, _, err = _run([*argv, "--exclude-class", "purple", "--no-cache", "--quiet"], capsys)
-    assert code == 2 and "purple" in err  # a typo in an excluded name still fails
+    assert code == 1 and "purple" in err  # a typo in an excluded name still fails
 
 
 def test_probe_fewshot_retrieval_cli(run_dir: Path, shards: tuple[Path, Path], tmp_path: Path,

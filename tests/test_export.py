@@ -14,13 +14,15 @@ pytest.importorskip("onnxruntime", reason="the export check needs onnxruntime")
 pytest.importorskip("onnx", reason="torch.onnx.export needs onnx")
 
 from torchclip import CLIPConfig, TextConfig, VisionConfig, create_model  # noqa: E402
+from torchclip.cli import main as cli_main  # noqa: E402
 from torchclip.export import (  # noqa: E402
     OnnxTower,
     TextTower,
     check_onnx,
     export_onnx,
-    main,
+    opset_range,
     quantize_int8,
+    written_opset,
 )
 from torchclip.model import CLIP  # noqa: E402
 
@@ -119,10 +121,59 @@ def test_dynamo_exporter(tmp_path: Path) -> None:
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["--model", "cpu-vit-32", "--random-init", "--out", str(tmp_path), "--int8", "--towers", "image"])
+    rc = cli_main(["export", "--model", "cpu-vit-32", "--random-init", "--out", str(tmp_path), "--int8",
+                   "--towers", "image"])
     assert rc == 0
     manifest = json.loads((tmp_path / "export.json").read_text())
     assert manifest["max_abs_diff"]["image"] <= 1e-4
     assert (tmp_path / manifest["towers"]["image"]["int8_file"]).exists()
-    assert "max |onnxruntime - torch|" in capsys.readouterr().out
-    assert main(["--model", "cpu-vit-32", "--random-init", "--out", str(tmp_path), "--towers", "audio"]) == 1
+    out = capsys.readouterr().out
+    assert "max |onnxruntime - torch|" in out
+    # it says what it wrote: every file, one line each
+    for name in ("image_encoder.onnx", "image_encoder.int8.onnx", "export.json"):
+        assert f"wrote {tmp_path / name}" in out
+    assert cli_main(["export", "--model", "cpu-vit-32", "--random-init", "--out", str(tmp_path / "b"),
+                     "--towers", "audio"]) == 2
+    assert "expected towers from image, text" in capsys.readouterr().err
+
+
+def test_cli_refuses_to_overwrite_an_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["export", "--model", "cpu-vit-32", "--random-init", "--out", str(tmp_path), "--towers", "image",
+            "--no-check"]
+    (tmp_path / "image_encoder.onnx").write_bytes(b"an earlier export")
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("torchclip export: error: ") and "--overwrite" in err and len(err.splitlines()) == 1
+    assert (tmp_path / "image_encoder.onnx").read_bytes() == b"an earlier export"
+    assert cli_main([*argv, "--overwrite"]) == 0
+    assert written_opset(tmp_path / "image_encoder.onnx") == 18
+
+
+@pytest.mark.parametrize("opset", ["999", "13", "0"])
+def test_opset_that_cannot_be_written_is_refused_up_front(opset: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # the model named does not exist: the opset is refused before it is looked for
+    rc = cli_main(["export", "--model", str(tmp_path / "no-such-model.pt"), "--out", str(tmp_path / "o"),
+                   "--opset", opset])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"ONNX opset {opset} is outside" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match="outside"):
+        export_onnx(create_model("cpu-vit-32"), tmp_path / "lib", opset=int(opset))
+
+
+def test_export_json_records_the_opset_written(tmp_path: Path) -> None:
+    """export.json used to record the opset asked for (18) while the legacy exporter wrote 17."""
+    lo, hi = opset_range("legacy")
+    assert lo <= 17 < 18 <= hi
+    for asked in ("17", None):
+        out = tmp_path / str(asked)
+        argv = ["export", "--model", "cpu-vit-32", "--random-init", "--out", str(out), "--towers", "image,text",
+                "--no-check"]
+        assert cli_main(argv + (["--opset", asked] if asked else [])) == 0
+        manifest = json.loads((out / "export.json").read_text())
+        want = int(asked) if asked else 18
+        for tower in ("image", "text"):
+            assert written_opset(out / f"{tower}_encoder.onnx") == want
+            assert manifest["towers"][tower]["opset"] == want
+        assert manifest["opset"] == want

@@ -175,7 +175,9 @@ def test_one_step_run_writes_everything(tmp_path: Path, shards: str) -> None:
                                                eval={"sets": [f"val={val}"], "label_keys": ["name", "category"],
                                                      "templates": ["a {}."], "every": 1}))
     last = train(cfg)
-    assert math.isfinite(last["loss"]) and "val/name/acc1" in last and "val/category/i2t_R@1" in last
+    assert math.isfinite(last["loss"]) and "val/name/acc1" in last and "val/category/t2i_R@1" in last
+    # image->prompt recall@k is top-k accuracy: reported once, as accK
+    assert "val/name/acc10" in last and not [k for k in last if "i2t" in k]
     assert json.loads((out / "config.json").read_text()) == cfg.to_dict()
     recs = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in recs] == [1, 2] and all(r["samples_per_s"] > 0 for r in recs)

@@ -17,15 +17,10 @@ batch at run time) targets MatMul/Gemm, i.e. almost all of the FLOPs of a ViT an
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import sys
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +29,8 @@ from torch import nn
 
 from .model import CLIP
 
-__all__ = ["ImageTower", "TextTower", "example_ids", "trim_ids", "export_onnx", "check_onnx", "quantize_int8", "OnnxTower", "main"]
+__all__ = ["ImageTower", "TextTower", "example_ids", "trim_ids", "export_onnx", "check_onnx", "quantize_int8", "OnnxTower",
+           "DEFAULT_OPSET", "opset_range", "written_opset"]  # the command line: export_cli.py
 
 _NAMES = {"image": ("pixels", "image_features"), "text": ("input_ids", "text_features")}
 
@@ -99,8 +95,39 @@ def _cpu_fp32(model: CLIP) -> CLIP:
     return model.eval()
 
 
+DEFAULT_OPSET = 18
+
+
+def opset_range(exporter: str = "legacy") -> tuple[int, int]:
+    """The ONNX opsets ``exporter`` can write for these towers: from 14 (scaled_dot_product_attention;
+    18 for the dynamo exporter) to the newest the installed torch knows."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET as newest  # no public name for it
+    except ImportError:  # pragma: no cover - an older or reorganised torch
+        newest = 20
+    return (18 if exporter == "dynamo" else 14), int(newest)
+
+
+def check_opset(opset: int, exporter: str = "legacy") -> None:
+    """Raise ValueError for an opset ``exporter`` cannot write."""
+    lo, hi = opset_range(exporter)
+    if not lo <= opset <= hi:
+        raise ValueError(f"ONNX opset {opset} is outside what the {exporter} exporter writes here: {lo} to {hi}")
+
+
+def written_opset(path: str | Path) -> int:
+    """The default-domain opset an ONNX file declares (what an exporter actually wrote)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    versions = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+    if not versions:
+        raise ValueError(f"{path} declares no ai.onnx opset")
+    return int(versions[0])
+
+
 def export_onnx(model: CLIP, out_dir: str | Path, *, towers: Sequence[str] = ("image", "text"),
-                normalize: bool = False, opset: int = 18, exporter: str | None = None) -> dict[str, Path]:
+                normalize: bool = False, opset: int = DEFAULT_OPSET, exporter: str | None = None) -> dict[str, Path]:
     """Write ``image_encoder.onnx`` / ``text_encoder.onnx`` with a dynamic batch axis (and a dynamic
     sequence axis for text: see ``trim_ids``).
 
@@ -111,13 +138,15 @@ def export_onnx(model: CLIP, out_dir: str | Path, *, towers: Sequence[str] = ("i
     exporter = exporter or "legacy"
     if exporter not in ("dynamo", "legacy"):
         raise ValueError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
+    check_opset(opset, exporter)
+    for tower in towers:
+        if tower not in _NAMES:
+            raise ValueError(f"unknown tower {tower!r} (image, text)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = _cpu_fp32(model)
     paths: dict[str, Path] = {}
     for tower in towers:
-        if tower not in _NAMES:
-            raise ValueError(f"unknown tower {tower!r} (image, text)")
         module = (ImageTower if tower == "image" else TextTower)(model, normalize).eval()
         inp, outp = _NAMES[tower]
         path = out / f"{tower}_encoder.onnx"
@@ -136,7 +165,7 @@ def export_onnx(model: CLIP, out_dir: str | Path, *, towers: Sequence[str] = ("i
                 axes = {0: "batch", 1: "sequence"} if tower == "text" else {0: "batch"}
                 torch.onnx.export(module, (example,), str(path), input_names=[inp], output_names=[outp],
                                   dynamic_axes={inp: axes, outp: {0: "batch"}},
-                                  opset_version=min(opset, 17), dynamo=False)
+                                  opset_version=opset, dynamo=False)
         paths[tower] = path
     return paths
 
@@ -222,65 +251,3 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     quantize_dynamic(str(source), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
     pre.unlink(missing_ok=True)
     return dst
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .embed.modelspec import add_model_arguments
-
-    p = argparse.ArgumentParser(prog="torchclip export", description="ONNX export of both towers with a "
-                                "dynamic batch axis, checked with ONNX Runtime; optional int8 quantization.")
-    p.add_argument("--out", required=True, help="output folder")
-    add_model_arguments(p)
-    p.add_argument("--towers", default="image,text", help="image,text (default both)")
-    p.add_argument("--normalize", action="store_true", help="output unit vectors instead of raw features")
-    p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--exporter", choices=["legacy", "dynamo"], default="legacy",
-                   help="torch.onnx exporter: legacy (TorchScript, default, fast) or dynamo (needs onnxscript)")
-    p.add_argument("--int8", action="store_true", help="also write dynamically quantized int8 towers")
-    p.add_argument("--atol", type=float, default=1e-4, help="max allowed |ONNX - PyTorch| (default 1e-4)")
-    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from .embed.modelspec import spec_from_args
-
-    args = build_parser().parse_args(argv)
-    spec = spec_from_args(args)
-    assert spec is not None
-    towers = [t.strip() for t in args.towers.split(",") if t.strip()]
-    try:
-        model = spec.load_model("cpu")
-        t0 = time.perf_counter()
-        paths = export_onnx(model, args.out, towers=towers, normalize=args.normalize, opset=args.opset,
-                            exporter=args.exporter)
-        manifest: dict[str, Any] = {
-            "model": spec.to_dict(), "config": model.config.to_dict(), "normalize": args.normalize,
-            "opset": args.opset, "export_seconds": round(time.perf_counter() - t0, 1),
-            "towers": {t: {"file": p.name, "input": _NAMES[t][0], "output": _NAMES[t][1]} for t, p in paths.items()},
-            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-        }
-        if not args.no_check:
-            diffs = check_onnx(model, paths, normalize=args.normalize)
-            manifest["max_abs_diff"] = diffs
-            for tower, d in diffs.items():
-                print(f"{tower}: max |onnxruntime - torch| = {d:.2e}")
-            if max(diffs.values()) > args.atol:
-                print(f"torchclip export: difference above --atol {args.atol}", file=sys.stderr)
-                return 1
-        if args.int8:
-            for tower, path in paths.items():
-                q = quantize_int8(path, path.with_name(f"{tower}_encoder.int8.onnx"))
-                manifest["towers"][tower]["int8_file"] = q.name
-                print(f"{tower}: int8 -> {q}")
-        (Path(args.out) / "export.json").write_text(json.dumps(manifest, indent=2))
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"torchclip export: {exc}", file=sys.stderr)
-        return 1
-    for tower, path in paths.items():
-        print(f"{tower}: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

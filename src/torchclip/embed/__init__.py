@@ -6,11 +6,28 @@ resumable loop), :func:`load_embeddings` (read an output back), :func:`encode_im
 named so that later commands rebuild the same one).
 """
 
-from .decode import open_image
-from .modelspec import ModelSpec
-from .runner import EmbedResult, embed_source, encode_images, encode_texts
-from .sources import Item, Source, open_source
-from .store import Embeddings, ResumeError, load_embeddings
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import attach
+
+# names imported on first use: the command line builds its parsers without importing torch
+_EXPORTS = {
+    "open_image": "decode",
+    "ModelSpec": "modelspec",
+    "EmbedResult": "runner",
+    "embed_source": "runner",
+    "encode_images": "runner",
+    "encode_texts": "runner",
+    "Item": "sources",
+    "Source": "sources",
+    "open_source": "sources",
+    "Embeddings": "store",
+    "ResumeError": "store",
+    "load_embeddings": "store",
+}
+__getattr__, __dir__ = attach(__name__, _EXPORTS)
 
 __all__ = [
     "EmbedResult",
@@ -26,3 +43,10 @@ __all__ = [
     "open_image",
     "open_source",
 ]
+
+if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
+    from .decode import open_image
+    from .modelspec import ModelSpec
+    from .runner import EmbedResult, embed_source, encode_images, encode_texts
+    from .sources import Item, Source, open_source
+    from .store import Embeddings, ResumeError, load_embeddings

@@ -13,12 +13,13 @@ import argparse
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # imported where used: the command-line parsers built here must not import torch
+    import torch
 
-from ..model import CLIP
-from ..tokenizer import Tokenizer, check_compatible, load_tokenizer
+    from ..model import CLIP
+    from ..tokenizer import Tokenizer
 
 __all__ = ["ModelSpec", "add_model_arguments", "spec_from_args", "find_tokenizer"]
 
@@ -54,6 +55,8 @@ class ModelSpec:
     def load_model(self, device: str | torch.device = "cpu") -> CLIP:
         """The model in eval mode. Random init is seeded with a private generator state, so it is the same
         model on every call and the caller's global RNG is left alone."""
+        import torch
+
         from ..api import create_model, load
 
         if self.random_init:
@@ -66,6 +69,8 @@ class ModelSpec:
 
     def load_tokenizer(self, model: CLIP | None = None) -> Tokenizer:
         """The tokenizer for this model, checked against the model's text config when one is given."""
+        from ..tokenizer import check_compatible, load_tokenizer
+
         source = self.tokenizer or find_tokenizer(self.model)
         ctx = model.config.text.context_length if model is not None else 77
         tok = load_tokenizer(source, context_length=ctx)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ..cli import CommandParser, add_quiet, execute, nonnegative_int, positive_int
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["main", "build_parser"]
 
@@ -31,12 +33,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrained", default=None, help="'openai', a checkpoint path, or omit for the file/random")
     g.add_argument("--tokenizer", default=None, help="merges file / HF folder (default: saved with the checkpoint)")
     g.add_argument("--device", default="cpu")
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--workers", type=int, default=0, help="DataLoader workers for image decoding")
+    g.add_argument("--batch-size", type=positive_int, default=64)
+    g.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader workers for image decoding")
     g.add_argument("--cache-dir", default=None, help="feature/classifier cache (default $TORCHCLIP_CACHE/eval)")
     g.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
     g.add_argument("--output", default=None, help="write results as CLIP_benchmark JSON here")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(g)
     d = p.add_argument_group("dataset")
     d.add_argument("--dataset-kind", choices=("folder", "wds", "csv"), default=None, help="default: guessed")
     d.add_argument("--dataset-name", default=None, help="name in the JSON (default: from the path)")
@@ -49,7 +51,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="torchclip eval", description=__doc__.split("\n\n")[0],
         epilog="torchclip eval clip-benchmark ARGS... runs CLIP_benchmark's own command line with "
                "'--model_type torchclip' available (needs clip_benchmark installed; pass --no_amp).")
@@ -241,18 +243,17 @@ def _retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``torchclip eval``; returns the exit status. Errors in the inputs (unknown class
-    names, empty datasets, mismatched sizes, missing files) print one line instead of a traceback."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _eval(argv: list[str]) -> int:
     if argv and argv[0] == "clip-benchmark":
         from .clip_benchmark import run_clip_benchmark
 
         return run_clip_benchmark(argv[1:])
     args = build_parser().parse_args(argv)
     run = {"zeroshot": _zeroshot, "probe": _probe, "fewshot": _probe, "retrieval": _retrieval}[args.command]
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"torchclip eval {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return run(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``torchclip eval``; returns the exit status. Errors in the inputs (unknown class
+    names, empty datasets, mismatched sizes, missing files) print one line instead of a traceback."""
+    return execute("torchclip eval", argv, _eval)

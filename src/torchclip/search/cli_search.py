@@ -13,30 +13,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..embed.decode import open_image
+from ..cli import CommandParser, UsageError, execute, positive_int
 from ..embed.modelspec import add_model_arguments, spec_from_args
-from ..transforms import ImageDecodeError
-from .query import Hit, Searcher
+
+if TYPE_CHECKING:
+    from .query import Hit
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="torchclip search", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(prog="torchclip search", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("index", help="index folder written by torchclip index")
     q = p.add_argument_group("queries (repeatable, at least one)")
     q.add_argument("--text", action="append", default=[], help="text query")
     q.add_argument("--image", action="append", default=[], help="image file query")
     q.add_argument("--similar", action="append", default=[], help="id of an indexed item")
-    p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("-k", type=positive_int, default=10, help="results per query (default 10)")
     p.add_argument("--labels", help="zero-shot label set for image queries (overrides the index's)")
     p.add_argument("--templates", help="prompt templates for the labels")
-    p.add_argument("--top-labels", type=int, default=5, help="labels shown per image query")
+    p.add_argument("--top-labels", type=positive_int, default=5, help="labels shown per image query (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per query")
     add_model_arguments(p, required=False)
     return p
@@ -54,29 +54,39 @@ def _print(query: dict[str, Any], hits: list[Hit], labels: list[dict[str, Any]],
         print("  labels: " + ", ".join(f"{d['label']} ({d['prob']:.2f})" for d in labels))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _search(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if not (args.text or args.image or args.similar):
-        print("torchclip search: give at least one --text, --image or --similar query", file=sys.stderr)
-        return 2
+        raise UsageError("give at least one --text, --image or --similar query")
+    from ..embed.decode import open_image
+    from .labels import load_label_names, resolve_templates
+    from .query import Searcher
+
     try:
-        searcher = Searcher.open(args.index, spec=spec_from_args(args), device=args.device,
-                                 labels=args.labels, templates=args.templates)
-        by_id = {str(r.get("id")): i for i, r in enumerate(searcher.index.records)} if args.similar else {}
-        for text in args.text:
-            _print({"text": text}, searcher.search_text(text, args.k), [], args.json)
-        for path in args.image:
-            img = open_image(path)
-            vec = searcher.encode_image([img])
-            labels = searcher.label_vector(vec, args.top_labels)
-            _print({"image": path}, searcher.search_vector(vec, args.k), labels, args.json)
-        for item in args.similar:
-            if item not in by_id:
-                raise ValueError(f"no indexed item with id {item!r}")
-            row = by_id[item]
-            labels = searcher.label_vector(searcher.index.vector(row), args.top_labels)
-            _print({"similar": item}, searcher.similar(row, args.k), labels, args.json)
-    except (ValueError, FileNotFoundError, ImportError, ImageDecodeError) as exc:
-        print(f"torchclip search: {exc}", file=sys.stderr)
-        return 1
+        if args.labels:
+            load_label_names(args.labels)
+        if args.templates:
+            resolve_templates(args.templates)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from e
+    searcher = Searcher.open(args.index, spec=spec_from_args(args), device=args.device,
+                             labels=args.labels, templates=args.templates)
+    by_id = {str(r.get("id")): i for i, r in enumerate(searcher.index.records)} if args.similar else {}
+    for text in args.text:
+        _print({"text": text}, searcher.search_text(text, args.k), [], args.json)
+    for path in args.image:
+        img = open_image(path)
+        vec = searcher.encode_image([img])
+        labels = searcher.label_vector(vec, args.top_labels)
+        _print({"image": path}, searcher.search_vector(vec, args.k), labels, args.json)
+    for item in args.similar:
+        if item not in by_id:
+            raise ValueError(f"no indexed item with id {item!r}")
+        row = by_id[item]
+        labels = searcher.label_vector(searcher.index.vector(row), args.top_labels)
+        _print({"similar": item}, searcher.similar(row, args.k), labels, args.json)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return execute("torchclip search", argv, _search)

@@ -71,10 +71,33 @@ def default_nlist(n: int) -> int:
     return int(min(65536, max(1, 2 ** round(math.log2(max(1.0, math.sqrt(n)))))))
 
 
+HNSW_M_RANGE = (2, 512)  # FAISS aborts the process below 2; memory grows with 2 * M links per vector
+
+
+def check_build_options(kind: str = "auto", *, nlist: int | None = None, hnsw_m: int = 32, ef_construction: int = 80,
+                        target_recall: float = 0.95, k: int = 10) -> None:
+    """Raise ValueError for build options that cannot work, before any vector is read (some would abort
+    the process inside FAISS instead of raising)."""
+    if kind not in ("auto", "flat", "ivf", "hnsw"):
+        raise ValueError(f"index kind must be auto, flat, ivf or hnsw, got {kind!r}")
+    lo, hi = HNSW_M_RANGE
+    if not lo <= hnsw_m <= hi:
+        raise ValueError(f"HNSW M (neighbours per node) must be in [{lo}, {hi}], got {hnsw_m}")
+    if ef_construction < 1:
+        raise ValueError(f"HNSW efConstruction must be >= 1, got {ef_construction}")
+    if nlist is not None and nlist < 1:
+        raise ValueError(f"IVF nlist must be >= 1, got {nlist}")
+    if not 0 < target_recall <= 1:  # also refuses NaN
+        raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
+    if k < 1:
+        raise ValueError(f"recall k must be >= 1, got {k}")
+
+
 def build_faiss_index(vectors: np.ndarray, kind: str = "auto", *, nlist: int | None = None, hnsw_m: int = 32,
                       ef_construction: int = 80, seed: int = 0, add: bool = True) -> Any:
     """A FAISS index over unit ``vectors`` (normalized here if they are not): IVF is trained on them, and
     all of them are added unless ``add=False`` (the caller then adds them, in the order it chooses)."""
+    check_build_options(kind, nlist=nlist, hnsw_m=hnsw_m, ef_construction=ef_construction)
     faiss = import_faiss()
     x = _as_unit(vectors)
     n, d = x.shape
@@ -234,6 +257,8 @@ class ClipIndex:
         parameter is tuned with those items as queries against the rest, and then they are added. The
         index rows are therefore a permutation of the input rows; ``records`` are permuted with them.
         """
+        check_build_options(kind, nlist=nlist, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                            target_recall=target_recall, k=k)
         n = len(vectors)
         if n != len(records):
             raise ValueError(f"{n} vectors but {len(records)} records")
@@ -305,15 +330,46 @@ class ClipIndex:
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> ClipIndex:
+        """Read an index folder; a missing or damaged file is a ``FileNotFoundError``/``ValueError`` naming it."""
         faiss = import_faiss()
         folder = Path(folder)
         if not (folder / "index.json").is_file():
             raise FileNotFoundError(f"{folder} is not a torchclip index (no index.json)")
-        meta = json.loads((folder / "index.json").read_text())
-        index = faiss.read_index(str(folder / "index.faiss"))
-        records = [json.loads(line) for line in (folder / "records.jsonl").read_text(encoding="utf-8").splitlines()
-                   if line]
+        rebuild = "rebuild it with torchclip index ... --overwrite"
+        meta_path = folder / "index.json"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{meta_path} is damaged (not JSON: {e}); {rebuild}") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path} is damaged (a JSON {type(meta).__name__}, not an object); {rebuild}")
+        faiss_path = folder / "index.faiss"
+        if not faiss_path.is_file():
+            raise FileNotFoundError(f"{faiss_path} is missing; {rebuild}")
+        try:
+            index = faiss.read_index(str(faiss_path))
+        except Exception as e:  # noqa: BLE001 - faiss raises RuntimeError with a C++ trace for any bad file
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{faiss_path} is damaged (FAISS cannot read it: {reason}); {rebuild}") from None
+        records_path = folder / "records.jsonl"
+        if not records_path.is_file():
+            raise FileNotFoundError(f"{records_path} is missing; {rebuild}")
+        try:
+            lines = records_path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{records_path} is damaged (not UTF-8: {e}); {rebuild}") from None
+        records = []
+        for n, line in enumerate(lines, 1):
+            if line:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{records_path} is damaged (line {n}: {e}); {rebuild}") from None
         if len(records) != index.ntotal:
-            raise ValueError(f"{folder}: index holds {index.ntotal} vectors but {len(records)} records")
-        set_search_param(index, meta.get("index", {}).get("search_param"))
+            raise ValueError(f"{folder}: index holds {index.ntotal} vectors but {len(records)} records; {rebuild}")
+        info = meta.get("index") or {}
+        value = info.get("search_param") if isinstance(info, dict) else "?"
+        if value is not None and (type(value) is not int or value < 1):
+            raise ValueError(f"{meta_path} is damaged (search parameter {value!r}); {rebuild}")
+        set_search_param(index, value)
         return cls(index, records, meta, folder)

@@ -24,9 +24,13 @@ __all__ = ["DEFAULT_TEMPLATES", "ZeroShotLabels", "load_label_names", "resolve_t
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "{}")
 
 
+_LIST_SUFFIXES = (".txt", ".json", ".csv", ".tsv", ".list")  # a label spec ending so names a file
+
+
 def load_label_names(spec: str | os.PathLike[str] | Sequence[str]) -> list[str]:
     """Class names from a list, a text file (one per line, ``#`` comments), a JSON list/``{"classes": ...}``
-    file, or a comma-separated string."""
+    file, or a comma-separated string. A string that looks like a path (a ``/``, or a file suffix, and no
+    comma) but names no file is an error, not a one-class label set."""
     if not isinstance(spec, (str, os.PathLike)):
         names = [str(s) for s in spec]
     else:
@@ -41,6 +45,9 @@ def load_label_names(spec: str | os.PathLike[str] | Sequence[str]) -> list[str]:
                 names = [n if isinstance(n, str) else str(n[0]) for n in doc]
             else:
                 names = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        elif "," not in str(spec) and ("/" in str(spec) or os.sep in str(spec) or p.suffix.lower() in _LIST_SUFFIXES):
+            raise FileNotFoundError(f"labels file {spec} does not exist (give a file, or names separated by "
+                                    "commas: 'cat,dog')")
         else:
             names = [s.strip() for s in str(spec).split(",") if s.strip()]
     if not names:

@@ -20,12 +20,9 @@ count (checked from the image header before decoding).
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 import threading
-from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
@@ -33,12 +30,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..embed.decode import open_image
-from ..embed.modelspec import add_model_arguments, spec_from_args
 from ..search.query import Hit, Searcher
 from ..transforms import ImageDecodeError
 from .files import CollectionFiles, FileRefused
 
-__all__ = ["ServeConfig", "create_server", "serve_in_thread", "build_parser", "main", "UPLOAD_TYPES"]
+__all__ = ["ServeConfig", "create_server", "serve_in_thread", "UPLOAD_TYPES"]  # the command line: serve/cli.py
 
 # Content-Type -> the Pillow format the bytes must actually decode as.
 UPLOAD_TYPES: dict[str, str] = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP",
@@ -258,42 +254,3 @@ def serve_in_thread(searcher: Searcher, config: ServeConfig | None = None) -> tu
     threading.Thread(target=server.serve_forever, name="torchclip-serve", daemon=True).start()
     host, port = server.server_address[:2]
     return server, f"http://{host}:{port}"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="torchclip serve", description="Web app and JSON API over an index "
-                                "(binds 127.0.0.1 only).")
-    p.add_argument("index", help="index folder written by torchclip index")
-    p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000; 0: any free port)")
-    p.add_argument("--root", help="folder the indexed files live in (default: the one recorded in the index)")
-    p.add_argument("--labels", help="zero-shot label set for uploads (overrides the index's)")
-    p.add_argument("--templates", help="prompt templates for the labels")
-    p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest accepted upload (default 8 MB)")
-    p.add_argument("--verbose", action="store_true", help="log every request")
-    add_model_arguments(p, required=False)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        searcher = Searcher.open(args.index, spec=spec_from_args(args), device=args.device, labels=args.labels,
-                                 templates=args.templates)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"torchclip serve: {exc}", file=sys.stderr)
-        return 1
-    config = ServeConfig(max_upload_bytes=int(args.max_upload_mb * (1 << 20)), root=args.root)
-    server = create_server(searcher, args.port, config, verbose=args.verbose)
-    host, port = server.server_address[:2]
-    print(f"serving {len(searcher.index)} items on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,7 +6,23 @@
 The library never imports this package; it imports the library.
 """
 
-from .config import TrainConfig, load_config
-from .loop import accumulate_gradients, train
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import attach
+
+# names imported on first use: the command line builds its parsers without importing torch
+_EXPORTS = {
+    "TrainConfig": "config",
+    "load_config": "config",
+    "accumulate_gradients": "loop",
+    "train": "loop",
+}
+__getattr__, __dir__ = attach(__name__, _EXPORTS)
 
 __all__ = ["TrainConfig", "load_config", "train", "accumulate_gradients"]
+
+if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
+    from .config import TrainConfig, load_config
+    from .loop import accumulate_gradients, train

@@ -144,18 +144,17 @@ class TrainConfig:
     dist: DistSection = field(default_factory=DistSection)
 
     def __post_init__(self) -> None:
-        choices = {("run", "precision"): ("auto", "fp32", "bf16", "fp16"), ("run", "nonfinite"): ("skip", "stop"),
-                   ("run", "device"): ("auto", "cpu", "cuda"), ("dist", "strategy"): ("ddp", "fsdp"),
+        choices = {("run", "precision"): ("auto", "fp32", "bf16", "fp16"), ("run", "nonfinite"): ("skip", "stop", True),
+                   ("run", "device"): ("auto", "cpu", "cuda", True), ("dist", "strategy"): ("ddp", "fsdp", True),
                    ("dist", "backend"): ("auto", "nccl", "gloo")}
         for (sec, key), allowed in choices.items():
             v = getattr(getattr(self, sec), key)
             if v not in allowed:
                 raise ValueError(f"{sec}.{key}={v!r}: expected one of {allowed}")
-        if self.optim.accum_steps < 1 or self.data.batch_size < 1:
-            raise ValueError("optim.accum_steps and data.batch_size must be >= 1")
         for s in self.eval.sets:
             if "=" not in s:
                 raise ValueError(f"eval.sets entry {s!r} must be name=spec")
+        _check_values(self)
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
@@ -177,6 +176,89 @@ class TrainConfig:
             raise ValueError("optim.epochs needs data.num_samples")
         global_batch = self.data.batch_size * self.optim.accum_steps * world_size
         return max(1, math.ceil(self.optim.epochs * self.data.num_samples / global_batch))
+
+
+# (section, key) -> (low, high, low allowed, high allowed). Values a run cannot work with are refused when
+# the config is read, not hours later (or never: a NaN learning rate trains on silently).
+_RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
+    ("optim", "lr"): (0, math.inf, False, True),
+    ("optim", "weight_decay"): (0, math.inf, True, True),
+    ("optim", "beta1"): (0, 1, True, False),
+    ("optim", "beta2"): (0, 1, True, False),
+    ("optim", "eps"): (0, math.inf, False, True),
+    ("optim", "warmup"): (0, math.inf, True, True),
+    ("optim", "steps"): (1, math.inf, True, True),
+    ("optim", "epochs"): (0, math.inf, False, True),
+    ("optim", "grad_clip"): (0, math.inf, True, True),
+    ("optim", "accum_steps"): (1, math.inf, True, True),
+    ("optim", "max_logit_scale"): (0, math.inf, False, True),
+    ("data", "batch_size"): (1, math.inf, True, True),
+    ("data", "num_workers"): (0, math.inf, True, True),
+    ("data", "shuffle_buffer"): (1, math.inf, True, True),
+    ("data", "num_samples"): (1, math.inf, True, True),
+    ("data", "bpe_samples"): (1, math.inf, True, True),
+    ("data", "hflip"): (0, 1, True, True),
+    ("data", "tag_dropout"): (0, 1, True, True),
+    ("data", "name_dropout"): (0, 1, True, True),
+    ("data", "template_prob"): (0, 1, True, True),
+    ("model", "patch_dropout"): (0, 1, True, True),
+    ("model", "embed_dim"): (1, math.inf, True, True),
+    ("model", "image_size"): (1, math.inf, True, True),
+    ("model", "patch_size"): (1, math.inf, True, True),
+    ("model", "vision_width"): (1, math.inf, True, True),
+    ("model", "vision_layers"): (1, math.inf, True, True),
+    ("model", "text_width"): (1, math.inf, True, True),
+    ("model", "text_heads"): (1, math.inf, True, True),
+    ("model", "text_layers"): (1, math.inf, True, True),
+    ("model", "context_length"): (2, math.inf, True, True),
+    ("run", "threads"): (1, math.inf, True, True),
+    ("run", "save_every"): (1, math.inf, True, True),
+    ("run", "keep_checkpoints"): (0, math.inf, True, True),
+    ("run", "log_every"): (1, math.inf, True, True),
+    ("run", "max_nonfinite"): (0, math.inf, True, True),
+    ("eval", "every"): (0, math.inf, True, True),
+    ("eval", "batch_size"): (1, math.inf, True, True),
+    ("dist", "timeout_s"): (1, math.inf, True, True),
+}
+
+
+def _check_values(cfg: TrainConfig) -> None:
+    """Every number finite and in its range, the preset known, the vocabulary spelled right."""
+    from ..config import get_preset
+
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in dataclasses.fields(values):
+            v = getattr(values, f.name)
+            numbers = v if isinstance(v, tuple) else (v,)
+            for x in numbers:
+                if isinstance(x, float) and not math.isfinite(x):
+                    raise ValueError(f"{section.name}.{f.name}={x}: must be a finite number")
+            if v is None or (section.name, f.name) not in _RANGES:
+                continue
+            low, high, low_ok, high_ok = _RANGES[section.name, f.name]
+            if not ((low <= v if low_ok else low < v) and (v <= high if high_ok else v < high)):
+                bound = f"{'>=' if low_ok else '>'} {low:g}"
+                if high < math.inf:
+                    bound += f" and {'<=' if high_ok else '<'} {high:g}"
+                raise ValueError(f"{section.name}.{f.name}={v}: must be {bound}")
+    try:
+        get_preset(cfg.model.preset)
+    except KeyError as e:
+        raise ValueError(f"model.preset={cfg.model.preset!r}: {e.args[0]}") from None
+    lo, hi = cfg.data.crop_scale
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"data.crop_scale={list(cfg.data.crop_scale)}: expected 0 < low <= high <= 1")
+    lo, hi = cfg.data.crop_ratio
+    if not 0 < lo <= hi:
+        raise ValueError(f"data.crop_ratio={list(cfg.data.crop_ratio)}: expected 0 < low <= high")
+    vocab = cfg.data.vocab
+    if vocab.startswith("bpe:") and not (vocab[4:].isdigit() and int(vocab[4:]) > 0):
+        raise ValueError(f"data.vocab={vocab!r}: 'bpe:N' needs a vocabulary size N, e.g. 'bpe:8000'")
+    for key, templates in (("data.templates", cfg.data.templates), ("eval.templates", cfg.eval.templates)):
+        bad = [t for t in templates if "{}" not in t]
+        if bad:
+            raise ValueError(f"{key}: every template needs a '{{}}' for the name, got {bad}")
 
 
 def _jsonable(x: Any) -> Any:

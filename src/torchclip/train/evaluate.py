@@ -2,9 +2,10 @@
 
 For every label key (a ``.json`` field such as ``name`` or ``category``) the classes are the distinct values
 in the evaluation set. The classifier is the paper's prompt ensemble (encode every template, L2-normalize,
-average, re-normalize). Reported per key: ``acc1``, ``acc5``, ``mean_per_class_recall`` and retrieval
-recall@1/5/10 in both directions between the images and the class prompts -- with classes = names, the
-image->text recall is "name retrieval over the val names".
+average, re-normalize). Reported per key: ``acc1``, ``acc5``, ``acc10``, ``mean_per_class_recall`` and
+text->image recall ``t2i_R@1/5/10`` (for each class prompt, is one of its images among the top K). With
+classes = names, ``accK`` is "name retrieval over the val names" (image->text recall@K over the class
+prompts is the same number, so it is not reported twice).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import load_eval_samples
-from ..evaluation.metrics import classification_metrics, retrieval_recall
+from ..evaluation.metrics import classification_metrics, retrieval_recall, topk_accuracy
 from ..model import CLIP
 
 __all__ = ["EvalSet", "load_eval_sets", "class_embeddings", "zero_shot", "evaluate_sets"]
@@ -59,15 +60,16 @@ def image_embeddings(model: CLIP, pixels: torch.Tensor, device: torch.device, ba
 
 
 def zero_shot(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Classification and both retrieval directions for images vs class prompts."""
+    """Top-k accuracy (= image->prompt recall@k) and prompt->image recall for images vs class prompts."""
     scores = image_emb @ class_emb.T  # [N, C]
     out = classification_metrics(scores, labels)
+    out["acc10"] = topk_accuracy(scores, labels, (10,))[10]
     present = torch.zeros(class_emb.shape[0], dtype=torch.bool)
     present[labels] = True
     positives = F.one_hot(labels, class_emb.shape[0]).bool()[:, present]  # [N, C_present]
     rec = retrieval_recall(scores[:, present], positives, ks=(1, 5, 10))
-    out.update({k.replace("text_retrieval_recall", "i2t_R").replace("image_retrieval_recall", "t2i_R"): v
-                for k, v in rec.items()})
+    out.update({k.replace("image_retrieval_recall", "t2i_R"): v for k, v in rec.items()
+                if k.startswith("image_retrieval_recall")})
     out["classes"] = float(class_emb.shape[0])
     return out
 

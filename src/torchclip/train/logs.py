@@ -12,7 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLogger", "read_metrics"]
+__all__ = ["MetricsLogger", "read_metrics", "format_eval_table"]
+
+# column order of the evaluation table; other metrics follow in the order they come
+_COLUMNS = {"classes": "classes", "acc1": "acc1", "acc5": "acc5", "acc10": "acc10",
+            "mean_per_class_recall": "mean recall", "t2i_R@1": "t2i R@1", "t2i_R@5": "t2i R@5",
+            "t2i_R@10": "t2i R@10"}
 
 
 class MetricsLogger:
@@ -28,8 +33,9 @@ class MetricsLogger:
         if resume_step is not None and self.path.exists():
             keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
             self.path.write_text("".join(ln + "\n" for ln in keep))
-        self._file = self.path.open("a", encoding="utf-8")
-        self._log = (out / "train.log").open("a", encoding="utf-8")
+        mode = "w" if resume_step is None else "a"  # a fresh run starts fresh logs, never another run's
+        self._file = self.path.open(mode, encoding="utf-8")
+        self._log = (out / "train.log").open(mode, encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -60,8 +66,7 @@ class MetricsLogger:
             for k, v in metrics.items():
                 self._tb.add_scalar(f"{kind}/{k}", v, step)
         if kind == "eval":
-            shown = {k: round(v, 4) for k, v in metrics.items() if k.endswith(("acc1", "i2t_R@1"))}
-            self.info(f"step {step} eval {shown}")
+            self.info(f"step {step} zero-shot evaluation (%):\n{format_eval_table(metrics)}")
 
     def progress(self, step: int, total: int, last: dict[str, float]) -> None:
         if not (self.enabled and self._progress):
@@ -84,6 +89,31 @@ class MetricsLogger:
             self._tb.close()
         self._file.close()
         self._log.close()
+
+
+def format_eval_table(metrics: dict[str, float]) -> str:
+    """``{'<set>/<key>/<metric>': value}`` as an aligned table: one row per set and label key, metrics as
+    percentages ("-" where undefined, e.g. acc10 with fewer than 10 classes)."""
+    rows: dict[str, dict[str, float]] = {}
+    for name, value in metrics.items():
+        row, _, metric = name.rpartition("/")
+        rows.setdefault(row or "-", {})[metric] = value
+    names = list(_COLUMNS) + [m for r in rows.values() for m in r if m not in _COLUMNS]
+    names = [m for m in dict.fromkeys(names) if any(m in r for r in rows.values())]
+    heads = [_COLUMNS.get(m, m) for m in names]
+
+    def cell(metric: str, value: float | None) -> str:
+        if value is None or value != value:
+            return "-"
+        return f"{int(value)}" if metric == "classes" else f"{100 * value:.2f}"
+
+    first = max([len("set/labels")] + [len(r) for r in rows])
+    widths = [max(len(h), *(len(cell(m, r.get(m))) for r in rows.values())) for m, h in zip(names, heads)]
+    lines = ["  " + "set/labels".ljust(first) + "".join(f"  {h:>{w}}" for h, w in zip(heads, widths))]
+    for row, values in rows.items():
+        lines.append("  " + row.ljust(first)
+                     + "".join(f"  {cell(m, values.get(m)):>{w}}" for m, w in zip(names, widths)))
+    return "\n".join(lines)
 
 
 def read_metrics(path: str | Path, kind: str | None = "train") -> list[dict[str, Any]]:

@@ -44,16 +44,22 @@ from .config import TrainConfig
 from .evaluate import evaluate_sets, load_eval_sets
 from .logs import MetricsLogger
 from .state import (
+    RunFolderError,
+    RunWriteError,
+    checkpoint_step,
     clean_temp_files,
-    latest_checkpoint,
-    load_checkpoint,
+    clear_run,
+    latest_intact_checkpoint,
+    list_checkpoints,
+    read_resume_state,
     rng_state,
+    run_contents,
     save_checkpoint,
     set_rng_state,
 )
 
 __all__ = ["train", "accumulate_gradients", "autocast_dtype", "cpu_has_fast_bf16", "build_model",
-           "build_tokenizer", "NonFiniteLossError"]
+           "build_tokenizer", "NonFiniteLossError", "RunFolderError", "RunWriteError"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -119,12 +125,11 @@ def _captions(source: str, caption_key: str, limit: int) -> Iterator[str]:
 
 
 def build_tokenizer(cfg: TrainConfig, out: Path, info: D.DistInfo) -> Tokenizer:
-    """OpenAI's vocabulary, a given merges file, or ``bpe:N`` trained on the captions and saved in the run
-    folder (as ``tokenizer.txt.gz``, where torchclip's evaluation finds it next to the checkpoints)."""
+    """OpenAI's vocabulary, a given merges file, or ``bpe:N`` trained on the captions; saved in the run
+    folder in every case (as ``tokenizer.txt.gz``, where torchclip's evaluation finds it next to the
+    checkpoints), so the folder alone holds everything the model needs."""
     ctx = cfg.model.context_length or get_preset(cfg.model.preset).text.context_length
     vocab = cfg.data.vocab
-    if vocab == "openai":
-        return load_tokenizer(None, context_length=ctx)
     path = out / "tokenizer.txt.gz"
     if vocab.startswith("bpe:"):
         if info.is_main and not path.exists():
@@ -135,7 +140,7 @@ def build_tokenizer(cfg: TrainConfig, out: Path, info: D.DistInfo) -> Tokenizer:
             train_bpe(texts, int(vocab.split(":", 1)[1]), context_length=ctx).save(path)
         D.barrier()
         return Tokenizer.from_file(path, context_length=ctx)
-    tok = load_tokenizer(vocab, context_length=ctx)
+    tok = load_tokenizer(None if vocab == "openai" else vocab, context_length=ctx)
     if info.is_main and not path.exists():
         tok.save(path)
     return tok
@@ -299,17 +304,80 @@ def _gather_cursors(cursors: dict[int, int]) -> dict[str, int]:
     return {str(k): int(v) for p in parts for k, v in p.items()}
 
 
-def train(cfg: TrainConfig, resume: bool | str = False) -> dict[str, float]:
-    """Run (or resume) training as ``cfg`` says; returns the last logged metrics (loss and evaluation)."""
+def _check_resumable(state: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    """Refuse a checkpoint whose model or vocabulary differs from the config's, before anything is written."""
+    saved = state.get("train_config")
+    if not isinstance(saved, dict):
+        return
+    now = cfg.to_dict()
+    # the starting weights and activation memory do not change what a checkpoint holds
+    ignored = {("model", "pretrained"), ("model", "grad_checkpointing")}
+    diffs = [f"{sec}.{key}={(saved.get(sec) or {}).get(key)!r} (this config: {value!r})"
+             for sec in ("model", "data") for key, value in now[sec].items()
+             if (sec == "model" or key == "vocab") and (sec, key) not in ignored
+             and (saved.get(sec) or {}).get(key, value) != value]
+    if diffs:
+        raise RunFolderError(f"checkpoint {path} was trained with {', '.join(diffs)}: resume with the run's own "
+                             f"config (--config {Path(cfg.run.output_dir) / 'config.json'}), or start a new run "
+                             "in another run.output_dir")
+
+
+def _kept(ckpt_dir: Path, step: int) -> str:
+    """What a run folder still holds after a failed write, for the error message."""
+    done = [p for p in list_checkpoints(ckpt_dir) if checkpoint_step(p) <= step]
+    if not done:
+        return "no checkpoint had been written yet"
+    return f"the run is intact up to {done[-1]} (step {checkpoint_step(done[-1])}); rerun with --resume once it can write"
+
+
+def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -> dict[str, float]:
+    """Run (or resume) training as ``cfg`` says; returns the last logged metrics (loss and evaluation).
+
+    A folder that already holds a run is refused (``RunFolderError``) unless ``resume`` continues it or
+    ``overwrite`` replaces it. ``resume=True`` continues from the newest checkpoint that loads (damaged
+    newer ones are set aside as ``*.damaged`` and named in the log); nothing in the folder changes until
+    the checkpoint is known to fit the config. A failed write raises ``RunWriteError`` saying what was kept.
+    """
+    out = Path(cfg.run.output_dir)
+    ckpt_dir = out / "checkpoints"
+    held = run_contents(out)
+    if held and not resume and not overwrite:
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise RunFolderError(f"{out} already holds a run ({shown}): continue it with --resume, replace it with "
+                             "--overwrite, or choose another --run.output_dir")
     info = D.init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_s)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    out = Path(cfg.run.output_dir)
-    ckpt_dir = out / "checkpoints"
+
+    # the checkpoint to resume from is read and checked before anything in the folder changes
+    path: Path | None = None
+    state: dict[str, Any] | None = None
+    damaged: list[tuple[Path, str]] = []
+    if resume is True:
+        found = latest_intact_checkpoint(ckpt_dir, set_aside=info.is_main)
+        if found is not None:
+            path, state, damaged = found
+    elif resume:
+        path = Path(resume)
+        try:
+            state = read_resume_state(path)
+        except ValueError as e:
+            raise RunFolderError(str(e)) from None
+    if state is not None:
+        _check_resumable(state, cfg, path)
+
+    config_json = json.dumps(cfg.to_dict(), indent=2) + "\n"
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        clean_temp_files(ckpt_dir)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        try:
+            if overwrite:
+                clear_run(out)
+            out.mkdir(parents=True, exist_ok=True)
+            clean_temp_files(ckpt_dir)
+            if state is None:
+                (out / "config.json").write_text(config_json)
+        except OSError as e:
+            raise RunWriteError(f"cannot write the run folder {out}: {e.strerror or e} ({e.filename or out}); "
+                                "nothing of this run was written") from e
     D.barrier()
     seed_everything(cfg.run.seed + info.rank)
     amp = autocast_dtype(cfg.run.precision, info.device)
@@ -327,9 +395,7 @@ def train(cfg: TrainConfig, resume: bool | str = False) -> dict[str, float]:
 
     # resume: weights, optimizer, schedule, scaler, RNG and the data position
     step, batches_seen, cursors, skips, nonfinite = 0, 0, {}, {}, 0
-    path = latest_checkpoint(ckpt_dir) if resume is True else (Path(resume) if resume else None)
-    if path is not None:
-        state = load_checkpoint(path)
+    if state is not None:
         D.load_model_state(model, state["model"])
         D.load_optimizer_state(model, opt, state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -340,6 +406,9 @@ def train(cfg: TrainConfig, resume: bool | str = False) -> dict[str, float]:
         cursors = {int(k): v for k, v in state["data"]["cursors"].items()}
         if state["world_size"] != info.world_size:
             cursors = {}  # a different world size makes different streams: data restarts (weights do not)
+        del state
+        if info.is_main:  # the resumed run's config, now that its checkpoint is known to fit
+            (out / "config.json").write_text(config_json)
     logger = MetricsLogger(out, enabled=info.is_main, tensorboard=cfg.run.tensorboard, progress=cfg.run.progress,
                            # a resumed run rewinds its logs to the checkpoint, step 0 if none was written yet
                            resume_step=step if (path or resume) else None)
@@ -347,6 +416,8 @@ def train(cfg: TrainConfig, resume: bool | str = False) -> dict[str, float]:
         logger.info(f"model {clip.num_params() / 1e6:.2f}M params, {total} steps, global batch "
                     f"{cfg.data.batch_size * o.accum_steps * info.world_size}, precision "
                     f"{amp or torch.float32}, world {info.world_size}" + (f", resumed from {path}" if path else ""))
+        for bad, reason in damaged:
+            logger.info(f"{reason}; set aside as {bad.name}.damaged, resumed from {path}")
 
     d = cfg.data
     nw = d.num_workers
@@ -447,7 +518,12 @@ def train(cfg: TrainConfig, resume: bool | str = False) -> dict[str, float]:
                 state = _state_dict(cfg, step, model, opt, sched, scaler, data_pos, skips, nonfinite,
                                     info.world_size)
                 if info.is_main:
-                    save_checkpoint(ckpt_dir, step, state, keep=cfg.run.keep_checkpoints)
+                    try:
+                        save_checkpoint(ckpt_dir, step, state, keep=cfg.run.keep_checkpoints)
+                    except OSError as e:
+                        raise RunWriteError(f"cannot write checkpoint {ckpt_dir / f'ckpt-{step:08d}.pt'}: "
+                                            f"{e.strerror or e}; {_kept(ckpt_dir, step)}") from e
+                del state
                 D.barrier()
             paused += time.perf_counter() - t_pause
     finally:
@@ -459,6 +535,10 @@ def train(cfg: TrainConfig, resume: bool | str = False) -> dict[str, float]:
 
         plain = CLIP(clip.config)
         plain.load_state_dict(final)
-        save(plain, out / "model.safetensors")
+        try:
+            save(plain, out / "model.safetensors")
+        except OSError as e:
+            raise RunWriteError(f"cannot write the model {out / 'model.safetensors'}: {e.strerror or e}; "
+                                f"{_kept(ckpt_dir, step)}") from e
     D.barrier()
     return last

@@ -165,3 +165,48 @@ def test_search_cli(built: tuple[Path, ModelSpec], capsys: pytest.CaptureFixture
     bad.write_bytes(b"junk")
     assert search_main([str(tmp / "idx"), "--image", str(bad)]) == 1
     assert "cannot load image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, damage, words", [
+    ("index.faiss", b"", "is damaged (FAISS cannot read it"),
+    ("index.faiss", b"IxFI\x00\x00garbage", "is damaged (FAISS cannot read it"),
+    ("index.json", b"{\"index\": ", "is damaged (not JSON"),
+    ("index.json", b"[1, 2]", "is damaged (a JSON list, not an object)"),
+    ("index.json", b'{"index": {"search_param": -3}}', "is damaged (search parameter -3)"),
+    ("records.jsonl", b'{"id": "item0"}\n{"id": \n', "is damaged (line 2:"),
+    ("records.jsonl", b"\xff\xfe", "is damaged (not UTF-8"),
+])
+def test_damaged_index_files_are_named(name: str, damage: bytes, words: str, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A corrupt index.faiss used to surface as FAISS's C++ trace, a corrupt index.json as a bare
+    JSONDecodeError: neither said which file."""
+    ClipIndex.build(_clustered(20, 8, 2), _records(20), {"model": None}).save(tmp_path / "idx")
+    (tmp_path / "idx" / name).write_bytes(damage)
+    with pytest.raises(ValueError, match="rebuild it") as info:
+        ClipIndex.load(tmp_path / "idx")
+    assert str(info.value).startswith(f"{tmp_path / 'idx' / name} {words}"), info.value
+    assert search_main([str(tmp_path / "idx"), "--text", "red"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"torchclip search: error: {tmp_path / 'idx' / name} {words}") and "\n" not in err
+
+
+def test_missing_index_file_is_named(tmp_path: Path) -> None:
+    ClipIndex.build(_clustered(20, 8, 2), _records(20)).save(tmp_path / "idx")
+    (tmp_path / "idx" / "index.faiss").unlink()
+    with pytest.raises(FileNotFoundError, match=r"index\.faiss is missing"):
+        ClipIndex.load(tmp_path / "idx")
+
+
+def test_damaged_embeddings_meta_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from torchclip.embed import load_embeddings
+
+    spec = ModelSpec("cpu-vit-32", random_init=True)
+    _colour_folder(tmp_path / "imgs")
+    embed_source(open_source([tmp_path / "imgs"]), spec.load_model(), tmp_path / "emb", model_spec=spec,
+                 workers=0, progress=False)
+    (tmp_path / "emb" / "meta.json").write_text('{"modality": "ima')
+    with pytest.raises(ValueError, match=r"meta\.json is damaged \(not JSON"):
+        load_embeddings(tmp_path / "emb")
+    assert index_main([str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"torchclip index: error: {tmp_path / 'emb' / 'meta.json'} is damaged") and "\n" not in err

@@ -321,8 +321,19 @@ def load_embeddings(path: str | os.PathLike[str], *, mmap: bool = False) -> Embe
                 hint = (f" (an unfinished distributed run: {rank_progress(path / RANKS_DIR)}; rerun the same "
                         "embed command with the same number of processes to finish and merge it)")
             raise FileNotFoundError(f"{path} holds no finished embeddings (no meta.json){hint}")
-        meta = json.loads(meta_path.read_text())
-        vectors = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None)
+        redo = "rerun torchclip embed with --overwrite"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{meta_path} is damaged (not JSON: {e}); {redo}") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path} is damaged (a JSON {type(meta).__name__}, not an object); {redo}")
+        try:
+            vectors = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None)
+        except (ValueError, EOFError, OSError) as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise ValueError(f"{path / 'embeddings.npy'} is damaged ({e}); {redo}") from None
         records = _read_records_file(path / meta.get("ids", "ids.jsonl"))
     else:
         from safetensors.numpy import safe_open

@@ -116,12 +116,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def read_resume_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A checkpoint that training can continue from; ValueError naming the file and the reason otherwise."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise ValueError(f"checkpoint {path} is damaged (an empty file)")
     try:
         state = load_checkpoint(path)
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - torch.load raises many types (RuntimeError, EOFError, pickle errors)
-        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        reason = " ".join(str(e).split()).split(". ")[0][:200] or "unreadable"  # torch's first sentence says it
         raise ValueError(f"checkpoint {path} is damaged ({type(e).__name__}: {reason})") from None
     missing = [k for k in RESUME_KEYS if not isinstance(state, dict) or k not in state]
     if missing:

@@ -59,7 +59,7 @@ def train(args: argparse.Namespace) -> tuple[Path, str, float]:
     # every intermediate checkpoint is kept: each is one more model on the robustness plot (c)
     cmd = [sys.executable, "-m", "torchclip.train", "--config", str(config),
            f"--data.train={TRAIN_SHARDS.format(data=args.data)}", f"--run.output_dir={args.run_dir}",
-           "--run.keep_checkpoints=1000", *args.train_arg]
+           "--run.keep_checkpoints=1000", "--overwrite", *args.train_arg]
     print("+", " ".join(cmd), flush=True)
     start = time.time()
     subprocess.run(cmd, check=True, cwd=REPO)

@@ -248,6 +248,14 @@ def test_hnsw_m_zero_is_a_value_error_not_an_abort(tmp_path: Path) -> None:
     assert r.returncode == 0 and r.stdout.startswith("refused: HNSW M"), (r.returncode, r.stdout, r.stderr)
 
 
+@pytest.mark.parametrize("argv, words", [(["--labels", "/nope.txt"], "labels file /nope.txt does not exist"),
+                                         (["--templates", "a photo"], "a template with '{}'")])
+def test_search_refuses_labels_and_templates_up_front(argv: list[str], words: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["search", str(tmp_path / "no-index"), "--text", "a dog", *argv], capsys)
+    assert code == 2 and words in _one_line_error(err, "search")
+
+
 @pytest.mark.parametrize("k", ["0", "-5", "two"])
 def test_search_k_must_be_positive(k: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(["search", str(tmp_path / "idx"), "--text", "a dog", "-k", k], capsys)

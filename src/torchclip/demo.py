@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "every": max(args.steps // 4, 1)},
     })
     t1 = time.perf_counter()
-    last = train(cfg)
+    last = train(cfg, overwrite=True)  # the demo's folder is its own: a rerun replaces the last demo run
     minutes = (time.perf_counter() - t1) / 60
     plot = plot_loss(args.out / "metrics.jsonl", args.out / "loss.png")
     chance = 1 / (len(COLORS) * len(SHAPES))

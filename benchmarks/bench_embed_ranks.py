@@ -69,7 +69,7 @@ def repack(items: list[tuple[str, bytes]], folder: Path, shards: int) -> str:
 def run(spec: str, out: Path, world: int, model: str, batch: int) -> tuple[float, list[float]]:
     """(wall seconds, per-process loop seconds) of one command on ``world`` processes."""
     cmd = [sys.executable, "-m", "torchclip.cli", "embed", spec, "--model", model, "--random-init", "--workers", "0",
-           "--batch-size", str(batch), "--no-progress", "--out", str(out)]
+           "--batch-size", str(batch), "--quiet", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t = time.perf_counter()
     procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r), "WORLD_SIZE": str(world)} if world > 1 else env,

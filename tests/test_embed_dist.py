@@ -76,7 +76,7 @@ def _same(a_path: Path, b_path: Path, *, exact: bool = True) -> None:
 
 
 def test_embed_of_a_missing_input_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--model", "cpu-vit-32", "--random-init", "--no-progress", "--out", str(tmp_path / "o")]
+    args = ["--model", "cpu-vit-32", "--random-init", "--quiet", "--out", str(tmp_path / "o")]
     assert embed_main(["/nope", *args]) == 1
     assert "input /nope does not exist" in capsys.readouterr().err
     assert embed_main([str(tmp_path / "x-{000..999999999}.tar"), *args]) == 1  # lazy: no list of a billion
@@ -181,7 +181,7 @@ def test_torchrun_two_processes_equal_one(tmp_path: Path) -> None:
     """The README's command shape: torchrun, two CPU processes, one store that index/search read as one."""
     spec = _shards(tmp_path / "d", [3, 2, 3, 1], broken=5)
     common = [spec, "--model", "cpu-vit-32", "--random-init", "--workers", "0", "--batch-size", "1",
-              "--no-progress"]
+              "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "torchclip.cli", "embed", *common, "--out", str(tmp_path / "one")],
                             env=env, capture_output=True, text=True, timeout=300)

@@ -11,6 +11,7 @@ import io
 import json
 import struct
 import urllib.request
+import warnings
 import zlib
 from pathlib import Path
 
@@ -195,6 +196,17 @@ def test_huge_header_is_an_image_decode_error_everywhere() -> None:
     with pytest.raises(ImageDecodeError, match="more than the limit of 100"):
         load_image(strip_png(20, 20), max_pixels=100)
     assert load_image(strip_png(20, 20), max_pixels=400).size == (20, 20)
+
+
+def test_bomb_is_an_image_decode_error_where_warnings_are_errors() -> None:
+    # Pillow warns (DecompressionBombWarning) before our check runs; as an error it must still be ours.
+    from torchclip.embed.decode import open_image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fn in (load_image, open_image):
+            with pytest.raises(ImageDecodeError, match=r"bomb\.png"):
+                fn(bomb_png(10_000, 10_000), name="bomb.png")
 
 
 # ---- preprocess given something other than a PIL image (#16.6) ---------------------------------------------------

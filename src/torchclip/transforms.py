@@ -93,7 +93,7 @@ def load_image(
             return img
     except (FileNotFoundError, IsADirectoryError, PermissionError, ImageDecodeError):
         raise
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # a warning where warnings are errors
         raise ImageDecodeError(f"cannot load image {label}: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageDecodeError(f"cannot load image {label}: not a recognised image format ({exc})") from exc

@@ -71,7 +71,7 @@ def open_image(
             return img
     except (FileNotFoundError, IsADirectoryError, PermissionError, ImageDecodeError):
         raise
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # a warning where warnings are errors
         raise ImageDecodeError(f"cannot load image {label}: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
         allowed = f" (accepted: {', '.join(formats)})" if formats else ""

@@ -9,8 +9,8 @@ evaluated with, so we do not.
 
 Work is bounded by the output, not by what a file claims: ``load_image`` refuses images whose header
 claims more than ``MAX_IMAGE_PIXELS`` before decoding them, and ``resize_center_crop`` resamples only the
-centre region of an image whose full resize would be many crops long (a 1 x 20000 strip would otherwise
-become 224 x 4,480,000 pixels before the crop).
+centre region of an image whose full resize would be many crops long (a thin strip would otherwise be
+resized to gigabytes before the crop).
 
 The transforms are small classes rather than closures so that DataLoader workers can pickle them.
 """

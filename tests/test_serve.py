@@ -142,8 +142,8 @@ def test_upload_limits_and_bad_files(app: tuple[str, Path]) -> None:
     # No Content-Length (chunked upload): refused.
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                  b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        s.sendall(f"POST /api/upload HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/png\r\n"
+                  "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".encode())
         assert s.recv(4096).split(b"\r\n", 1)[0].endswith(b"411 Length Required")
     assert request(url, "POST", "/api/nothing", b"x", png)[0] == 404
     # The server is still healthy after all that.

@@ -22,6 +22,7 @@ from torchclip.transforms import (
     center_crop,
     image_transform,
     load_image,
+    resize_center_crop,
     resize_shorter_side,
 )
 
@@ -261,3 +262,25 @@ def test_load_image_non_image(tmp_path: Path) -> None:
 def test_load_image_missing_file_is_not_a_decode_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_image(tmp_path / "absent.png")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    width=st.integers(1, 300),
+    height=st.integers(1, 300),
+    mode=st.sampled_from(_MODES),
+    n_px=st.integers(1, 64),
+    seed=st.integers(0, 2**16),
+)
+def test_bounded_geometry_is_the_full_resize_within_32_crops(
+    width: int, height: int, mode: str, n_px: int, seed: int
+) -> None:
+    # EvalTransform's geometry is OpenAI's, pixel for pixel, for every image up to 32 crops long (the
+    # fixtures above pin OpenAI's own numbers); only longer ones take the centre-only path.
+    short, long = min(width, height), max(width, height)
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), mode="RGB").convert(mode)
+    bounded = np.asarray(resize_center_crop(img, n_px))
+    assert bounded.shape[:2] == (n_px, n_px)
+    if int(n_px * long / short) <= 32 * n_px:
+        np.testing.assert_array_equal(bounded, np.asarray(center_crop(resize_shorter_side(img, n_px), n_px)))

@@ -10,6 +10,11 @@ it by the tests (the whole fixture set plus generated text):
   chunks and each chunk's ids are cached (``Tokenizer._chunk_ids``);
 * large batches are spread over worker processes (``num_workers``).
 
+Work is bounded on hostile text: a long piece merges with a heap (``_merge_heap``, n log n instead of the
+reference's quadratic rescans, the same merges in the same order), a piece longer than ``_BPE_BLOCK`` bytes
+is merged in blocks of that size (no word is that long; it caps memory per piece), and with ``truncate``
+a row stops being encoded as soon as it holds a full context.
+
 The vocabulary is data, not code: ``load_tokenizer()`` reads OpenAI's merges file from the torchclip cache or
 downloads it with its SHA-256 checked, as checkpoints are. HF ``vocab.json`` + ``merges.txt`` load too, and
 ``torchclip.bpe_train`` trains new merges files in the same format.
@@ -18,6 +23,7 @@ downloads it with its SHA-256 checked, as checkpoints are. HF ``vocab.json`` + `
 from __future__ import annotations
 
 import gzip
+import heapq
 import json
 import os
 import sys
@@ -63,6 +69,9 @@ PATTERN = regex.compile(
     regex.IGNORECASE,
 )
 _CACHE_LIMIT = 1 << 17  # chunk-cache entries; the cache is emptied when full (bounded memory, no LRU cost)
+_CACHE_MAX_CHARS = 64  # longer chunks and pieces are not cached, so one entry stays small
+_SCAN_MAX = 16  # pieces up to this many bytes merge by rescanning (fastest on words), longer ones with a heap
+_BPE_BLOCK = 1 << 16  # a longer piece is merged in blocks of this many bytes, only the last ending in </w>
 # Below this many texts a batch runs in-process: starting worker processes costs more than it saves.
 _PARALLEL_MIN = 8192
 
@@ -202,9 +211,21 @@ class Tokenizer:
 
     def bpe(self, piece: str) -> list[str]:
         """BPE symbols of one pre-tokenized piece: its bytes as table characters, ``</w>`` on the last one,
-        then repeatedly merge every non-overlapping occurrence (left to right) of the lowest-ranked pair."""
-        symbols = [self.byte_encoder[b] for b in piece.encode("utf-8")]
-        symbols[-1] += WORD_END
+        then repeatedly merge every non-overlapping occurrence (left to right) of the lowest-ranked pair.
+
+        A piece longer than ``_BPE_BLOCK`` bytes is merged block by block (see the module docstring)."""
+        data, out = piece.encode("utf-8"), []
+        for start in range(0, len(data), _BPE_BLOCK):
+            out += self._merge(data[start : start + _BPE_BLOCK], start + _BPE_BLOCK >= len(data))
+        return out
+
+    def _merge(self, data: bytes, last: bool) -> list[str]:
+        """The merged symbols of ``data`` (``</w>`` appended to its last byte when ``last``)."""
+        symbols = [self.byte_encoder[b] for b in data]
+        if last:
+            symbols[-1] += WORD_END
+        if len(symbols) > _SCAN_MAX:
+            return _merge_heap(symbols, self.bpe_ranks)
         ranks = self.bpe_ranks
         while len(symbols) > 1:
             best, best_rank = None, len(ranks)
@@ -227,11 +248,28 @@ class Tokenizer:
             symbols = out
         return symbols
 
-    def _piece_ids(self, piece: str) -> list[int]:
+    def _piece_ids(self, piece: str, need: int | None = None) -> list[int]:
+        """Ids of one piece; with ``need``, a piece longer than a block stops after the block that reaches
+        ``need`` ids (blocks are independent, so the ids so far are those of the whole piece)."""
         special = self.special.get(piece)
         if special is not None:
             return [special]
-        return [self.encoder[s] for s in self.bpe(piece)]
+        enc, data, out = self.encoder, piece.encode("utf-8"), []
+        for start in range(0, len(data), _BPE_BLOCK):
+            end = start + _BPE_BLOCK
+            out += [enc[s] for s in self._merge(data[start:end], end >= len(data))]
+            if need is not None and len(out) >= need:
+                break
+        return out
+
+    def _long_chunk_ids(self, chunk: str, need: int | None = None) -> list[int]:
+        """Ids of a chunk too long to cache, piece by piece, stopping once ``need`` ids are there (None: all)."""
+        out: list[int] = []
+        for m in PATTERN.finditer(chunk):
+            out.extend(self._piece_ids(m.group(), None if need is None else need - len(out)))
+            if need is not None and len(out) >= need:
+                break
+        return out
 
     def _chunk_ids(self, chunk: str) -> tuple[int, ...]:
         """Ids of one space-free chunk of cleaned text (cached: captions reuse few distinct chunks).
@@ -239,6 +277,8 @@ class Tokenizer:
         Its pieces' ids are cached too, since one word recurs in many chunks ("dog", "dog,", "dog's").
         """
         ids = self._cache.get(chunk)
+        if ids is None and len(chunk) > _CACHE_MAX_CHARS:
+            return tuple(self._long_chunk_ids(chunk))
         if ids is None:
             pieces, out = self._piece_cache, []
             for piece in PATTERN.findall(chunk):
@@ -271,7 +311,7 @@ class Tokenizer:
 
     def encode_batch(self, texts: Iterable[str], *, num_workers: int | None = None) -> list[list[int]]:
         """``encode`` over many texts, spread over processes for large batches (see ``__call__``)."""
-        texts = list(texts)
+        texts = _text_list(texts)
         workers = self._workers(len(texts), num_workers)
         if workers <= 1:
             return [self.encode(t) for t in texts]
@@ -312,20 +352,19 @@ class Tokenizer:
         """``[N, context_length]`` int64 ids: SOT, content, EOT, then zeros (OpenAI's ``clip.tokenize``).
 
         A text that does not fit raises ``ContextLengthError`` (index and token count), unless ``truncate``,
-        which keeps the first ``context_length`` ids and makes the last one EOT. ``num_workers``: processes
+        which keeps the first ``context_length`` ids and makes the last one EOT (and stops encoding a text
+        once its row is full). An item that is not a ``str`` is a ``TypeError`` naming its index. ``num_workers``: processes
         for this batch; None uses every available core for batches of 8,192 texts or more.
         """
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
+        texts = _text_list(texts)
         ctx = self.context_length if context_length is None else context_length
         if ctx < 2:
             raise ValueError(f"context_length must hold start and end of text, got {ctx}")
         workers = self._workers(len(texts), num_workers)
         if workers <= 1:
-            flat, lens = _rows(self, texts, ctx)
+            flat, lens = _rows(self, texts, ctx, truncate)
         else:
-            parts = self._map(_rows_part, texts, workers, ctx)
+            parts = self._map(_rows_part, texts, workers, ctx, truncate)
             flat = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
             lens = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
         lens = np.asarray(lens, dtype=np.int64)
@@ -382,22 +421,74 @@ class Tokenizer:
         return f"Tokenizer(vocab_size={self.vocab_size}, context_length={self.context_length})"
 
 
+def _merge_heap(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """``Tokenizer._merge``'s rescanning loop in n log n: the same merges, applied in the same order.
+
+    The reference merges, each round, every non-overlapping occurrence (left to right) of the lowest-ranked
+    pair. Here the symbols form a linked list and the heap holds ``(rank, position)`` of candidate pairs; a
+    round pops every entry of the lowest rank (in position order, so left to right) and merges those still
+    valid. A merge can only create pairs holding the new, longer symbol, never the round's own pair, so a
+    round needs no rescan; entries made stale by a merge are skipped when popped.
+    """
+    n = len(symbols)
+    sym: list[str | None] = list(symbols)
+    nxt = [*range(1, n), -1]
+    prv = [*range(-1, n - 1)]
+    get = ranks.get
+    heap = [(r, i) for i, pair in enumerate(zip(symbols, symbols[1:])) if (r := get(pair)) is not None]
+    heapq.heapify(heap)
+    pop, push = heapq.heappop, heapq.heappush
+    while heap:
+        r, i = pop(heap)
+        batch = [i]
+        while heap and heap[0][0] == r:
+            batch.append(pop(heap)[1])
+        for i in batch:
+            a, j = sym[i], nxt[i]
+            if a is None or j < 0 or get((a, sym[j])) != r:  # type: ignore[arg-type]
+                continue  # consumed or changed by an earlier merge
+            merged = a + sym[j]  # type: ignore[operator]
+            sym[i], sym[j] = merged, None
+            k = nxt[i] = nxt[j]
+            if k >= 0:
+                prv[k] = i
+                if (rk := get((merged, sym[k]))) is not None:  # type: ignore[arg-type]
+                    push(heap, (rk, i))
+            p = prv[i]
+            if p >= 0 and (rp := get((sym[p], merged))) is not None:  # type: ignore[arg-type]
+                push(heap, (rp, p))
+    return [s for s in sym if s is not None]
+
+
 _ROW_END = "\x00"  # ends a text's chunks in _rows' stream; no cleaned text holds NUL (ftfy deletes it)
 
 
-def _rows(tok: Tokenizer, texts: list[str], ctx: int) -> tuple[list[int], list[int]]:
-    """Flat ids of every row (SOT + content cut to ctx - 2 + EOT) and each text's untruncated length.
+def _text_list(texts: Any) -> list[str]:
+    """``texts`` as a list of str: one str, or an iterable of them; anything else is a ``TypeError`` that
+    names the offending item's index and type."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str: {t!r:.80}")
+    return texts
+
+
+def _rows(tok: Tokenizer, texts: list[str], ctx: int, truncate: bool = False) -> tuple[list[int], list[int]]:
+    """Flat ids of every row (SOT + content cut to ctx - 2 + EOT) and each text's length in ids.
 
     The hot loop of ``tokenize``. Each run of consecutive route-A texts (printable ASCII, no '&': cleaning is
     split + lower) is joined with NUL markers, lower-cased and split once; other texts are cleaned one by
-    one. Then one pass over the chunk stream looks each chunk up in the cache.
+    one. Then one pass over the chunk stream looks each chunk up in the cache. With ``truncate`` a row
+    stops taking chunks once it is full, so its length is then only known to exceed the context.
     """
     stream: list[str] = []
     run: list[str] = []
     not_inert, sep = _NOT_INERT.search, f" {_ROW_END} "
     for text in texts:
-        if not isinstance(text, str):
-            raise TypeError(f"expected str, got {type(text).__name__}")
         if text.isascii() and not_inert(text) is None:
             run.append(text)
             continue
@@ -412,9 +503,10 @@ def _rows(tok: Tokenizer, texts: list[str], ctx: int) -> tuple[list[int], list[i
     flat: list[int] = []
     lens: list[int] = []
     append, extend, add_len = flat.append, flat.extend, lens.append
-    get, chunk_ids = tok._cache.get, tok._chunk_ids
+    get, chunk_ids, long_ids = tok._cache.get, tok._chunk_ids, tok._long_chunk_ids
     sot, eot, limit = tok.sot_id, tok.eot_id, ctx - 2
-    start = 1
+    cut = limit if truncate else sys.maxsize  # content ids after which a row takes no more chunks
+    start, full = 1, False
     append(sot)
     for chunk in stream:
         if chunk == _ROW_END:
@@ -423,11 +515,16 @@ def _rows(tok: Tokenizer, texts: list[str], ctx: int) -> tuple[list[int], list[i
                 del flat[start + limit :]
             append(eot)
             add_len(n + 2)
-            start = len(flat) + 1
+            start, full = len(flat) + 1, False
             append(sot)
-        else:
+        elif not full:
             ids = get(chunk)
-            extend(ids if ids is not None else chunk_ids(chunk))
+            if ids is None:
+                # a long chunk is encoded only as far as the row needs (it is never cached)
+                ids = chunk_ids(chunk) if len(chunk) <= _CACHE_MAX_CHARS else long_ids(
+                    chunk, cut - (len(flat) - start) if truncate else None)
+            extend(ids)
+            full = len(flat) - start >= cut
     flat.pop()  # the SOT opened after the last text
     return flat, lens
 
@@ -441,8 +538,8 @@ def _init_worker(tok: Tokenizer) -> None:
     torch.set_num_threads(1)
 
 
-def _rows_part(texts: list[str], ctx: int) -> tuple[np.ndarray, np.ndarray]:
-    flat, lens = _rows(_WORKER_TOKENIZER, texts, ctx)
+def _rows_part(texts: list[str], ctx: int, truncate: bool) -> tuple[np.ndarray, np.ndarray]:
+    flat, lens = _rows(_WORKER_TOKENIZER, texts, ctx, truncate)
     return np.asarray(flat, dtype=np.int32), np.asarray(lens, dtype=np.int32)
 
 

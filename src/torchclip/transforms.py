@@ -7,15 +7,22 @@ premultiplied, and the later RGB conversion drops alpha without compositing (tra
 black). Converting first would be "cleaner" but would not give the numbers the released checkpoints were
 evaluated with, so we do not.
 
+Work is bounded by the output, not by what a file claims: ``load_image`` refuses images whose header
+claims more than ``MAX_IMAGE_PIXELS`` before decoding them, and ``resize_center_crop`` resamples only the
+centre region of an image whose full resize would be many crops long (a thin strip would otherwise be
+resized to gigabytes before the crop).
+
 The transforms are small classes rather than closures so that DataLoader workers can pickle them.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import struct
 from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -24,9 +31,11 @@ from PIL import Image
 __all__ = [
     "OPENAI_MEAN",
     "OPENAI_STD",
+    "MAX_IMAGE_PIXELS",
     "ImageDecodeError",
     "load_image",
     "resize_shorter_side",
+    "resize_center_crop",
     "center_crop",
     "to_tensor",
     "EvalTransform",
@@ -39,6 +48,13 @@ OPENAI_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 _BICUBIC = Image.Resampling.BICUBIC
 
+# Pillow's decompression-bomb *warning* level (its default Image.MAX_IMAGE_PIXELS), made a hard limit: Pillow
+# itself only refuses at twice this, and only when its global setting has not been changed.
+MAX_IMAGE_PIXELS = 89_478_485
+# Up to this many crops along the long side the full resize runs (bit-equal to OpenAI's pipeline); beyond
+# it, only the centre region is resampled, so work follows the output size.
+_EXACT_MAX_CROPS = 32
+
 
 class ImageDecodeError(ValueError):
     """A file could not be decoded as an image (not an image, truncated, corrupt, or too large).
@@ -48,46 +64,105 @@ class ImageDecodeError(ValueError):
     """
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open *and fully decode* an image file.
+def load_image(
+    source: str | os.PathLike[str] | bytes | BinaryIO,
+    *,
+    name: str | None = None,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+) -> Image.Image:
+    """Open *and fully decode* an image file (a path, its bytes, or a binary file object).
 
     ``Image.open`` is lazy: a truncated JPEG only fails later, inside the transform, far from the file
-    name. Decoding here makes every failure an :class:`ImageDecodeError` that names the file and the
-    reason. A missing file or a permission problem is not a decoding problem and propagates unchanged.
+    name. Decoding here makes every failure an :class:`ImageDecodeError` that names the file (``name``, else
+    the path) and the reason. The pixel count is checked from the header before any pixel is decoded, so a
+    small file claiming a huge canvas is refused in constant memory (``max_pixels=None``: no limit beyond
+    Pillow's own). A missing file or a permission problem is not a decoding problem and propagates unchanged.
     """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label, fp = name or "<bytes>", io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        label, fp = name or os.fspath(source), source
+    elif hasattr(source, "read"):
+        label, fp = name or str(getattr(source, "name", "<file>")), source
+    else:
+        raise TypeError(f"load_image takes a path, bytes or a binary file, got {type(source).__name__}")
     try:
-        with Image.open(path) as img:
+        with Image.open(fp) as img:
+            check_pixels(img, label, max_pixels)
             img.load()
             return img
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
+    except (FileNotFoundError, IsADirectoryError, PermissionError, ImageDecodeError):
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"cannot load image {os.fspath(path)!s}: {exc}") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # a warning where warnings are errors
+        raise ImageDecodeError(f"cannot load image {label}: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
-        raise ImageDecodeError(
-            f"cannot load image {os.fspath(path)!s}: not a recognised image format ({exc})"
-        ) from exc
+        raise ImageDecodeError(f"cannot load image {label}: not a recognised image format ({exc})") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         # Pillow's plugins report broken data with any of these (OSError "image file is truncated",
         # SyntaxError "broken PNG file", EOFError, struct.error on short headers).
         raise ImageDecodeError(
-            f"cannot load image {os.fspath(path)!s}: corrupt or truncated data ({type(exc).__name__}: {exc})"
+            f"cannot load image {label}: corrupt or truncated data ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+def check_pixels(img: Image.Image, label: str, max_pixels: int | None = MAX_IMAGE_PIXELS) -> None:
+    """Raise ``ImageDecodeError`` when an opened (not yet decoded) image claims more than ``max_pixels``."""
+    if max_pixels is not None and img.width * img.height > max_pixels:
+        raise ImageDecodeError(
+            f"image {label} is {img.width}x{img.height} pixels, more than the limit of {max_pixels:,}"
+        )
+
+
+def _resized(w: int, h: int, size: int) -> tuple[int, int]:
+    """The size OpenAI's resize gives: shorter side ``size``, long side ``int(size * long / short)``."""
+    if w <= h:
+        return size, int(size * h / w)
+    return int(size * w / h), size
 
 
 def resize_shorter_side(img: Image.Image, size: int) -> Image.Image:
     """Resize so the shorter side is ``size``, keeping the aspect ratio, with Pillow bicubic.
 
     The long side is ``int(size * long / short)`` (truncation, as OpenAI's pipeline computes it), not a
-    rounded value: rounding shifts the later centre crop by a pixel on some aspect ratios.
+    rounded value: rounding shifts the later centre crop by a pixel on some aspect ratios. The result is
+    as large as the aspect ratio makes it; a model's preprocessing uses ``resize_center_crop``, which is
+    bounded whatever the aspect ratio.
     """
-    w, h = img.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_long = int(size * long / short)
-    new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+    new_w, new_h = _resized(*img.size, size)
+    if new_w * new_h > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"resizing a {img.width}x{img.height} image to shorter side {size} would make {new_w}x{new_h} "
+            f"pixels; use resize_center_crop, which resamples only the centre"
+        )
     # Pillow returns a plain copy when the size is unchanged, so an RGBA image already at size keeps its
     # colours under transparent pixels, exactly as in the reference.
     return img.resize((new_w, new_h), _BICUBIC)
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """OpenAI's eval geometry: shorter side -> ``size`` (bicubic), then the centre ``size`` x ``size`` crop.
+
+    Equal to ``center_crop(resize_shorter_side(img, size), size)``, pixel for pixel, whenever the resized
+    image is at most ``_EXACT_MAX_CROPS`` crops long. A longer one (an extreme aspect ratio) is never built:
+    only the source rows (or columns) under the crop, plus the filter's reach, are resampled, so time and
+    memory follow ``size``. That result is close to but not bit-equal to the full resize, because Pillow
+    takes a crop box in single precision and may order its two passes differently on a smaller input.
+    """
+    w, h = img.size
+    new_w, new_h = _resized(w, h, size)
+    if max(new_w, new_h) <= _EXACT_MAX_CROPS * size:
+        return center_crop(img.resize((new_w, new_h), _BICUBIC), size)
+    tall = w <= h
+    long, new_long = (h, new_h) if tall else (w, new_w)
+    off = int(round((new_long - size) / 2.0))  # the crop's offset in the resized image, as center_crop has it
+    scale = long / new_long  # source pixels per resized pixel along the long side
+    lo, hi = off * scale, (off + size) * scale  # the crop's extent in source coordinates
+    # Bicubic reads 2 source pixels either side of a sample, scaled up when downsampling; 2 more for rounding.
+    reach = math.ceil(2 * max(1.0, scale)) + 2
+    a, b = max(0, math.floor(lo) - reach), min(long, math.ceil(hi) + reach)
+    if tall:
+        return img.crop((0, a, w, b)).resize((size, size), _BICUBIC, box=(0, lo - a, w, hi - a))
+    return img.crop((a, 0, b, h)).resize((size, size), _BICUBIC, box=(lo - a, 0, hi - a, h))
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -129,6 +204,17 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).to(torch.float32).div_(255.0)
 
 
+def _as_image(img: Any) -> Image.Image:
+    """A transform's input: a PIL image, or a path that is opened with ``load_image``; anything else is a
+    ``TypeError`` that says what to pass."""
+    if isinstance(img, Image.Image):
+        return img
+    if isinstance(img, (str, os.PathLike)):
+        return load_image(img)
+    hint = " (convert it with PIL.Image.fromarray)" if hasattr(img, "__array__") else ""
+    raise TypeError(f"preprocess takes a PIL image or a path to an image file, got {type(img).__name__}{hint}")
+
+
 class _Normalized:
     """Shared mean/std handling: stored as plain tuples so the object pickles small and device-free."""
 
@@ -159,8 +245,8 @@ class EvalTransform(_Normalized):
         super().__init__(mean, std)
         self.image_size = _check_size(image_size)
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        img = center_crop(resize_shorter_side(img, self.image_size), self.image_size)
+    def __call__(self, img: Image.Image | str | os.PathLike[str]) -> torch.Tensor:
+        img = resize_center_crop(_as_image(img), self.image_size)
         return self._normalize(to_tensor(img))
 
     def __repr__(self) -> str:
@@ -228,7 +314,8 @@ class TrainTransform(_Normalized):
         w, h = max(1, min(w, width)), max(1, min(h, height))
         return (width - w) // 2, (height - h) // 2, w, h
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def __call__(self, img: Image.Image | str | os.PathLike[str]) -> torch.Tensor:
+        img = _as_image(img)
         left, top, w, h = self.get_params(*img.size)
         # Crop then resize (not resize(box=...)) so border pixels are treated as a crop-then-resize pipeline
         # treats them; RGB conversion stays after the resize, as in the eval path.

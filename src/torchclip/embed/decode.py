@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..transforms import OPENAI_MEAN, OPENAI_STD, ImageDecodeError, center_crop, resize_shorter_side
+from ..transforms import (
+    MAX_IMAGE_PIXELS,
+    OPENAI_MEAN,
+    OPENAI_STD,
+    ImageDecodeError,
+    check_pixels,
+    resize_center_crop,
+)
 from .sources import Item
 
 __all__ = ["open_image", "prepare_pixels", "prepare_batch", "normalize_batch", "ordered_map", "Prepared"]
@@ -43,7 +50,7 @@ def open_image(
     draft_size: int | None = None,
     draft_factor: float = 2.0,
     formats: tuple[str, ...] | None = None,
-    max_pixels: int | None = None,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> Image.Image:
     """Open and fully decode an image file or bytes; every decoding failure is an ``ImageDecodeError``.
 
@@ -51,23 +58,20 @@ def open_image(
     ``2 * draft_factor * draft_size``, it is decoded at the largest DCT reduction that still leaves a shorter
     side of ``draft_factor * draft_size`` (None: exact decoding, the default everywhere). ``formats``
     restricts the accepted Pillow formats and ``max_pixels`` the image area, checked from the header before
-    any pixel is decoded (uploads). A missing file propagates as ``FileNotFoundError``.
+    any pixel is decoded (None: Pillow's own limit only). A missing file propagates as ``FileNotFoundError``.
     """
     label = name or (os.fspath(source) if not isinstance(source, bytes) else "<bytes>")
     fp: Any = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with Image.open(fp, formats=list(formats) if formats else None) as img:
-            if max_pixels is not None and img.width * img.height > max_pixels:
-                raise ImageDecodeError(
-                    f"image {label} is {img.width}x{img.height} pixels, more than the limit of {max_pixels:,}"
-                )
+            check_pixels(img, label, max_pixels)
             if draft_size and img.format == "JPEG":
                 _apply_draft(img, draft_size, draft_factor)
             img.load()
             return img
     except (FileNotFoundError, IsADirectoryError, PermissionError, ImageDecodeError):
         raise
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # a warning where warnings are errors
         raise ImageDecodeError(f"cannot load image {label}: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
         allowed = f" (accepted: {', '.join(formats)})" if formats else ""
@@ -89,8 +93,10 @@ def _apply_draft(img: Image.Image, size: int, factor: float) -> None:
 
 
 def prepare_pixels(img: Image.Image, image_size: int) -> np.ndarray:
-    """OpenAI's eval geometry (shorter side -> R bicubic, centre crop R, then RGB): uint8 ``[R, R, 3]``."""
-    img = center_crop(resize_shorter_side(img, image_size), image_size)
+    """OpenAI's eval geometry (shorter side -> R bicubic, centre crop R, then RGB): uint8 ``[R, R, 3]``.
+
+    Bounded whatever the aspect ratio (see ``resize_center_crop``)."""
+    img = resize_center_crop(img, image_size)
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8)

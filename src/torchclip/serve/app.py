@@ -15,14 +15,27 @@ page is static HTML/JS that talks to the JSON API:
 Every result carries ``image``/``thumb`` URLs built from its row number; no request ever names a file, and
 ``files.CollectionFiles`` confines what a row can reach to the collection root. Uploads are limited in size
 (checked from ``Content-Length`` before reading), type (the header *and* the decoded format) and pixel
-count (checked from the image header before decoding).
+count (checked from the image header before decoding); their preprocessing is bounded by the model's
+input size whatever the aspect ratio.
+
+Only loopback clients can connect, but any web page can make a browser send requests to loopback, and a
+DNS-rebinding page can even read the answers, because the browser takes the server for the page's own
+origin. So every request must carry ``Host: 127.0.0.1:PORT`` or ``localhost:PORT``, and a POST with an
+``Origin`` must come from one of those origins (403 otherwise). Each request must arrive within
+``ServeConfig.timeout`` seconds (idle keep-alive connections close after as long), at most
+``max_connections`` are served at once, and a client that hangs up mid-answer is not an error.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import socket
+import sys
 import threading
+import time
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
@@ -48,15 +61,21 @@ _CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 
 class ServeConfig:
-    """Limits of the app: upload bytes and pixels, results per query, and where the images live."""
+    """Limits of the app: upload bytes and pixels, results per query, where the images live, seconds a
+    request may take to arrive (and an idle connection may stay open), and connections served at once."""
 
     def __init__(self, max_upload_bytes: int = 8 << 20, max_upload_pixels: int = 40_000_000,
-                 default_k: int = 12, max_k: int = 100, root: str | Path | None = None) -> None:
+                 default_k: int = 12, max_k: int = 100, root: str | Path | None = None,
+                 timeout: float = 30.0, max_connections: int = 32) -> None:
+        if not timeout > 0 or max_connections < 1:
+            raise ValueError(f"timeout must be > 0 and max_connections >= 1, got {timeout}, {max_connections}")
         self.max_upload_bytes = max_upload_bytes
         self.max_upload_pixels = max_upload_pixels
         self.default_k = default_k
         self.max_k = max_k
         self.root = root
+        self.timeout = timeout
+        self.max_connections = max_connections
 
 
 def _load_static() -> dict[str, tuple[bytes, str]]:
@@ -64,14 +83,76 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
     return {route: ((folder / name).read_bytes(), mime) for route, (name, mime) in _STATIC.items()}
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A socket reader that gives up at the handler's deadline, however slowly the bytes trickle in.
+
+    A plain socket timeout bounds each wait, so a client sending one byte just inside it would hold a thread
+    indefinitely; here each wait is also cut to the time left for the whole request.
+    """
+
+    def __init__(self, sock: socket.socket, handler: _Handler) -> None:
+        self.sock, self.handler = sock, handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        left = self.handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self.sock.settimeout(min(self.handler.timeout, left))
+        try:
+            return self.sock.recv_into(buf)
+        finally:
+            self.sock.settimeout(self.handler.timeout)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "torchclip-serve"
     protocol_version = "HTTP/1.1"
     app: _App  # set on the subclass made by create_server
+    timeout: float  # per socket operation, and for a whole request to arrive (set by create_server)
+    deadline = 0.0
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the plain reader: releases its hold on the socket
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self))
+
+    def handle_one_request(self) -> None:
+        # The wait for the request line counts too: an idle keep-alive connection closes when it runs out.
+        self.deadline = time.monotonic() + self.timeout
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         if self.app.verbose:
             super().log_message(format, *args)
+
+    # ---- who may ask -----------------------------------------------------------------------------------
+
+    def _refused(self) -> str | None:
+        """Why this request is refused (a foreign Host, or a POST from a foreign Origin), else None."""
+        host = (self.headers.get("Host") or "").strip().lower()
+        if host not in self.app.hosts:
+            return f"unexpected Host {host or '(none)'!r}: this server answers to {self.app.hosts[0]}"
+        origin = self.headers.get("Origin")
+        if self.command == "POST" and origin is not None and origin.strip().lower() not in self.app.origins:
+            return f"requests from origin {origin!r} are not accepted"
+        return None
+
+    def _dispatch(self, route: Any) -> None:
+        """Run a route behind the Host/Origin check; an unexpected error answers 500 and is logged once."""
+        why = self._refused()
+        if why is not None:
+            self._error(403, why, close=True)
+            return
+        try:
+            route()
+        except (ConnectionError, TimeoutError):
+            raise  # the client went away or stalled: nothing to answer, and not an error of ours
+        except Exception:
+            sys.stderr.write(f"torchclip serve: error on {self.command} {self.path}:\n{traceback.format_exc()}")
+            self._error(500, "internal error", close=True)
 
     # ---- responses -------------------------------------------------------------------------------------
 
@@ -99,9 +180,15 @@ class _Handler(BaseHTTPRequestHandler):
     # ---- routing ---------------------------------------------------------------------------------------
 
     def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
-        self.do_GET()
+        self._dispatch(self._get)
 
     def do_GET(self) -> None:  # noqa: N802
+        self._dispatch(self._get)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch(self._post)
+
+    def _get(self) -> None:
         url = urlsplit(self.path)
         try:
             if url.path in self.app.static:
@@ -120,7 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             self._error(400, str(exc))
 
-    def do_POST(self) -> None:  # noqa: N802
+    def _post(self) -> None:
         url = urlsplit(self.path)
         if url.path != "/api/upload":
             self._error(404, "not found", close=True)
@@ -212,6 +299,13 @@ class _App:
         root = config.root or searcher.index.meta.get("root")
         self.files = CollectionFiles(searcher.index.records, root)
         self.static = _load_static()
+        self.hosts: list[str] = []  # accepted Host headers, then origins: set once the port is known
+        self.origins: list[str] = []
+
+    def bind(self, port: int) -> None:
+        names = ["127.0.0.1", "localhost"]
+        self.hosts = [f"{n}:{port}" for n in names] + (names if port == 80 else [])
+        self.origins = [f"http://{h}" for h in self.hosts]
 
     def results(self, hits: list[Hit]) -> list[dict[str, Any]]:
         out = []
@@ -238,13 +332,50 @@ class _App:
         }
 
 
+class _Server(ThreadingHTTPServer):
+    """Threads per connection, at most ``slots`` at once; a client hanging up is not logged as an error."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[_Handler], slots: int) -> None:
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(slots)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            try:  # full: say so at once rather than queue a connection that may never be served
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return  # a broken pipe or reset: the client left, nothing went wrong here
+        super().handle_error(request, client_address)
+
+
 def create_server(searcher: Searcher, port: int = 0, config: ServeConfig | None = None,
                   verbose: bool = False) -> ThreadingHTTPServer:
     """A server bound to 127.0.0.1:``port`` (0: any free port; see ``server.server_address``)."""
-    app = _App(searcher, config or ServeConfig(), verbose)
-    handler = type("Handler", (_Handler,), {"app": app})
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-    server.daemon_threads = True
+    config = config or ServeConfig()
+    app = _App(searcher, config, verbose)
+    handler = type("Handler", (_Handler,), {"app": app, "timeout": config.timeout})
+    server = _Server(("127.0.0.1", port), handler, config.max_connections)
+    app.bind(server.server_address[1])
     return server
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from .checkpoints import load_model
+from .checkpoints import load_model, preprocess_config_of
+from .hub import download_hub_model, hub_repo_id
 from .config import CLIPConfig, canonical_name, get_preset, list_presets
 from .model import CLIP
 
@@ -32,7 +33,8 @@ def pretrained_models() -> list[str]:
     return list(_OPENAI_RELEASED)
 
 
-def _resolve_weights(name_or_path: str | os.PathLike[str]) -> Path:
+def _resolve_weights(name_or_path: str | os.PathLike[str], revision: str | None = None) -> Path:
+    """A local checkpoint path for a model name (downloaded), a path, or a hub repo (downloaded)."""
     if isinstance(name_or_path, str) and canonical_name(name_or_path) is not None:
         name = canonical_name(name_or_path)
         if name not in _OPENAI_RELEASED:
@@ -44,28 +46,34 @@ def _resolve_weights(name_or_path: str | os.PathLike[str]) -> Path:
 
         return download_pretrained(name)
     path = Path(name_or_path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{name_or_path!r} is neither a model name ({', '.join(available_models())}) nor an existing file"
-        )
-    return path
+    if path.exists():
+        return path
+    repo = hub_repo_id(name_or_path) if isinstance(name_or_path, str) else None
+    if repo is not None:
+        return download_hub_model(repo, revision)
+    raise FileNotFoundError(
+        f"{name_or_path!r} is neither a model name ({', '.join(available_models())}), an existing file or "
+        "folder, nor a hub repo (hf-hub:org/name)"
+    )
 
 
 def _preprocess_for(model: CLIP) -> Callable[[Any], torch.Tensor]:
-    from .transforms import image_transform
+    from .transforms import transform_for
 
-    return image_transform(model.config.vision.image_size)
+    return transform_for(preprocess_config_of(model))
 
 
 def load(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu", *,
-         activation: str | None = None) -> tuple[CLIP, Callable[[Any], torch.Tensor]]:
-    """``(model, preprocess)`` for a pretrained model name or any checkpoint file/folder.
+         activation: str | None = None, revision: str | None = None) -> tuple[CLIP, Callable[[Any], torch.Tensor]]:
+    """``(model, preprocess)`` for a pretrained model name, a hub repo or any checkpoint file/folder.
 
-    Names download (with checksum) into ``$TORCHCLIP_CACHE``. Files are auto-detected: OpenAI TorchScript
-    archives (read without executing them), OpenAI/OpenCLIP state dicts and training checkpoints, HF
-    ``CLIPModel`` folders and torchclip safetensors. The model is in eval mode in fp32.
+    Names download (with checksum) into ``$TORCHCLIP_CACHE``; ``hf-hub:org/name`` (or ``org/name``) through
+    huggingface_hub, at ``revision``. Files and folders are auto-detected (``torchclip.readers``): OpenAI
+    TorchScript archives (read without executing them), OpenAI/OpenCLIP state dicts and training
+    checkpoints, OpenCLIP hub folders, HF ``CLIPModel`` folders, torchclip files and run folders. The model
+    is in eval mode in fp32, and ``preprocess`` is the one its checkpoint records.
     """
-    model = load_model(_resolve_weights(name_or_path), device=device, activation=activation)
+    model = load_model(_resolve_weights(name_or_path, revision), device=device, activation=activation)
     return model, _preprocess_for(model)
 
 

@@ -1,15 +1,9 @@
-"""Reading and writing checkpoints in every supported format, detected from the file itself.
+"""Building a model from a checkpoint, and writing checkpoints in torchclip's, OpenAI's, OpenCLIP's and HF's
+layouts. Reading is ``readers.py``: one reader per source behind ``read_checkpoint``.
 
-| format | how it is recognised | how it is read |
-| --- | --- | --- |
-| torchclip | ``.safetensors`` with ``torchclip_config`` metadata, or a folder with ``torchclip.json`` | safetensors |
-| OpenAI TorchScript archive | zip with ``<name>/data.pkl`` and ``<name>/code/`` | ``torchscript.py``: no code executed |
-| OpenAI / OpenCLIP state dict | any other ``torch.save`` file | ``torch.load(weights_only=True)`` |
-| OpenCLIP training checkpoint | ``torch.save`` dict with ``state_dict`` (``module.`` prefix stripped) | same |
-| HF ``CLIPModel`` folder | ``config.json`` with ``model_type: clip`` + ``model.safetensors`` | safetensors |
-
-No pickle code is ever executed. Half-precision tensors are upcast to fp32; fp32 tensors stay exactly as
-stored (rounding a user's fp32 weights through fp16 would change features by ~1e-3).
+A loaded model carries its bundle: ``model.preprocess_config`` (image size, mean/std, interpolation, resize
+mode) and ``model.tokenizer`` (the vocabulary it was trained with; None means OpenAI's). Every writer
+records what its format can hold of both, and of the MLP activation.
 """
 
 from __future__ import annotations
@@ -17,173 +11,66 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import zipfile
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .config import CLIPConfig, canonical_name
+from .config import CLIPConfig, PreprocessConfig
 from .formats import (
-    OPENAI_NON_WEIGHT_KEYS,
-    CheckpointError,
     check_state_dict,
-    hf_config_to_torchclip,
-    hf_to_openai,
-    infer_openai_config,
     openai_to_hf,
-    openai_to_torchclip,
     torchclip_to_hf_config,
+    torchclip_to_hf_preprocess_config,
+    torchclip_to_open_clip_config,
     torchclip_to_openai,
 )
 from .model import CLIP
+from .readers import LoadedCheckpoint, read_checkpoint
 
-__all__ = ["LoadedCheckpoint", "read_checkpoint", "load_model", "save", "save_hf", "save_openai"]
+__all__ = ["LoadedCheckpoint", "read_checkpoint", "load_model", "build_model", "preprocess_config_of",
+           "save", "save_hf", "save_openai", "save_open_clip"]
 
 FORMAT_VERSION = 1
 
 
-@dataclass
-class LoadedCheckpoint:
-    config: CLIPConfig
-    state_dict: dict[str, torch.Tensor]  # torchclip names, fp16/bf16 upcast to fp32
-    format: str  # "torchclip", "openai-torchscript", "openai", "open_clip", "hf"
-    path: Path
+def preprocess_config_of(model: CLIP) -> PreprocessConfig:
+    """The preprocessing a model was loaded with, else OpenAI's at the model's image size."""
+    pp = getattr(model, "preprocess_config", None)
+    return pp if pp is not None else PreprocessConfig(image_size=model.config.vision.image_size)
 
 
-def _upcast(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in sd.items():
-        if isinstance(v, torch.Tensor) and v.dtype in (torch.float16, torch.bfloat16):
-            v = v.float()
-        out[k] = v
-    return out
-
-
-def _fix_logit_scale(sd: dict[str, torch.Tensor]) -> None:
-    # Some files store logit_scale as [1] (openai/CLIP#66); the model's parameter is 0-dim.
-    for key in ("logit_scale", "logit_bias"):
-        if key in sd and sd[key].shape == (1,):
-            sd[key] = sd[key].reshape(())
-
-
-def _drop_non_weights(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return {
-        k: v for k, v in sd.items()
-        if k.rsplit(".", 1)[-1] not in OPENAI_NON_WEIGHT_KEYS and isinstance(v, torch.Tensor)
-    }
-
-
-def _open_clip_activation(name: Any) -> str:
-    """OpenCLIP builds its named models with nn.GELU unless the name says ``-quickgelu``."""
-    if isinstance(name, str) and name.endswith("-quickgelu"):
-        return "quick_gelu"
-    if isinstance(name, str) and canonical_name(name) is not None:
-        return "gelu"
-    return "quick_gelu"
-
-
-def _from_openai_layout(sd: dict[str, Any], path: Path, fmt: str, activation: str | None,
-                        default_activation: str = "quick_gelu") -> LoadedCheckpoint:
-    sd = _upcast(_drop_non_weights(sd))
-    _fix_logit_scale(sd)
-    where = str(path)
-    config = infer_openai_config(sd, where, activation=activation or default_activation)
-    return LoadedCheckpoint(config, openai_to_torchclip(sd, where), fmt, path)
-
-
-def _read_torch_file(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read as a PyTorch checkpoint: truncated or corrupt ({e})") from e
-    except Exception as e:  # pickle.UnpicklingError and friends: a file weights_only refuses
-        raise CheckpointError(f"{path}: refused by the weights-only loader (not a plain tensor file): {e}") from e
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return load_file(str(path)), meta
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: cannot read safetensors file: truncated or corrupt ({e})") from e
-
-
-def read_checkpoint(path: str | os.PathLike[str], activation: str | None = None) -> LoadedCheckpoint:
-    """Detect the format of ``path`` (file or folder) and return our config and state dict.
-
-    ``activation`` overrides the activation the format implies ("quick_gelu" for OpenAI layouts).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.is_dir():
-        if (path / "torchclip.json").exists():
-            return read_checkpoint(path / "model.safetensors", activation)
-        cfg_file = path / "config.json"
-        if cfg_file.exists():
-            cfg = json.loads(cfg_file.read_text())
-            if cfg.get("model_type") != "clip":
-                raise CheckpointError(f"{cfg_file}: model_type {cfg.get('model_type')!r} is not an HF CLIPModel")
-            weights = path / "model.safetensors"
-            if not weights.exists():
-                raise CheckpointError(f"{path}: HF folder has no model.safetensors (convert .bin files first)")
-            sd, _ = _read_safetensors(weights)
-            config = hf_config_to_torchclip(cfg, str(cfg_file))
-            if activation:
-                config = config.replace(activation=activation)
-            oa = _upcast(hf_to_openai(sd, str(weights)))
-            return LoadedCheckpoint(config, openai_to_torchclip(oa, str(weights)), "hf", path)
-        raise CheckpointError(f"{path}: folder holds neither torchclip.json nor an HF config.json")
-    if path.suffix == ".safetensors":
-        sd, meta = _read_safetensors(path)
-        if "torchclip_config" in meta:
-            config = CLIPConfig.from_dict(json.loads(meta["torchclip_config"]))
-            if activation:
-                config = config.replace(activation=activation)
-            return LoadedCheckpoint(config, sd, "torchclip", path)
-        if any(k.startswith("text_model.") for k in sd):
-            raise CheckpointError(f"{path}: HF weights need their config.json: load the folder instead")
-        return _from_openai_layout(sd, path, "open_clip", activation)
-    from .torchscript import is_torchscript_archive, read_torchscript_tensors
-
-    if is_torchscript_archive(path):
-        return _from_openai_layout(read_torchscript_tensors(path), path, "openai-torchscript", activation)
-    obj = _read_torch_file(path)
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
-    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        sd = obj["state_dict"]
-        if next(iter(sd), "").startswith("module."):
-            sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-        return _from_openai_layout(sd, path, "open_clip", activation, _open_clip_activation(obj.get("name")))
-    if "torchclip_config" in obj and "model" in obj:  # our training checkpoints
-        config = CLIPConfig.from_dict(obj["torchclip_config"])
-        return LoadedCheckpoint(config, _upcast(obj["model"]), "torchclip", path)
-    return _from_openai_layout(obj, path, "openai", activation)
-
-
-def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu",
-               activation: str | None = None) -> CLIP:
-    """Build the model a checkpoint describes and load its weights strictly, shapes checked first."""
-    ckpt = read_checkpoint(path, activation)
+def build_model(ckpt: LoadedCheckpoint) -> CLIP:
+    """The model ``ckpt`` describes, its weights loaded strictly, shapes checked before anything is copied."""
     # Built on the meta device, the module allocates nothing and skips the random init that the loaded
-    # weights would overwrite (seconds for the large models); ``assign`` then adopts the loaded tensors.
+    # weights would overwrite; ``assign`` then adopts the loaded tensors.
     with torch.device("meta"):
         model = CLIP(ckpt.config)
     check_state_dict(ckpt.state_dict, model.state_dict(), str(ckpt.path))
-    # safetensors hands out views into the file's mapping at 4- or 8-byte offsets; torch's allocator aligns
-    # to 64. oneDNN's and MKL's kernels can round differently on differently aligned weights: a ViT saved and
-    # loaded gave batch-1 features 1 ulp off the original. Adopt owned, aligned copies instead.
+    # safetensors hands out views at 4- or 8-byte offsets, torch's allocator aligns to 64: oneDNN's and MKL's
+    # kernels can round differently on differently aligned weights, so adopt owned, aligned copies.
     state = {k: v if v.data_ptr() % 64 == 0 else v.clone() for k, v in ckpt.state_dict.items()}
     model.load_state_dict(state, strict=True, assign=True)
-    return model.to(device).eval()
+    model.preprocess_config = ckpt.preprocess or PreprocessConfig(image_size=ckpt.config.vision.image_size)
+    model.tokenizer = ckpt.tokenizer
+    if ckpt.tokenizer is not None:
+        from .tokenizer import check_compatible
+
+        try:
+            check_compatible(ckpt.tokenizer, ckpt.config.text)
+        except ValueError as e:
+            from .formats import CheckpointError
+
+            raise CheckpointError(f"{ckpt.path}: the bundled vocabulary does not fit the model: {e}") from e
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu", activation: str | None = None,
+               config: CLIPConfig | None = None) -> CLIP:
+    """Read any checkpoint (``readers.read_checkpoint``) and build its model in eval mode on ``device``."""
+    return build_model(read_checkpoint(path, activation, config)).to(device)
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -198,39 +85,106 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def _cpu_state(model: CLIP) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def _own_tokenizer(model: CLIP) -> Any:
+    """The vocabulary the model was loaded or trained with; None means OpenAI's, which readers assume."""
+    return getattr(model, "tokenizer", None)
 
 
 def save(model: CLIP, path: str | os.PathLike[str]) -> Path:
     """Save in torchclip's format: ``x.safetensors`` (config in the metadata) or a folder.
 
-    A folder gets ``model.safetensors`` plus a human-readable ``torchclip.json``. Writes are atomic.
+    The file is a whole bundle: config, preprocessing and (when it is not OpenAI's) the vocabulary travel in
+    the metadata. A folder gets ``model.safetensors`` plus a human-readable ``torchclip.json``. Writes are
+    atomic.
     """
     path = Path(path)
-    meta = {"torchclip_config": json.dumps(model.config.to_dict()), "format_version": str(FORMAT_VERSION)}
+    pp = preprocess_config_of(model)
+    meta = {"torchclip_config": json.dumps(model.config.to_dict()), "format_version": str(FORMAT_VERSION),
+            "torchclip_preprocess": json.dumps(pp.to_dict())}
+    tok = _own_tokenizer(model)
+    if tok is not None:
+        meta["torchclip_tokenizer_merges"] = "#version: 0.2 torchclip\n" + "".join(f"{a} {b}\n" for a, b in tok.merges)
     target = path if path.suffix == ".safetensors" else path / "model.safetensors"
     state = _cpu_state(model)
     _atomic_write(target, lambda tmp: save_file(state, tmp, metadata=meta))
     if target is not path:
-        doc = json.dumps({"format_version": FORMAT_VERSION, "config": model.config.to_dict()}, indent=2)
-        _atomic_write(path / "torchclip.json", lambda tmp: Path(tmp).write_text(doc))
+        doc = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(), "preprocess": pp.to_dict()}
+        _write_text(path / "torchclip.json", json.dumps(doc, indent=2))
     return path
 
 
 def save_openai(model: CLIP, path: str | os.PathLike[str]) -> Path:
-    """A plain ``torch.save`` state dict in OpenAI's layout (loads in openai/CLIP and OpenCLIP)."""
+    """A plain ``torch.save`` state dict in OpenAI's layout (loads in openai/CLIP and OpenCLIP).
+
+    The layout has no place for the activation or a vocabulary: openai/CLIP always builds QuickGELU, so a
+    GELU model is written with a warning saying how to load it correctly.
+    """
     path = Path(path)
+    if model.config.activation != "quick_gelu":
+        warnings.warn(f"{path}: OpenAI's state-dict layout cannot record the {model.config.activation!r} "
+                      "activation: load it with activation='gelu' (torchclip) or a GELU architecture name "
+                      "(open_clip.create_model('ViT-B-32', pretrained=path)); save_open_clip() records it",
+                      UserWarning, stacklevel=2)
     sd = torchclip_to_openai(_cpu_state(model))
     _atomic_write(path, lambda tmp: torch.save(sd, tmp))
     return path
 
 
-def save_hf(model: CLIP, folder: str | os.PathLike[str]) -> Path:
-    """An HF transformers ``CLIPModel`` folder (config.json + model.safetensors); ViT models only."""
+def save_open_clip(model: CLIP, folder: str | os.PathLike[str]) -> Path:
+    """OpenCLIP's hub layout: ``open_clip_config.json`` + ``open_clip_model.safetensors`` +
+    ``open_clip_pytorch_model.bin``; loads with ``open_clip.create_model('local-dir:<folder>')`` and
+    ``torchclip.load(folder)``."""
+    folder = Path(folder)
+    pp = preprocess_config_of(model)
+    doc = {"model_cfg": torchclip_to_open_clip_config(model.config),
+           "preprocess_cfg": {"size": pp.image_size, "mean": list(pp.mean), "std": list(pp.std),
+                              "interpolation": pp.interpolation, "resize_mode": pp.resize_mode}}
+    sd = torchclip_to_openai(_cpu_state(model))
+    _atomic_write(folder / "open_clip_model.safetensors", lambda tmp: save_file(sd, tmp))
+    _atomic_write(folder / "open_clip_pytorch_model.bin", lambda tmp: torch.save(sd, tmp))
+    _write_text(folder / "open_clip_config.json", json.dumps(doc, indent=2))
+    tok = _own_tokenizer(model)
+    if tok is not None:
+        tok.save(folder / "tokenizer.txt.gz")
+    return folder
+
+
+def save_hf(model: CLIP, folder: str | os.PathLike[str], tokenizer: Any = None) -> Path:
+    """An HF transformers folder that ``CLIPModel.from_pretrained`` and ``CLIPProcessor.from_pretrained`` load:
+    config.json, model.safetensors, preprocessor_config.json and the tokenizer files (``tokenizer``, else
+    the model's own vocabulary, else OpenAI's); ViT models only."""
+    from .tokenizer import check_compatible, load_tokenizer
+
     folder = Path(folder)
     cfg = torchclip_to_hf_config(model.config)
     sd = openai_to_hf(torchclip_to_openai(_cpu_state(model)))
+    pp = torchclip_to_hf_preprocess_config(preprocess_config_of(model))
     _atomic_write(folder / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
-    _atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
+    _write_text(folder / "config.json", json.dumps(cfg, indent=2))
+    _write_text(folder / "preprocessor_config.json", json.dumps(pp, indent=2))
+    t = model.config.text
+    tok = tokenizer or _own_tokenizer(model)
+    if tok is None and t.vocab_size == 49408:
+        tok = load_tokenizer(context_length=t.context_length)
+    if tok is None:
+        warnings.warn(f"{folder}: no vocabulary for this model's {t.vocab_size}-token text tower: tokenizer files "
+                      "not written (pass tokenizer=); CLIPProcessor.from_pretrained will not load the folder",
+                      UserWarning, stacklevel=2)
+        return folder
+    check_compatible(tok, t)
+    tok.save_hf(folder)
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+               "pad_token": tok.decoder[t.pad_id]}
+    _write_text(folder / "special_tokens_map.json", json.dumps(special, indent=2))
+    _write_text(folder / "tokenizer_config.json", json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": t.context_length, "do_lower_case": True,
+        "errors": "replace", **special}, indent=2))
     return folder

@@ -19,6 +19,9 @@ __all__ = [
     "PRESETS",
     "get_preset",
     "list_presets",
+    "PreprocessConfig",
+    "OPENAI_MEAN",
+    "OPENAI_STD",
 ]
 
 
@@ -214,3 +217,50 @@ def get_preset(name: str) -> CLIPConfig:
 
 def list_presets() -> list[str]:
     return list(PRESETS)
+
+
+OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+RESIZE_MODES = ("shortest", "longest", "squash")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How images are prepared for a model: what a checkpoint bundle records next to its weights.
+
+    ``resize_mode`` as OpenCLIP's: ``shortest`` (resize the short side, center crop: OpenAI's),
+    ``longest`` (resize the long side, pad), ``squash`` (resize both sides, aspect not kept).
+    """
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):
+            v = tuple(float(x) for x in getattr(self, name))
+            if len(v) != 3 or not all(math.isfinite(x) for x in v):
+                raise ValueError(f"preprocess {name} must be 3 finite numbers, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, v)
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"preprocess std must be positive, got {self.std}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size <= 0:
+            raise ValueError(f"image_size must be a positive int, got {self.image_size!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown PreprocessConfig keys: {sorted(unknown)}")
+        return cls(**d)

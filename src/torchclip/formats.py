@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .config import CLIPConfig, TextConfig, VisionConfig
+from .config import OPENAI_MEAN, OPENAI_STD, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
 
 __all__ = [
     "CheckpointError",
@@ -30,6 +30,12 @@ __all__ = [
     "hf_config_to_torchclip",
     "torchclip_to_hf_config",
     "check_state_dict",
+    "check_config_bounds",
+    "open_clip_config_to_torchclip",
+    "torchclip_to_open_clip_config",
+    "open_clip_preprocess_config",
+    "hf_preprocess_config",
+    "torchclip_to_hf_preprocess_config",
     "OPENAI_NON_WEIGHT_KEYS",
 ]
 
@@ -280,6 +286,8 @@ def openai_to_hf(sd: Mapping[str, torch.Tensor], where: str = "model") -> dict[s
 
 def hf_config_to_torchclip(cfg: Mapping[str, Any], where: str = "config.json") -> CLIPConfig:
     """HF ``CLIPConfig`` JSON -> ours. Raises on architectures this mapping cannot represent."""
+    if cfg.get("model_type") != "clip":
+        raise CheckpointError(f"{where}: model_type {cfg.get('model_type')!r} is not an HF CLIPModel")
     try:
         t, v = cfg["text_config"], cfg["vision_config"]
         acts = {t.get("hidden_act", "quick_gelu"), v.get("hidden_act", "quick_gelu")}
@@ -312,6 +320,8 @@ def hf_config_to_torchclip(cfg: Mapping[str, Any], where: str = "config.json") -
         )
     except KeyError as e:
         raise CheckpointError(f"{where}: HF CLIP config lacks field {e}") from e
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as e:
+        raise CheckpointError(f"{where}: malformed HF CLIP config ({type(e).__name__}: {e})") from e
 
 
 def torchclip_to_hf_config(config: CLIPConfig) -> dict[str, Any]:
@@ -352,4 +362,166 @@ def torchclip_to_hf_config(config: CLIPConfig) -> dict[str, Any]:
             "layer_norm_eps": 1e-5,
             "projection_dim": config.embed_dim,
         },
+    }
+
+
+# ---------------------------------------------------------------- sanity bounds for configs read from files
+
+# Far beyond every published CLIP-family model; a file claiming more is broken or hostile, and building
+# it would hang or exhaust memory before any shape could be compared.
+_BOUNDS = {
+    "embed_dim": 16384, "image_size": 4096, "vision layers": 256, "vision width": 16384, "stage depth": 256,
+    "resnet width": 1024, "text layers": 256, "text width": 16384, "heads": 1024, "context_length": 16384,
+    "vocab_size": 1 << 22, "mlp_ratio": 64.0, "tokens": 1 << 16,
+}
+
+
+def check_config_bounds(config: CLIPConfig, where: str) -> None:
+    """Raise ``CheckpointError`` unless every size in ``config`` lies in a sane range (see ``_BOUNDS``)."""
+    v, t = config.vision, config.text
+    checks: list[tuple[str, float, float]] = [
+        ("embed_dim", config.embed_dim, _BOUNDS["embed_dim"]),
+        ("image_size", v.image_size, _BOUNDS["image_size"]),
+        ("vision mlp_ratio", v.mlp_ratio, _BOUNDS["mlp_ratio"]),
+        ("text layers", t.layers, _BOUNDS["text layers"]),
+        ("text width", t.width, _BOUNDS["text width"]),
+        ("text heads", t.heads, _BOUNDS["heads"]),
+        ("text mlp_ratio", t.mlp_ratio, _BOUNDS["mlp_ratio"]),
+        ("context_length", t.context_length, _BOUNDS["context_length"]),
+        ("vocab_size", t.vocab_size, _BOUNDS["vocab_size"]),
+    ]
+    if v.is_resnet:
+        checks += [(f"stage {i + 1} depth", d, _BOUNDS["stage depth"]) for i, d in enumerate(v.layers)]
+        checks.append(("resnet width", v.width, _BOUNDS["resnet width"]))
+    else:
+        checks += [("vision layers", v.layers, _BOUNDS["vision layers"]), ("vision width", v.width,
+                   _BOUNDS["vision width"]), ("vision tokens", v.grid_size ** 2 + 1, _BOUNDS["tokens"])]
+    for name, value, limit in checks:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= limit:
+            raise CheckpointError(f"{where}: config {name}={value!r} is outside the sane range (0, {limit}]")
+    if not v.is_resnet and not 0 < v.patch_size <= v.image_size:
+        raise CheckpointError(f"{where}: config patch_size={v.patch_size!r} does not fit image_size {v.image_size}")
+
+
+# ---------------------------------------------------------------- OpenCLIP's model and preprocess configs
+
+# OpenCLIP config keys whose non-default values build something torchclip's CLIP does not have.
+_OPEN_CLIP_UNSUPPORTED = {
+    "vision_cfg": {"timm_model_name": None, "attentional_pool": False, "no_ln_pre": False,
+                   "final_ln_after_pool": False, "pool_type": "tok", "ls_init_value": None,
+                   "pos_embed_type": "learnable", "act_kwargs": None, "norm_kwargs": None, "block_type": None,
+                   "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
+                   "scale_attn": False, "scale_fc": False, "output_tokens": False},
+    "text_cfg": {"hf_model_name": None, "hf_tokenizer_name": None, "tokenizer_mode": None, "embed_cls": False,
+                 "no_causal_mask": False, "final_ln_after_pool": False, "pool_type": "argmax", "proj_bias": False,
+                 "proj_type": "linear", "ls_init_value": None, "act_kwargs": None, "norm_kwargs": None,
+                 "block_type": None, "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
+                 "scale_attn_inner": False, "scale_attn": False, "scale_fc": False, "output_tokens": False},
+    "": {"custom_text": False, "init_logit_bias": None},
+}
+
+
+def open_clip_config_to_torchclip(model_cfg: Mapping[str, Any], where: str = "open_clip_config.json") -> CLIPConfig:
+    """OpenCLIP's ``model_cfg`` (``embed_dim``, ``quick_gelu``, ``vision_cfg``, ``text_cfg``) -> ours.
+
+    Refuses, naming the key, any setting that builds a network outside CLIP's family (timm or HF towers,
+    attentional pooling, layer scale, ...): loading it into CLIP's architecture would be silently wrong.
+    """
+    for section, defaults in _OPEN_CLIP_UNSUPPORTED.items():
+        d = model_cfg.get(section, {}) if section else model_cfg
+        if not isinstance(d, Mapping):
+            raise CheckpointError(f"{where}: {section} is not an object")
+        for key, default in defaults.items():
+            value = d.get(key, default)
+            if value != default and not (default is None and value == {}):
+                raise CheckpointError(f"{where}: {section + '.' if section else ''}{key}={value!r} builds a "
+                                      "model outside CLIP's architecture, which torchclip does not implement")
+    v, t = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+    layers = v.get("layers", 12)
+    resnet = isinstance(layers, (list, tuple))
+    image_size = v.get("image_size", 224)
+    if isinstance(image_size, (list, tuple)):
+        if len(image_size) != 2 or image_size[0] != image_size[1]:
+            raise CheckpointError(f"{where}: non-square image_size {image_size} is not supported")
+        image_size = image_size[0]
+    vision = VisionConfig(
+        image_size=image_size, layers=tuple(layers) if resnet else layers, width=v.get("width", 768),
+        patch_size=None if resnet else v.get("patch_size", 16), head_width=v.get("head_width", 64),
+        mlp_ratio=v.get("mlp_ratio", 4.0),
+    )
+    vocab = t.get("vocab_size", 49408)
+    text = TextConfig(
+        context_length=t.get("context_length", 77), vocab_size=vocab, width=t.get("width", 512),
+        heads=t.get("heads", 8), layers=t.get("layers", 12), mlp_ratio=t.get("mlp_ratio", 4.0),
+        pad_id=t.get("pad_id", 0),
+    )
+    return CLIPConfig(
+        embed_dim=model_cfg["embed_dim"], vision=vision, text=text,
+        activation="quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu",
+        init_logit_scale=model_cfg.get("init_logit_scale", math.log(1 / 0.07)),
+    )
+
+
+def torchclip_to_open_clip_config(config: CLIPConfig) -> dict[str, Any]:
+    """Our config -> OpenCLIP's ``model_cfg`` (what ``open_clip_config.json`` holds under that key)."""
+    v, t = config.vision, config.text
+    if (t.sot_id, t.eot_id) != (t.vocab_size - 2, t.vocab_size - 1):
+        raise CheckpointError("OpenCLIP pools text at argmax(ids): it needs the special tokens to be the two "
+                              f"largest ids, this model has sot {t.sot_id}, eot {t.eot_id}, vocab {t.vocab_size}")
+    vision: dict[str, Any] = {"image_size": v.image_size, "layers": list(v.layers) if v.is_resnet else v.layers,
+                              "width": v.width, "patch_size": v.patch_size}
+    if not v.is_resnet:
+        vision.update(head_width=v.head_width, mlp_ratio=v.mlp_ratio)
+    return {
+        "embed_dim": config.embed_dim,
+        "quick_gelu": config.activation == "quick_gelu",
+        "vision_cfg": vision,
+        "text_cfg": {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width,
+                     "heads": t.heads, "layers": t.layers, "mlp_ratio": t.mlp_ratio, "pad_id": t.pad_id},
+    }
+
+
+def open_clip_preprocess_config(pp: Mapping[str, Any], image_size: int) -> PreprocessConfig:
+    """OpenCLIP's ``preprocess_cfg`` (``mean``, ``std``, ``interpolation``, ``resize_mode``, ``size``) -> ours."""
+    size = pp.get("size", image_size)
+    if isinstance(size, (list, tuple)):
+        size = size[0]
+    return PreprocessConfig(image_size=int(size), mean=tuple(pp.get("mean", OPENAI_MEAN)),
+                            std=tuple(pp.get("std", OPENAI_STD)), interpolation=pp.get("interpolation", "bicubic"),
+                            resize_mode=pp.get("resize_mode", "shortest"))
+
+
+_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+def hf_preprocess_config(pp: Mapping[str, Any], image_size: int) -> PreprocessConfig:
+    """HF ``CLIPImageProcessor``'s ``preprocessor_config.json`` -> ours (resize shortest edge, center crop)."""
+    crop = pp.get("crop_size", image_size)
+    crop = crop.get("height", image_size) if isinstance(crop, Mapping) else crop
+    resample = pp.get("resample", 3)
+    if resample not in _PIL_RESAMPLE:
+        raise ValueError(f"resample={resample!r} (torchclip knows {sorted(_PIL_RESAMPLE)})")
+    return PreprocessConfig(image_size=int(crop), mean=tuple(pp.get("image_mean", OPENAI_MEAN)),
+                            std=tuple(pp.get("image_std", OPENAI_STD)), interpolation=_PIL_RESAMPLE[resample],
+                            resize_mode="shortest")
+
+
+def torchclip_to_hf_preprocess_config(pp: PreprocessConfig) -> dict[str, Any]:
+    """Ours -> ``preprocessor_config.json`` for ``CLIPImageProcessor`` (``CLIPProcessor.from_pretrained``)."""
+    if pp.resize_mode != "shortest":
+        raise CheckpointError(f"HF's CLIPImageProcessor cannot express resize_mode {pp.resize_mode!r}")
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "processor_class": "CLIPProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": pp.image_size},
+        "resample": {v: k for k, v in _PIL_RESAMPLE.items()}[pp.interpolation],
+        "do_center_crop": True,
+        "crop_size": {"height": pp.image_size, "width": pp.image_size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(pp.mean),
+        "image_std": list(pp.std),
+        "do_convert_rgb": True,
     }

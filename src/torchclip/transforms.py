@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import OPENAI_MEAN, OPENAI_STD, PreprocessConfig
+
 __all__ = [
     "OPENAI_MEAN",
     "OPENAI_STD",
@@ -41,10 +43,10 @@ __all__ = [
     "EvalTransform",
     "TrainTransform",
     "image_transform",
+    "transform_for",
+    "ResizeModeTransform",
 ]
 
-OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 _BICUBIC = Image.Resampling.BICUBIC
 
@@ -370,3 +372,49 @@ def image_transform(
     if train:
         return TrainTransform(image_size, scale=scale, ratio=ratio, mean=mean, std=std)
     return EvalTransform(image_size, mean=mean, std=std)
+
+
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+             "nearest": Image.Resampling.NEAREST}
+
+
+class ResizeModeTransform(_Normalized):
+    """OpenCLIP's eval preprocessing for its other resize modes and interpolations.
+
+    ``squash``: both sides to R (aspect not kept); ``longest``: the long side to R keeping the aspect, then
+    zero-padded to R x R around the centre; ``shortest``: OpenAI's resize and centre crop with another filter.
+    """
+
+    def __init__(self, image_size: int, resize_mode: str, interpolation: str,
+                 mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD) -> None:
+        super().__init__(mean, std)
+        self.image_size = _check_size(image_size)
+        if resize_mode not in ("shortest", "longest", "squash") or interpolation not in _RESAMPLE:
+            raise ValueError(f"unknown resize_mode {resize_mode!r} or interpolation {interpolation!r}")
+        self.resize_mode, self.interpolation = resize_mode, interpolation
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        s, resample = self.image_size, _RESAMPLE[self.interpolation]
+        w, h = img.size
+        if self.resize_mode == "squash":
+            img = img.resize((s, s), resample)
+        elif self.resize_mode == "longest":
+            ratio = max(w / s, h / s)
+            img = img.resize((max(1, round(w / ratio)), max(1, round(h / ratio))), resample)
+            img = center_crop(img, s)  # pads with zeros, smaller half on the top/left
+        else:
+            short, long = (w, h) if w <= h else (h, w)
+            new_long = int(s * long / short)
+            img = center_crop(img.resize((s, new_long) if w <= h else (new_long, s), resample), s)
+        return self._normalize(to_tensor(img))
+
+    def __repr__(self) -> str:
+        return (f"ResizeModeTransform(image_size={self.image_size}, resize_mode={self.resize_mode!r}, "
+                f"interpolation={self.interpolation!r}, mean={self.mean}, std={self.std})")
+
+
+def transform_for(pp: PreprocessConfig, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+    """The eval (or training) preprocessing a ``PreprocessConfig`` describes: what a checkpoint records."""
+    if train or (pp.resize_mode == "shortest" and pp.interpolation == "bicubic"):
+        return image_transform(pp.image_size, train, mean=pp.mean, std=pp.std)
+    return ResizeModeTransform(pp.image_size, pp.resize_mode, pp.interpolation, mean=pp.mean, std=pp.std)

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from .checkpoints import load_model, preprocess_config_of
-from .hub import download_hub_model, hub_repo_id
 from .config import CLIPConfig, canonical_name, get_preset, list_presets
+from .hub import download_hub_model, hub_repo_id
 from .model import CLIP
 
 __all__ = ["available_models", "load", "create_model", "pretrained_models"]

@@ -510,6 +510,8 @@ def read_checkpoint(path: str | os.PathLike[str], activation: str | None = None,
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if not path.is_dir():
+        _regular_file(path)
     for reader in READERS:
         if reader.detect(path):
             loaded = reader.read(path, activation, config)

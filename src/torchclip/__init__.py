@@ -19,11 +19,13 @@ _EXPORTS = {
     "create_model": "api",
     "load": "api",
     "pretrained_models": "api",
+    "get_tokenizer": "api",
     "load_model": "checkpoints",
     "read_checkpoint": "checkpoints",
     "save": "checkpoints",
     "save_hf": "checkpoints",
     "save_openai": "checkpoints",
+    "save_open_clip": "checkpoints",
     "CLIPConfig": "config",
     "TextConfig": "config",
     "VisionConfig": "config",
@@ -96,11 +98,13 @@ __all__ = [
     "save",
     "save_hf",
     "save_openai",
+    "save_open_clip",
+    "get_tokenizer",
 ]
 
 if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
-    from .api import available_models, create_model, load, pretrained_models
-    from .checkpoints import load_model, read_checkpoint, save, save_hf, save_openai
+    from .api import available_models, create_model, get_tokenizer, load, pretrained_models
+    from .checkpoints import load_model, read_checkpoint, save, save_hf, save_open_clip, save_openai
     from .config import CLIPConfig, TextConfig, VisionConfig, get_preset
     from .download import ChecksumError, DownloadError, cache_dir
     from .formats import CheckpointError

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +16,9 @@ from .checkpoints import load_model, preprocess_config_of
 from .config import CLIPConfig, canonical_name, get_preset, list_presets
 from .hub import download_hub_model, hub_repo_id
 from .model import CLIP
+from .tokenizer import Tokenizer
 
-__all__ = ["available_models", "load", "create_model", "pretrained_models"]
+__all__ = ["available_models", "load", "create_model", "pretrained_models", "get_tokenizer"]
 
 # The nine released OpenAI checkpoints; the small CPU presets have no published weights.
 _OPENAI_RELEASED = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14",
@@ -96,3 +98,40 @@ def create_model(name_or_config: str | CLIPConfig, pretrained: str | os.PathLike
         raise ValueError(f"checkpoint {pretrained} holds a different architecture than {name_or_config!r}: "
                          f"{got} vs {config}")
     return model
+
+
+def get_tokenizer(source: str | os.PathLike[str] | CLIP | None = None, *,
+                  context_length: int | None = None) -> Tokenizer:
+    """The tokenizer a model needs: its vocabulary and its context length.
+
+    ``source``: a loaded model (the vocabulary it was loaded or trained with, else OpenAI's), a model name
+    (OpenAI's vocabulary at that architecture's context length), a checkpoint file or folder, a run folder
+    or a hub repo (the vocabulary bundled with it, else OpenAI's), or None (OpenAI's, 77 tokens).
+    ``context_length`` overrides the model's.
+    """
+    from .readers import read_checkpoint
+    from .tokenizer import check_compatible, load_tokenizer
+
+    tok, config = None, None
+    if isinstance(source, CLIP):
+        tok, config = getattr(source, "tokenizer", None), source.config
+    elif isinstance(source, str) and canonical_name(source) is not None:
+        config = get_preset(source)
+    elif source is not None:
+        path = Path(source)
+        if not path.exists():
+            repo = hub_repo_id(str(source))
+            if repo is None:
+                raise FileNotFoundError(f"{source!r} is neither a model name, a checkpoint nor a hub repo")
+            path = download_hub_model(repo)
+        bundle = read_checkpoint(path, weights=False)
+        tok, config = bundle.tokenizer, bundle.config
+    ctx = context_length or (config.text.context_length if config is not None else 77)
+    if tok is None:
+        tok = load_tokenizer(context_length=ctx)
+    elif tok.context_length != ctx:
+        tok = copy.copy(tok)
+        tok.context_length = ctx
+    if config is not None and context_length is None:
+        check_compatible(tok, config.text)
+    return tok

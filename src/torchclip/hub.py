@@ -39,17 +39,27 @@ def hub_repo_id(name: str) -> str | None:
 def download_hub_model(repo_id: str, revision: str | None = None) -> Path:
     """The local folder holding ``repo_id``'s CLIP checkpoint, downloading what is not cached yet."""
     try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RemoteEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
     except ImportError as e:  # pragma: no cover - huggingface_hub is a dependency
         raise DownloadError("loading from the Hugging Face Hub needs huggingface_hub: pip install huggingface_hub") from e
-    offline = is_offline()
+    offline = is_offline() or bool(constants.HF_HUB_OFFLINE)
 
     def fetch(filename: str) -> Path | None:
+        """The cached file, None if the repo has no such file (or, offline, the cache has none)."""
         try:
             return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline))
-        except EntryNotFoundError:
+        except RemoteEntryNotFoundError:
             return None
+        except LocalEntryNotFoundError:
+            if offline:
+                return None
+            raise  # online, yet neither the hub nor the cache answered
 
     try:
         for config_name, weight_names, optional in _LAYOUTS:
@@ -66,11 +76,13 @@ def download_hub_model(repo_id: str, revision: str | None = None) -> Path:
         raise DownloadError(f"hf-hub:{repo_id}: no such repository on the hub (or it is private: set HF_TOKEN)") from e
     except HfHubHTTPError as e:
         raise DownloadError(f"hf-hub:{repo_id}: the hub answered {e}") from e
-    except (OSError, ValueError) as e:  # connection errors, offline mode with nothing cached
+    except (OSError, ValueError, LocalEntryNotFoundError) as e:  # connection errors, nothing cached
         raise DownloadError(
             f"hf-hub:{repo_id}: cannot reach the hub and the files are not in the cache "
             f"({type(e).__name__}: {e}); set HF_ENDPOINT for a mirror, or copy the repo's files into the "
             "huggingface_hub cache and use HF_HUB_OFFLINE=1") from e
-    where = "in the cache" if offline else "in the repository"
-    raise DownloadError(f"hf-hub:{repo_id}: neither open_clip_config.json nor config.json {where}: "
+    if offline:
+        raise DownloadError(f"hf-hub:{repo_id}: offline (HF_HUB_OFFLINE / TORCHCLIP_OFFLINE) and the model is "
+                            "not in the cache: run once online, or copy the repo into the huggingface_hub cache")
+    raise DownloadError(f"hf-hub:{repo_id}: neither open_clip_config.json nor config.json in the repository: "
                         "not an OpenCLIP or transformers CLIP repository")

@@ -48,7 +48,7 @@ from .formats import (
     openai_to_torchclip,
 )
 
-__all__ = ["LoadedCheckpoint", "read_checkpoint", "open_zip", "READERS", "TOKENIZER_FILES"]
+__all__ = ["LoadedCheckpoint", "read_checkpoint", "open_zip", "READERS", "TOKENIZER_FILES", "ActivationGuessWarning"]
 
 # Bounds that no real checkpoint comes near; beyond them a file is hostile or broken.
 MAX_ZIP_MEMBERS = 100_000
@@ -57,6 +57,10 @@ MAX_METADATA_BYTES = 64 << 20  # a config or vocabulary embedded in metadata or 
 
 # Vocabulary files that travel with a model, in the order they are looked for.
 TOKENIZER_FILES = ("tokenizer.txt.gz", "merges.txt.gz", "bpe.txt.gz", "tokenizer.txt")
+
+
+class ActivationGuessWarning(UserWarning):
+    """A checkpoint that cannot record its activation was read with OpenAI's QuickGELU, by assumption."""
 
 
 @dataclass
@@ -235,7 +239,7 @@ def _activation(recorded: str | None, asked: str | None, where: str, what: str) 
     warnings.warn(
         f"{where}: {what} does not record its MLP activation; assuming QuickGELU (OpenAI's). For a GELU model "
         "(OpenCLIP's ViT-B-32, LAION/DataComp weights) pass activation='gelu' or name the architecture: "
-        "torchclip.create_model('ViT-B-32', pretrained=path)", UserWarning, stacklevel=4)
+        "torchclip.create_model('ViT-B-32', pretrained=path)", ActivationGuessWarning, stacklevel=4)
     return "quick_gelu"
 
 
@@ -285,12 +289,19 @@ def _tokenizer_from_metadata(meta: dict[str, str], context_length: int, where: s
 # ---------------------------------------------------------------- the readers
 
 class Reader:
-    """One source: ``detect`` is cheap and never allocates by a file's claims; ``read`` converts."""
+    """One source: ``detect`` is cheap and never allocates by a file's claims; ``bundle`` reads what travels
+    with the weights (config, preprocessing, vocabulary); ``read`` adds the weights, converted."""
 
     format = ""
 
     def detect(self, path: Path) -> bool:
         raise NotImplementedError
+
+    def bundle(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
+        """Everything but the weights (``state_dict`` empty); formats without a separate header read it all."""
+        loaded = self.read(path, activation, config)
+        loaded.state_dict = {}
+        return loaded
 
     def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
         raise NotImplementedError
@@ -313,7 +324,7 @@ class TorchclipReader(Reader):
     def detect(self, path: Path) -> bool:
         return (path.is_dir() and (path / "torchclip.json").is_file()) or self._weights(path) is not None
 
-    def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
+    def bundle(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
         weights = self._weights(path)
         if weights is None:
             raise CheckpointError(f"{path}: torchclip folder has no model.safetensors with its config")
@@ -339,8 +350,14 @@ class TorchclipReader(Reader):
         if tokenizer is None:
             folder = weights.parent
             tokenizer = _bundled_tokenizer([folder] + ([folder.parent] if folder.name == "checkpoints" else []), ctx)
-        sd = _upcast(_check_tensors(_read_safetensors(weights), where))
-        return LoadedCheckpoint(config, sd, self.format, path, preprocess, tokenizer)
+        return LoadedCheckpoint(config, {}, self.format, path, preprocess, tokenizer)
+
+    def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
+        loaded = self.bundle(path, activation, config)
+        weights = self._weights(path)
+        assert weights is not None  # bundle() checked
+        loaded.state_dict = _upcast(_check_tensors(_read_safetensors(weights), str(weights)))
+        return loaded
 
 
 class OpenCLIPHubReader(Reader):
@@ -352,7 +369,7 @@ class OpenCLIPHubReader(Reader):
     def detect(self, path: Path) -> bool:
         return path.is_dir() and (path / "open_clip_config.json").is_file()
 
-    def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
+    def bundle(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
         cfg_file = path / "open_clip_config.json"
         doc = _read_json(cfg_file)
         where = str(cfg_file)
@@ -361,19 +378,22 @@ class OpenCLIPHubReader(Reader):
             raise CheckpointError(f"{where}: no 'model_cfg' object")
         config = _parse_config(lambda: open_clip_config_to_torchclip(model_cfg, where), where)
         _activation(config.activation, activation, where, "")
+        pp = doc.get("preprocess_cfg") or {}
+        try:
+            preprocess = open_clip_preprocess_config(pp, config.vision.image_size)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{where}: malformed preprocess_cfg ({e})") from e
+        tokenizer = _bundled_tokenizer([path], config.text.context_length)
+        return LoadedCheckpoint(config, {}, self.format, path, preprocess, tokenizer)
+
+    def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
+        loaded = self.bundle(path, activation, config)
         weights = _first_file(path, self.weights)
         if weights is None:
             raise CheckpointError(f"{path}: OpenCLIP folder has none of {', '.join(self.weights)}")
-        sd = _read_weights(weights)
-        sd = {k.removeprefix("module."): v for k, v in sd.items()}
-        loaded = _from_openai_layout(sd, weights, self.format, config.activation, config)
-        loaded.path = path
-        pp = doc.get("preprocess_cfg") or {}
-        try:
-            loaded.preprocess = open_clip_preprocess_config(pp, config.vision.image_size)
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(f"{where}: malformed preprocess_cfg ({e})") from e
-        loaded.tokenizer = _bundled_tokenizer([path], config.text.context_length)
+        sd = {k.removeprefix("module."): v for k, v in _read_weights(weights).items()}
+        loaded.state_dict = _from_openai_layout(sd, weights, self.format, loaded.config.activation,
+                                                loaded.config).state_dict
         return loaded
 
 
@@ -389,28 +409,31 @@ class HFReader(Reader):
         try:
             return _read_json(path / "config.json").get("model_type") == "clip"
         except CheckpointError:
-            return True  # read() names the problem
+            return True  # bundle() names the problem
 
-    def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
+    def bundle(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
         cfg_file = path / "config.json"
         cfg = _read_json(cfg_file)
         config = _parse_config(lambda: hf_config_to_torchclip(cfg, str(cfg_file)), str(cfg_file))
         _activation(config.activation, activation, str(cfg_file), "")
-        weights = _first_file(path, self.weights)
-        if weights is None:
-            raise CheckpointError(f"{path}: HF folder has none of {', '.join(self.weights)}")
-        sd = _upcast(_read_weights(weights))
-        oa = hf_to_openai(sd, str(weights))
         preprocess = None
         pp_file = path / "preprocessor_config.json"
         if pp_file.is_file():
             try:
                 preprocess = hf_preprocess_config(_read_json(pp_file), config.vision.image_size)
-            except (ValueError, TypeError, KeyError) as e:
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
                 raise CheckpointError(f"{pp_file}: malformed image processor config ({e})") from e
         tokenizer = _bundled_tokenizer([path], config.text.context_length)
-        return LoadedCheckpoint(config, openai_to_torchclip(oa, str(weights)), self.format, path, preprocess,
-                                tokenizer)
+        return LoadedCheckpoint(config, {}, self.format, path, preprocess, tokenizer)
+
+    def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
+        loaded = self.bundle(path, activation, config)
+        weights = _first_file(path, self.weights)
+        if weights is None:
+            raise CheckpointError(f"{path}: HF folder has none of {', '.join(self.weights)}")
+        oa = hf_to_openai(_upcast(_read_weights(weights)), str(weights))
+        loaded.state_dict = openai_to_torchclip(oa, str(weights))
+        return loaded
 
 
 class TorchScriptReader(Reader):
@@ -496,12 +519,14 @@ READERS: tuple[Reader, ...] = (TorchclipReader(), OpenCLIPHubReader(), HFReader(
 
 
 def read_checkpoint(path: str | os.PathLike[str], activation: str | None = None,
-                    config: CLIPConfig | None = None) -> LoadedCheckpoint:
+                    config: CLIPConfig | None = None, *, weights: bool = True) -> LoadedCheckpoint:
     """Detect the source of ``path`` (file or folder) and return torchclip's config and state dict.
 
     ``activation`` ("quick_gelu" or "gelu") is knowledge a plain state dict cannot record. ``config``, the
     architecture the caller expects (``create_model(name, pretrained=path)``), supplies what shapes cannot
     tell (activation, head widths) to formats that do not record it, and must equal what the others record.
+    ``weights=False`` reads only what travels with the weights (config, preprocessing, vocabulary) where the
+    format keeps it apart from them.
     """
     if activation is not None and activation not in ("quick_gelu", "gelu"):
         raise ValueError(f"activation must be 'quick_gelu' or 'gelu', got {activation!r}")
@@ -514,7 +539,7 @@ def read_checkpoint(path: str | os.PathLike[str], activation: str | None = None,
         _regular_file(path)
     for reader in READERS:
         if reader.detect(path):
-            loaded = reader.read(path, activation, config)
+            loaded = (reader.read if weights else reader.bundle)(path, activation, config)
             if config is not None and _architecture(loaded.config) != _architecture(config.replace(
                     activation=loaded.config.activation)):
                 raise CheckpointError(f"{path}: holds a different architecture than the one asked for: "

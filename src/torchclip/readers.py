@@ -48,7 +48,7 @@ from .formats import (
     openai_to_torchclip,
 )
 
-__all__ = ["LoadedCheckpoint", "read_checkpoint", "open_zip", "READERS", "TOKENIZER_FILES", "ActivationGuessWarning"]
+__all__ = ["LoadedCheckpoint", "read_checkpoint", "find_vocabulary", "open_zip", "READERS", "TOKENIZER_FILES", "ActivationGuessWarning"]
 
 # Bounds that no real checkpoint comes near; beyond them a file is hostile or broken.
 MAX_ZIP_MEMBERS = 100_000
@@ -56,7 +56,8 @@ MAX_COMPRESSION_RATIO = 50  # torch.save stores members uncompressed; deflate on
 MAX_METADATA_BYTES = 64 << 20  # a config or vocabulary embedded in metadata or a JSON file
 
 # Vocabulary files that travel with a model, in the order they are looked for.
-TOKENIZER_FILES = ("tokenizer.txt.gz", "merges.txt.gz", "bpe.txt.gz", "tokenizer.txt")
+TOKENIZER_FILES = ("tokenizer.txt.gz", "tokenizer.txt", "merges.txt.gz", "bpe.txt.gz", "vocab.txt.gz", "vocab.txt",
+                   "bpe_vocab.txt.gz")
 
 
 class ActivationGuessWarning(UserWarning):
@@ -260,17 +261,31 @@ def _from_openai_layout(sd: dict[str, Any], path: Path, fmt: str, activation: st
 
 # ---------------------------------------------------------------- vocabulary bundled with the weights
 
-def _bundled_tokenizer(folders: list[Path], context_length: int) -> Any:
+def find_vocabulary(checkpoint: str | os.PathLike[str]) -> Path | None:
+    """The vocabulary stored with a checkpoint, else None (OpenAI's): an HF ``vocab.json`` + ``merges.txt``
+    folder or a merges file (``TOKENIZER_FILES``), in the checkpoint's folder (or a ``tokenizer/`` inside
+    it), or in the run folder above ``checkpoints/`` (``torchclip train``'s layout)."""
+    p = Path(checkpoint)
+    folder = p if p.is_dir() else p.parent
+    for f in [folder] + ([folder.parent] if folder.name == "checkpoints" else []):
+        for d in (f, f / "tokenizer"):
+            if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
+                return d
+        found = _first_file(f, TOKENIZER_FILES)
+        if found is not None:
+            return found
+    return None
+
+
+def _bundled_tokenizer(checkpoint: Path, context_length: int) -> Any:
     from .tokenizer import Tokenizer
 
-    for folder in folders:
-        for d in (folder, folder / "tokenizer"):
-            if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
-                return Tokenizer.from_hf(d / "vocab.json", d / "merges.txt", context_length=context_length)
-        found = _first_file(folder, TOKENIZER_FILES)
-        if found is not None:
-            return Tokenizer.from_file(found, context_length=context_length)
-    return None
+    found = find_vocabulary(checkpoint)
+    if found is None:
+        return None
+    if found.is_dir():
+        return Tokenizer.from_hf(found / "vocab.json", found / "merges.txt", context_length=context_length)
+    return Tokenizer.from_file(found, context_length=context_length)
 
 
 def _tokenizer_from_metadata(meta: dict[str, str], context_length: int, where: str) -> Any:
@@ -348,8 +363,7 @@ class TorchclipReader(Reader):
         ctx = config.text.context_length
         tokenizer = _tokenizer_from_metadata(meta, ctx, where)
         if tokenizer is None:
-            folder = weights.parent
-            tokenizer = _bundled_tokenizer([folder] + ([folder.parent] if folder.name == "checkpoints" else []), ctx)
+            tokenizer = _bundled_tokenizer(weights, ctx)
         return LoadedCheckpoint(config, {}, self.format, path, preprocess, tokenizer)
 
     def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
@@ -383,7 +397,7 @@ class OpenCLIPHubReader(Reader):
             preprocess = open_clip_preprocess_config(pp, config.vision.image_size)
         except (ValueError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{where}: malformed preprocess_cfg ({e})") from e
-        tokenizer = _bundled_tokenizer([path], config.text.context_length)
+        tokenizer = _bundled_tokenizer(path, config.text.context_length)
         return LoadedCheckpoint(config, {}, self.format, path, preprocess, tokenizer)
 
     def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
@@ -423,7 +437,7 @@ class HFReader(Reader):
                 preprocess = hf_preprocess_config(_read_json(pp_file), config.vision.image_size)
             except (ValueError, TypeError, KeyError, AttributeError) as e:
                 raise CheckpointError(f"{pp_file}: malformed image processor config ({e})") from e
-        tokenizer = _bundled_tokenizer([path], config.text.context_length)
+        tokenizer = _bundled_tokenizer(path, config.text.context_length)
         return LoadedCheckpoint(config, {}, self.format, path, preprocess, tokenizer)
 
     def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
@@ -490,7 +504,7 @@ class TorchFileReader(Reader):
             where = str(path)
             config = _parse_config(lambda: CLIPConfig.from_dict(obj["torchclip_config"]), where)
             _activation(config.activation, activation, where, "")
-            tokenizer = _bundled_tokenizer([path.parent, path.parent.parent], config.text.context_length)
+            tokenizer = _bundled_tokenizer(path, config.text.context_length)
             return LoadedCheckpoint(config, _upcast(_check_tensors(obj["model"], where)), "torchclip", path,
                                     None, tokenizer)
         act = _activation(None, activation, str(path), "a state dict")

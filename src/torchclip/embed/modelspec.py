@@ -85,23 +85,11 @@ class ModelSpec:
 
 
 def find_tokenizer(model: str) -> str | None:
-    """A vocabulary shipped with a checkpoint: an HF folder's ``vocab.json`` + ``merges.txt`` (or a
-    ``tokenizer/`` subfolder holding them), or a ``tokenizer.txt.gz``/``merges.txt.gz`` merges file next to
-    the checkpoint, or in the run folder above ``checkpoints/`` (``torchclip train``'s layout:
-    ``run/tokenizer.txt.gz``, ``run/checkpoints/ckpt-*.pt``). None: use OpenAI's vocabulary."""
-    p = Path(model)
-    if not p.exists():
-        return None
-    folder = p if p.is_dir() else p.parent
-    folders = [folder] + ([folder.parent] if folder.name == "checkpoints" else [])
-    for f in folders:
-        for d in (f, f / "tokenizer"):
-            if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
-                return str(d)
-        for name in ("tokenizer.txt.gz", "merges.txt.gz", "bpe.txt.gz", "tokenizer.txt"):
-            if (f / name).is_file():
-                return str(f / name)
-    return None
+    """The vocabulary shipped with a checkpoint (``torchclip.readers.find_vocabulary``); None: OpenAI's."""
+    from ..readers import find_vocabulary
+
+    found = find_vocabulary(model) if Path(model).exists() else None
+    return None if found is None else str(found)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -27,15 +27,13 @@ import torch
 
 from ..api import create_model, load
 from ..model import CLIP
+from ..readers import find_vocabulary as find_tokenizer
 from ..tokenizer import Tokenizer, check_compatible, load_tokenizer
 from ..transforms import image_transform
 
 __all__ = ["BenchmarkTokenizer", "find_tokenizer", "resolve_tokenizer", "load_model", "load_torchclip",
            "register", "benchmark_json", "write_benchmark_json", "run_clip_benchmark"]
 
-# Names a training run may give the vocabulary it wrote next to its checkpoints.
-_TOKENIZER_FILES = ("tokenizer.txt.gz", "tokenizer.txt", "vocab.txt.gz", "vocab.txt", "bpe.txt.gz",
-                    "merges.txt.gz", "bpe_vocab.txt.gz")
 
 
 class BenchmarkTokenizer:
@@ -54,20 +52,6 @@ class BenchmarkTokenizer:
 
     def __repr__(self) -> str:
         return f"BenchmarkTokenizer({self.tokenizer!r}, context_length={self.context_length})"
-
-
-def find_tokenizer(checkpoint: str | os.PathLike[str]) -> Path | None:
-    """A vocabulary stored with a checkpoint: in its folder (or beside its file), a merges file under a
-    conventional name or an HF ``vocab.json`` + ``merges.txt`` pair."""
-    p = Path(checkpoint)
-    folders = [p] if p.is_dir() else [p.parent, p.parent.parent]
-    for folder in folders:
-        for name in _TOKENIZER_FILES:
-            if (folder / name).is_file():
-                return folder / name
-        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            return folder
-    return None
 
 
 def resolve_tokenizer(model: CLIP, tokenizer: str | os.PathLike[str] | Tokenizer | None = None,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 import torchclip
 
@@ -259,3 +259,22 @@ def test_openai_listing_matches_clip() -> None:
 
     assert ours.available_models() == clip.available_models()
 
+
+
+@pytest.mark.parametrize("resize_mode", ["shortest", "longest", "squash"])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_preprocessing_modes_equal_open_clip(resize_mode: str, interpolation: str) -> None:
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from torchclip.config import PreprocessConfig
+    from torchclip.transforms import transform_for
+
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    theirs = image_transform_v2(PreprocessCfg(size=64, mean=mean, std=std, interpolation=interpolation,
+                                              resize_mode=resize_mode), is_train=False)
+    ours = transform_for(PreprocessConfig(64, mean=mean, std=std, interpolation=interpolation, resize_mode=resize_mode))
+    rng = np.random.default_rng(0)
+    for w, h in ((200, 120), (90, 300), (64, 64), (40, 30)):
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        img = img.filter(ImageFilter.SMOOTH)
+        torch.testing.assert_close(ours(img), theirs(img), atol=1e-5, rtol=0, msg=f"{w}x{h}")

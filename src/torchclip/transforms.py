@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import OPENAI_MEAN, OPENAI_STD, PreprocessConfig
+from .config import OPENAI_MEAN, OPENAI_STD, RESIZE_MODES, PreprocessConfig
 
 __all__ = [
     "OPENAI_MEAN",
@@ -44,11 +44,11 @@ __all__ = [
     "TrainTransform",
     "image_transform",
     "transform_for",
-    "ResizeModeTransform",
 ]
 
 
 _BICUBIC = Image.Resampling.BICUBIC
+_RESAMPLE = {"bicubic": _BICUBIC, "bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
 
 # Pillow's decompression-bomb *warning* level (its default Image.MAX_IMAGE_PIXELS), made a hard limit: Pillow
 # itself only refuses at twice this, and only when its global setting has not been changed.
@@ -141,7 +141,7 @@ def resize_shorter_side(img: Image.Image, size: int) -> Image.Image:
     return img.resize((new_w, new_h), _BICUBIC)
 
 
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+def resize_center_crop(img: Image.Image, size: int, resample: Image.Resampling = _BICUBIC) -> Image.Image:
     """OpenAI's eval geometry: shorter side -> ``size`` (bicubic), then the centre ``size`` x ``size`` crop.
 
     Equal to ``center_crop(resize_shorter_side(img, size), size)``, pixel for pixel, whenever the resized
@@ -153,7 +153,7 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     new_w, new_h = _resized(w, h, size)
     if max(new_w, new_h) <= _EXACT_MAX_CROPS * size:
-        return center_crop(img.resize((new_w, new_h), _BICUBIC), size)
+        return center_crop(img.resize((new_w, new_h), resample), size)
     tall = w <= h
     long, new_long = (h, new_h) if tall else (w, new_w)
     off = int(round((new_long - size) / 2.0))  # the crop's offset in the resized image, as center_crop has it
@@ -163,8 +163,8 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     reach = math.ceil(2 * max(1.0, scale)) + 2
     a, b = max(0, math.floor(lo) - reach), min(long, math.ceil(hi) + reach)
     if tall:
-        return img.crop((0, a, w, b)).resize((size, size), _BICUBIC, box=(0, lo - a, w, hi - a))
-    return img.crop((a, 0, b, h)).resize((size, size), _BICUBIC, box=(lo - a, 0, hi - a, h))
+        return img.crop((0, a, w, b)).resize((size, size), resample, box=(0, lo - a, w, hi - a))
+    return img.crop((a, 0, b, h)).resize((size, size), resample, box=(lo - a, 0, hi - a, h))
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -236,23 +236,41 @@ class _Normalized:
 
 
 class EvalTransform(_Normalized):
-    """OpenAI's eval preprocessing: shorter side -> R (bicubic), centre crop R, RGB, /255, normalize."""
+    """Eval preprocessing: OpenAI's (shorter side -> R bicubic, centre crop R, RGB, /255, normalize) by
+    default, or OpenCLIP's other ``resize_mode``s: ``squash`` (both sides to R, aspect not kept) and
+    ``longest`` (the long side to R, zero-padded to R x R around the centre); ``interpolation`` as named."""
 
     def __init__(
         self,
         image_size: int,
         mean: Sequence[float] = OPENAI_MEAN,
         std: Sequence[float] = OPENAI_STD,
+        interpolation: str = "bicubic",
+        resize_mode: str = "shortest",
     ) -> None:
         super().__init__(mean, std)
         self.image_size = _check_size(image_size)
+        if resize_mode not in RESIZE_MODES or interpolation not in _RESAMPLE:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES} and interpolation one of "
+                             f"{tuple(_RESAMPLE)}, got {resize_mode!r} and {interpolation!r}")
+        self.interpolation, self.resize_mode = interpolation, resize_mode
 
     def __call__(self, img: Image.Image | str | os.PathLike[str]) -> torch.Tensor:
-        img = resize_center_crop(_as_image(img), self.image_size)
+        img, s, resample = _as_image(img), self.image_size, _RESAMPLE[self.interpolation]
+        if self.resize_mode == "shortest":
+            img = resize_center_crop(img, s, resample)
+        elif self.resize_mode == "squash":
+            img = img.resize((s, s), resample)
+        else:  # longest: the output never exceeds R x R, whatever the aspect ratio
+            w, h = img.size
+            ratio = max(w, h) / s
+            img = center_crop(img.resize((max(1, round(w / ratio)), max(1, round(h / ratio))), resample), s)
         return self._normalize(to_tensor(img))
 
     def __repr__(self) -> str:
-        return f"EvalTransform(image_size={self.image_size}, mean={self.mean}, std={self.std})"
+        extra = "" if (self.interpolation, self.resize_mode) == ("bicubic", "shortest") else (
+            f", interpolation={self.interpolation!r}, resize_mode={self.resize_mode!r}")
+        return f"EvalTransform(image_size={self.image_size}, mean={self.mean}, std={self.std}{extra})"
 
 
 class TrainTransform(_Normalized):
@@ -374,47 +392,9 @@ def image_transform(
     return EvalTransform(image_size, mean=mean, std=std)
 
 
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-             "nearest": Image.Resampling.NEAREST}
-
-
-class ResizeModeTransform(_Normalized):
-    """OpenCLIP's eval preprocessing for its other resize modes and interpolations.
-
-    ``squash``: both sides to R (aspect not kept); ``longest``: the long side to R keeping the aspect, then
-    zero-padded to R x R around the centre; ``shortest``: OpenAI's resize and centre crop with another filter.
-    """
-
-    def __init__(self, image_size: int, resize_mode: str, interpolation: str,
-                 mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD) -> None:
-        super().__init__(mean, std)
-        self.image_size = _check_size(image_size)
-        if resize_mode not in ("shortest", "longest", "squash") or interpolation not in _RESAMPLE:
-            raise ValueError(f"unknown resize_mode {resize_mode!r} or interpolation {interpolation!r}")
-        self.resize_mode, self.interpolation = resize_mode, interpolation
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        s, resample = self.image_size, _RESAMPLE[self.interpolation]
-        w, h = img.size
-        if self.resize_mode == "squash":
-            img = img.resize((s, s), resample)
-        elif self.resize_mode == "longest":
-            ratio = max(w / s, h / s)
-            img = img.resize((max(1, round(w / ratio)), max(1, round(h / ratio))), resample)
-            img = center_crop(img, s)  # pads with zeros, smaller half on the top/left
-        else:
-            short, long = (w, h) if w <= h else (h, w)
-            new_long = int(s * long / short)
-            img = center_crop(img.resize((s, new_long) if w <= h else (new_long, s), resample), s)
-        return self._normalize(to_tensor(img))
-
-    def __repr__(self) -> str:
-        return (f"ResizeModeTransform(image_size={self.image_size}, resize_mode={self.resize_mode!r}, "
-                f"interpolation={self.interpolation!r}, mean={self.mean}, std={self.std})")
-
-
 def transform_for(pp: PreprocessConfig, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
     """The eval (or training) preprocessing a ``PreprocessConfig`` describes: what a checkpoint records."""
-    if train or (pp.resize_mode == "shortest" and pp.interpolation == "bicubic"):
-        return image_transform(pp.image_size, train, mean=pp.mean, std=pp.std)
-    return ResizeModeTransform(pp.image_size, pp.resize_mode, pp.interpolation, mean=pp.mean, std=pp.std)
+    if train:
+        return image_transform(pp.image_size, True, mean=pp.mean, std=pp.std)
+    return EvalTransform(pp.image_size, mean=pp.mean, std=pp.std, interpolation=pp.interpolation,
+                         resize_mode=pp.resize_mode)

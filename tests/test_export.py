@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+import torchclip
+
 pytest.importorskip("onnxruntime", reason="the export check needs onnxruntime")
 pytest.importorskip("onnx", reason="torch.onnx.export needs onnx")
 
@@ -135,6 +137,23 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["export", "--model", "cpu-vit-32", "--random-init", "--out", str(tmp_path / "b"),
                      "--towers", "audio"]) == 2
     assert "expected towers from image, text" in capsys.readouterr().err
+
+
+def test_export_folder_carries_tokenizer_and_preprocessing(shared, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    vocab = shared(TOKENIZER)
+    out = tmp_path / "onnx"
+    assert cli_main(["export", "--model", "cpu-vit-32", "--random-init", "--out", str(out), "--towers", "text",
+                     "--no-check", "--tokenizer", str(vocab)]) == 0
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["tokenizer"]["context_length"] == 77 and manifest["preprocess"]["image_size"] == 32
+    assert json.loads((out / "preprocess.json").read_text())["mean"] == list(torchclip.OPENAI_MEAN)
+    # the folder's vocabulary tokenizes as torchclip does, read by HF's own CLIP tokenizer
+    theirs = transformers.CLIPTokenizer(str(out / "tokenizer" / "vocab.json"), str(out / "tokenizer" / "merges.txt"))
+    ids = theirs(CAPTIONS[:3])["input_ids"]
+    ours = torchclip.load_tokenizer(vocab)(CAPTIONS[:3])
+    for row, ref in zip(ids, ours):
+        assert row == ref[: len(row)].tolist()
 
 
 def test_cli_refuses_to_overwrite_an_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

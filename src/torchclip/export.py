@@ -21,6 +21,7 @@ import copy
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from torch import nn
 from .model import CLIP
 
 __all__ = ["ImageTower", "TextTower", "example_ids", "trim_ids", "export_onnx", "check_onnx", "quantize_int8", "OnnxTower",
+           "write_bundle",
            "DEFAULT_OPSET", "opset_range", "written_opset"]  # the command line: export_cli.py
 
 _NAMES = {"image": ("pixels", "image_features"), "text": ("input_ids", "text_features")}
@@ -168,6 +170,29 @@ def export_onnx(model: CLIP, out_dir: str | Path, *, towers: Sequence[str] = ("i
                                   opset_version=opset, dynamo=False)
         paths[tower] = path
     return paths
+
+
+def write_bundle(model: CLIP, out_dir: str | Path, tokenizer: Any) -> dict[str, Any]:
+    """Beside the ONNX files, what a runtime in any language needs to feed them: the preprocessing
+    (``preprocess.json``) and, given one, the vocabulary (``tokenizer/vocab.json`` + ``merges.txt``, as HF's
+    CLIP tokenizers read them). Returns the manifest entries describing both."""
+    import json
+
+    from .checkpoints import preprocess_config_of
+    from .tokenizer import check_compatible
+
+    out = Path(out_dir)
+    pp = preprocess_config_of(model).to_dict()
+    (out / "preprocess.json").write_text(json.dumps(pp, indent=2) + "\n")
+    entries: dict[str, Any] = {"preprocess": {"file": "preprocess.json", **pp}, "tokenizer": None}
+    if tokenizer is not None:
+        t = model.config.text
+        check_compatible(tokenizer, t)
+        tokenizer.save_hf(out / "tokenizer")
+        entries["tokenizer"] = {"folder": "tokenizer", "files": ["vocab.json", "merges.txt"],
+                                "context_length": t.context_length, "vocab_size": t.vocab_size, "sot_id": t.sot_id,
+                                "eot_id": t.eot_id, "pad_id": t.pad_id}
+    return entries
 
 
 def trim_ids(ids: torch.Tensor | np.ndarray, eot_id: int) -> torch.Tensor | np.ndarray:

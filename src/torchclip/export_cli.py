@@ -58,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _tokenizer_or_none(spec: Any, model: Any) -> Any:
+    """The model's vocabulary for the bundle; None (with a note) when it cannot be had, e.g. offline."""
+    from .download import DownloadError
+
+    try:
+        return spec.load_tokenizer(model)
+    except DownloadError as e:
+        print(f"torchclip export: note: no tokenizer written beside the model ({e}); pass --tokenizer",
+              file=sys.stderr)
+        return None
+
+
 def _export(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from .export import (
@@ -67,6 +79,7 @@ def _export(argv: list[str]) -> int:
         check_opset,
         export_onnx,
         quantize_int8,
+        write_bundle,
         written_opset,
     )
 
@@ -92,7 +105,7 @@ def _export(argv: list[str]) -> int:
         "export_seconds": round(time.perf_counter() - t0, 1),
         "towers": {t: {"file": p.name, "input": _NAMES[t][0], "output": _NAMES[t][1], "opset": opsets[t]}
                    for t, p in paths.items()},
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        **write_bundle(model, out, _tokenizer_or_none(spec, model)),
     }
     if set(opsets.values()) != {opset}:
         print(f"torchclip export: note: opset {opset} was asked for, the files declare {opsets}", file=sys.stderr)
@@ -111,7 +124,7 @@ def _export(argv: list[str]) -> int:
             manifest["towers"][tower]["int8_file"] = q.name
             written.append(q)
     (out / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    for path in written:
+    for path in [*written, out / "preprocess.json"] + ([out / "tokenizer"] if manifest["tokenizer"] else []):
         print(f"wrote {path}")
     print(f"wrote {out / 'export.json'}")
     return 0

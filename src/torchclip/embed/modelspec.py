@@ -73,7 +73,8 @@ class ModelSpec:
 
         source = self.tokenizer or find_tokenizer(self.model)
         ctx = model.config.text.context_length if model is not None else 77
-        tok = load_tokenizer(source, context_length=ctx)
+        bundled = getattr(model, "tokenizer", None) if not self.tokenizer else None
+        tok = bundled if bundled is not None else load_tokenizer(source, context_length=ctx)
         if model is not None:
             try:
                 check_compatible(tok, model.config.text)

@@ -9,6 +9,7 @@ with the headers it reads (``X-Repo-Commit``, ``ETag``, ``Content-Length``) and 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,10 +61,40 @@ class HubServer:
     def downloads(self, filename: str) -> int:
         return sum(1 for m, p in self.requests if m == "GET" and p.endswith("/" + filename))
 
+    def _api(self, h: BaseHTTPRequestHandler, parts: list[str], body: bool) -> None:
+        """``/api/models/{repo}[/revision/{rev}]`` (repo info) and ``/api/models/{repo}/tree/{rev}[/{path}]``."""
+        repo = "/".join(parts[2:4])
+        if repo not in self.repos:
+            return self._error(h, 404, "RepoNotFound")
+        rest = parts[4:]
+        revision = rest[1] if len(rest) >= 2 else "main"
+        commit = self.refs[repo].get(revision, revision)
+        if commit not in self.repos[repo]:
+            return self._error(h, 404, "RevisionNotFound")
+        files = self.repos[repo][commit]
+        if rest[:1] == ["tree"]:
+            prefix = "/".join(rest[2:])
+            entries = [{"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
+                       for f, d in sorted(files.items()) if not prefix or f.startswith(prefix + "/")]
+            if prefix and not entries:
+                return self._error(h, 404, "EntryNotFound", commit)
+            doc: object = entries
+        else:
+            doc = {"id": repo, "modelId": repo, "sha": commit, "siblings": [{"rfilename": f} for f in sorted(files)]}
+        data = json.dumps(doc).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        if body:
+            h.wfile.write(data)
+
     def _answer(self, h: BaseHTTPRequestHandler, body: bool) -> None:
         path = urllib.parse.unquote(urllib.parse.urlsplit(h.path).path)
         self.requests.append((h.command, path))
         parts = path.strip("/").split("/")
+        if parts[:2] == ["api", "models"] and len(parts) >= 4:
+            return self._api(h, parts, body)
         if len(parts) < 5 or parts[2] != "resolve":
             return self._error(h, 404, "RepoNotFound")
         repo, revision, filename = "/".join(parts[:2]), parts[3], "/".join(parts[4:])

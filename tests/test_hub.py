@@ -5,10 +5,13 @@ Never the network: ``tests/hubserver.py`` answers huggingface_hub's file API on 
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -157,3 +160,68 @@ def test_offline_with_nothing_cached(hub: HubServer, monkeypatch: pytest.MonkeyP
     with pytest.raises(DownloadError, match="offline .* not in the cache"):
         torchclip.load("hf-hub:org/anything")
     assert hub.requests == []  # offline means no request at all
+
+
+HF_QUICKSTART = '''
+from PIL import Image
+import requests
+from transformers import CLIPProcessor, CLIPModel
+
+model = CLIPModel.from_pretrained("openai/clip-vit-base-patch32")
+processor = CLIPProcessor.from_pretrained("openai/clip-vit-base-patch32")
+
+url = "http://images.cocodataset.org/val2017/000000039769.jpg"
+image = Image.open(requests.get(url, stream=True).raw)
+
+inputs = processor(text=["a photo of a cat", "a photo of a dog"], images=image, return_tensors="pt", padding=True)
+
+outputs = model(**inputs)
+logits_per_image = outputs.logits_per_image # this is the image-text similarity score
+probs = logits_per_image.softmax(dim=1) # we can take the softmax to get the label probabilities
+'''
+
+
+def test_transformers_readme_quickstart(shared, hub: HubServer, tmp_path: Path) -> None:
+    """transformers' CLIP quick-start, its import line changed, gives transformers' numbers on the same repo.
+
+    The one other change: the COCO image URL points at a local server (no network here).
+    """
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("requests")
+    from PIL import Image, ImageDraw
+
+    model = torchclip.CLIP(torchclip.get_preset("cpu-vit-64")).eval()
+    tok = torchclip.load_tokenizer(shared("fixtures/tokenizer/bpe_simple_vocab_16e6.txt.gz"))
+    torchclip.save_hf(model, tmp_path / "hf", tokenizer=tok)
+    hub.add("openai/clip-vit-base-patch32", tmp_path / "hf")
+    img = Image.new("RGB", (320, 240), (240, 240, 230))
+    ImageDraw.Draw(img).ellipse((60, 40, 260, 220), fill=(120, 80, 40))
+    (tmp_path / "www").mkdir()
+    img.save(tmp_path / "www" / "000000039769.jpg")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    code = HF_QUICKSTART.replace("http://images.cocodataset.org/val2017",
+                                 f"http://127.0.0.1:{httpd.server_address[1]}")
+    try:
+        theirs: dict = {}
+        exec(compile(code, "<hf-quickstart>", "exec"), theirs)  # noqa: S102 - our own literal
+        ours: dict = {}
+        exec(compile(code.replace("from transformers import", "from torchclip.compat.transformers import"),  # noqa: S102
+                     "<hf-quickstart>", "exec"), ours)
+    finally:
+        httpd.shutdown()
+    assert isinstance(theirs["model"], transformers.CLIPModel) and isinstance(ours["model"], torchclip.CLIP)
+    assert torch.equal(ours["inputs"]["input_ids"], theirs["inputs"]["input_ids"])
+    assert torch.equal(ours["inputs"]["attention_mask"], theirs["inputs"]["attention_mask"])
+    torch.testing.assert_close(ours["inputs"]["pixel_values"], theirs["inputs"]["pixel_values"], atol=0.05, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(ours["probs"], theirs["probs"], atol=2e-3, rtol=0)
+        px, ids = theirs["inputs"]["pixel_values"], theirs["inputs"]["input_ids"]  # same inputs: same numbers
+        torch.testing.assert_close(ours["model"].get_image_features(pixel_values=px),
+                                   getattr(out := theirs["model"].get_image_features(pixel_values=px), "pooler_output", out),
+                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(ours["model"].get_text_features(input_ids=ids),
+                                   getattr(out := theirs["model"].get_text_features(input_ids=ids), "pooler_output", out),
+                                   atol=1e-4, rtol=0)

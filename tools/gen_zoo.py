@@ -203,7 +203,7 @@ def generate_readme_block() -> str:
              f"{n_pairs} (architecture, tag) pairs in {len(archs)} architectures. A `*` tag was trained with "
              "QuickGELU under a GELU name: torchclip builds it with QuickGELU (OpenCLIP builds the name's GELU "
              "and warns). Parameters count both towers.", "", *rows, "",
-             "Not in the zoo (OpenCLIP architectures with weights that are not CLIP's architecture):", ""]
+             "Not in the zoo: OpenCLIP architectures with weights that torchclip does not build, and why:", ""]
     for reason, names in by_reason.items():
         lines.append(f"- **{reason}** ({', '.join(f'`{a}`' for a in names)}): {EXCLUSION_REASONS[reason]}")
     lines += ["", MD_END]

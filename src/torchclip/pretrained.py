@@ -119,13 +119,14 @@ def _hub_download(repo_id: str, *, revision: str | None) -> Path:
         from huggingface_hub.errors import EntryNotFoundError
     except ImportError as e:  # pragma: no cover - huggingface_hub is a dependency
         raise DownloadError(f"hf-hub:{repo_id} needs huggingface_hub (pip install huggingface_hub)") from e
-    # The hub library reads HF_HUB_OFFLINE once at import; these flags are read on every call instead.
+    # The hub library reads HF_HUB_OFFLINE and HF_ENDPOINT once, at import; torchclip reads them per call.
     offline = _hub_offline()
+    endpoint = os.environ.get("HF_ENDPOINT") or None
     last: Exception | None = None
     for filename in HUB_FILES:
         try:
             return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline,
-                                        library_name="torchclip"))
+                                        endpoint=endpoint, library_name="torchclip"))
         except EntryNotFoundError as e:  # not in the repo (or not cached offline): try the next name
             last = e
     where = "in the local HF cache (offline)" if offline else "on the hub"

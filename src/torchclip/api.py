@@ -48,7 +48,11 @@ def _resolve_weights(name_or_path: str | os.PathLike[str]) -> Path:
         name = canonical_name(name_or_path)
         from .pretrained import download_pretrained, list_pretrained_tags
 
-        if "openai" not in list_pretrained_tags(name):
+        tags = list_pretrained_tags(name)
+        if "openai" not in tags and tags:
+            raise ValueError(f"{name!r} has no OpenAI release; its pretrained tags: {', '.join(tags)} "
+                             f"(create_model({name!r}, pretrained=tag))")
+        if "openai" not in tags:
             raise ValueError(
                 f"{name!r} is a preset without published weights: use create_model({name!r}) for a "
                 f"randomly initialised one; pretrained: {', '.join(OPENAI_MODELS)}"

@@ -103,6 +103,45 @@ def test_heads_and_mlp_widths_of_the_big_towers() -> None:
         assert {s[0] for k, s in shapes.items() if k.startswith("visual")} == {mlp}, name
 
 
+_B32 = {"embed_dim": 512, "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}}
+_BIGG = {"embed_dim": 1280, "quick_gelu": True,
+         "vision_cfg": {"image_size": 224, "layers": 48, "width": 1664, "head_width": 104, "mlp_ratio": 4.9231,
+                        "patch_size": 14},
+         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 1280, "heads": 20, "layers": 32}}
+_RN = {"embed_dim": 1024, "vision_cfg": {"image_size": 224, "layers": [3, 4, 6, 3], "width": 64, "patch_size": None},
+       "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}}
+
+
+def test_from_open_clip_builds_exact_configs_and_refuses_other_architectures() -> None:
+    from torchclip.config import from_open_clip
+
+    def same(a, b) -> bool:
+        return a.replace(source="") == b.replace(source="")
+
+    assert same(from_open_clip(_B32), get_preset("ViT-B-32"))
+    assert same(from_open_clip({**_B32, "quick_gelu": True}), get_preset("ViT-B/32"))
+    assert same(from_open_clip(_BIGG), get_preset("ViT-bigG-14-quickgelu"))
+    assert same(from_open_clip(_RN), get_preset("RN50"))
+    assert from_open_clip({**_B32, "vision_cfg": {**_B32["vision_cfg"], "image_size": [224, 224]}}).vision.image_size == 224
+    # fields at open_clip's defaults are CLIP's architecture; anything else is refused, naming the field
+    assert same(from_open_clip({**_B32, "custom_text": False,
+                                "vision_cfg": {**_B32["vision_cfg"], "no_ln_pre": False, "pool_type": "tok"}}),
+                get_preset("ViT-B-32"))
+    bad = [({"vision_cfg": {**_B32["vision_cfg"], "no_ln_pre": True}}, "no_ln_pre"),
+           ({"vision_cfg": {**_B32["vision_cfg"], "timm_model_name": "eva02"}}, "timm_model_name"),
+           ({"vision_cfg": {**_B32["vision_cfg"], "attentional_pool": True}}, "attentional_pool"),
+           ({"vision_cfg": {**_B32["vision_cfg"], "image_size": [224, 256]}}, "image_size"),
+           ({"text_cfg": {**_B32["text_cfg"], "pool_type": "last"}}, "pool_type"),
+           ({"text_cfg": {**_B32["text_cfg"], "hf_tokenizer_name": "x"}}, "hf_tokenizer_name"),
+           ({"text_cfg": {**_B32["text_cfg"], "proj_bias": True}}, "proj_bias"),
+           ({"custom_text": True}, "custom_text"), ({"multimodal_cfg": {}}, "multimodal_cfg"),
+           ({"vision_cfg": {**_B32["vision_cfg"], "new_knob": 1}}, "new_knob")]
+    for change, field_ in bad:
+        with pytest.raises(ValueError, match=field_):
+            from_open_clip({**_B32, **change}, "cfg.json")
+
+
 def test_readme_zoo_table_is_generated_from_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
     spec = importlib.util.spec_from_file_location("gen_zoo", REPO / "tools" / "gen_zoo.py")
     gen = importlib.util.module_from_spec(spec)
@@ -379,6 +418,22 @@ def test_open_clip_registry_matches_list_pretrained_and_configs() -> None:
     hub = (*zoo[:i], dataclasses.replace(zoo[i], hf_hub="timm/other"), *zoo[i + 1:])
     assert any(" hub " in p for p in _open_clip_problems(hub, EXCLUDED))
     assert any("missing" in p for p in _open_clip_problems(pretrained._ZOO, {**EXCLUDED, "coca_ViT-B-32": "clipa"}))
+
+
+@needs_open_clip
+def test_open_clip_configs_convert_exactly_or_are_refused() -> None:
+    import open_clip
+    from open_clip.factory import get_model_config
+
+    from torchclip.config import from_open_clip
+
+    for arch in dict.fromkeys(a for a, _ in open_clip.list_pretrained()):
+        cfg = get_model_config(arch)
+        if arch in EXCLUDED:
+            with pytest.raises(ValueError, match="not CLIP's architecture"):
+                from_open_clip(cfg, arch)
+        else:
+            assert from_open_clip(cfg, arch).replace(source="") == get_preset(arch).replace(source=""), arch
 
 
 def _oc_features(model: torch.nn.Module, size: int, vocab: int, ctx: int = 77) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ __all__ = [
     "OPENAI_MODELS",
     "OPENAI_TWINS",
     "canonical_name",
+    "from_open_clip",
     "get_preset",
     "list_presets",
 ]
@@ -139,6 +140,75 @@ class CLIPConfig:
 
     def replace(self, **kw: Any) -> CLIPConfig:
         return dataclasses.replace(self, **kw)
+
+
+# OpenCLIP config fields torchclip has no knob for, with the value that means "CLIP's architecture"
+# (open_clip's CLIPVisionCfg / CLIPTextCfg defaults). Any other value is a different architecture.
+_OC_VISION_DEFAULTS: dict[str, Any] = {
+    "ls_init_value": None, "attentional_pool": False, "attn_pooler_queries": 256, "attn_pooler_heads": 8,
+    "no_ln_pre": False, "pos_embed_type": "learnable", "final_ln_after_pool": False, "pool_type": "tok",
+    "output_tokens": False, "act_kwargs": None, "norm_kwargs": None, "block_type": None, "qk_norm": False,
+    "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False, "scale_attn": False,
+    "scale_fc": False, "timm_model_name": None, "timm_model_pretrained": False, "timm_pool": "avg",
+    "timm_proj": "linear", "timm_proj_bias": False, "timm_drop": 0.0, "timm_drop_path": None,
+}
+_OC_TEXT_DEFAULTS: dict[str, Any] = {
+    "hf_tokenizer_name": None, "tokenizer_mode": None, "tokenizer_kwargs": None, "ls_init_value": None,
+    "embed_cls": False, "eos_id": 2, "no_causal_mask": False, "final_ln_after_pool": False, "pool_type": "argmax",
+    "proj_bias": False, "proj_type": "linear", "output_tokens": False, "act_kwargs": None, "norm_kwargs": None,
+    "block_type": None, "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
+    "scale_attn_inner": False, "scale_attn": False, "scale_fc": False, "hf_model_name": None,
+    "hf_model_pretrained": True, "hf_proj_type": "mlp", "hf_pooler_type": "mean_pooler",
+}
+_OC_TOP_DEFAULTS: dict[str, Any] = {"custom_text": False, "init_logit_bias": None, "nonscalar_logit_scale": False,
+                                    "cast_dtype": None, "output_dict": False}
+
+
+def from_open_clip(model_cfg: dict[str, Any], where: str = "open_clip config") -> CLIPConfig:
+    """The exact config of an OpenCLIP ``model_cfg`` (``model_configs/*.json``, ``open_clip_config.json``).
+
+    Raises ValueError naming the field when the config sets anything torchclip does not build (a timm or HF
+    tower, attentional pooling, no ln_pre, another text pooling, ...): an approximate model is never returned.
+    """
+    def refuse(field_: str, value: Any) -> ValueError:
+        return ValueError(f"{where}: {field_}={value!r} is not CLIP's architecture; torchclip cannot build it")
+
+    known_top = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg", "init_logit_scale", *_OC_TOP_DEFAULTS}
+    for k, v in model_cfg.items():
+        if k not in known_top:
+            raise refuse(k, v)
+        if k in _OC_TOP_DEFAULTS and v != _OC_TOP_DEFAULTS[k]:
+            raise refuse(k, v)
+    v_cfg, t_cfg = dict(model_cfg["vision_cfg"]), dict(model_cfg["text_cfg"])
+    for prefix, cfg, defaults in (("vision_cfg", v_cfg, _OC_VISION_DEFAULTS), ("text_cfg", t_cfg, _OC_TEXT_DEFAULTS)):
+        for k in [k for k in cfg if k in defaults]:
+            value = cfg.pop(k)
+            if value != defaults[k]:
+                raise refuse(f"{prefix}.{k}", value)
+    size = v_cfg.pop("image_size", 224)
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2 or size[0] != size[1]:
+            raise refuse("vision_cfg.image_size", size)
+        size = size[0]
+    layers = v_cfg.pop("layers", 12)
+    vision_kw = {k: v_cfg.pop(k) for k in ("width", "head_width", "mlp_ratio", "patch_dropout") if k in v_cfg}
+    patch = v_cfg.pop("patch_size", 16)
+    text_kw = {k: t_cfg.pop(k) for k in ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio",
+                                         "pad_id") if k in t_cfg}
+    for prefix, rest in (("vision_cfg", v_cfg), ("text_cfg", t_cfg)):
+        if rest:
+            k = next(iter(rest))
+            raise refuse(f"{prefix}.{k}", rest[k])
+    resnet = isinstance(layers, (list, tuple))
+    return CLIPConfig(
+        embed_dim=int(model_cfg["embed_dim"]),
+        vision=VisionConfig(image_size=int(size), layers=tuple(layers) if resnet else int(layers),
+                            patch_size=None if resnet else int(patch), **vision_kw),
+        text=TextConfig(**text_kw),
+        activation="quick_gelu" if model_cfg.get("quick_gelu") else "gelu",
+        init_logit_scale=float(model_cfg.get("init_logit_scale", math.log(1 / 0.07))),
+        source=where,
+    )
 
 
 def _vit(e: int, r: int, layers: int, w: int, p: int, wt: int, src: str, *, act: str = "quick_gelu",

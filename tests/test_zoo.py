@@ -243,8 +243,9 @@ class _Hub:
                 key = ("/".join(parts[:2]), parts[3], "/".join(parts[4:])) if len(parts) >= 5 else None
                 data = hub.files.get(key) if key and parts[2] == "resolve" else None
                 if data is None:
+                    known = key is not None and any(k[0] == key[0] for k in hub.files)
                     self.send_response(404)
-                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("X-Error-Code", "EntryNotFound" if known else "RepoNotFound")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -317,6 +318,10 @@ def test_hub_revision_and_safetensors_preference(tmp_path: Path, hub: _Hub, monk
     assert all("/resolve/v2/" in r for r in hub.requests)
     with pytest.raises(DownloadError, match="none of"):  # main has neither file
         get_pretrained("cpu-vit-32", "hubtag").download()
+    # a repository the hub does not have is one clear error naming it
+    _register(monkeypatch, Pretrained("cpu-vit-32", "gone", "gelu", hf_hub="org/gone"))
+    with pytest.raises(DownloadError, match="hf-hub:org/gone.*RepositoryNotFound"):
+        torchclip.create_model("cpu-vit-32", pretrained="gone")
 
 
 def test_offline_url_entry_names_the_file_to_place(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -129,6 +129,9 @@ def _hub_download(repo_id: str, *, revision: str | None) -> Path:
                                         endpoint=endpoint, library_name="torchclip"))
         except EntryNotFoundError as e:  # not in the repo (or not cached offline): try the next name
             last = e
+        except OSError as e:  # unknown repo or revision, HTTP error, unreachable hub: one clear error
+            raise DownloadError(f"hf-hub:{repo_id} (revision {revision or 'main'}): cannot fetch {filename}: "
+                                f"{type(e).__name__}: {e}") from e
     where = "in the local HF cache (offline)" if offline else "on the hub"
     raise DownloadError(f"hf-hub:{repo_id}: none of {', '.join(HUB_FILES)} found {where} "
                         f"(revision {revision or 'main'}): {last}")

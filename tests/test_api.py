@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import shutil
@@ -41,12 +42,19 @@ def _publish(root: Path, src: Path, name: str) -> str:
     return digest
 
 
+def _serve_openai_b32(monkeypatch: pytest.MonkeyPatch, base: str, digest: str) -> None:
+    """Point OpenAI's ViT-B/32 entries (under both OpenCLIP names) at the local server."""
+    for arch in ("ViT-B-32", "ViT-B-32-quickgelu"):
+        entry = pretrained.get_pretrained(arch, "openai")
+        monkeypatch.setitem(pretrained._REGISTRY, (arch, "openai"),
+                            dataclasses.replace(entry, url=f"{base}/{digest}/ViT-B-32.pt", sha256=digest))
+
+
 def test_load_by_name_downloads_verifies_and_matches_reference(shared, served, cache_dir, monkeypatch) -> None:
     root, base = served
     fixture = shared("fixtures/models/vit-tiny")
     digest = _publish(root, fixture / "openai_torchscript.pt", "ViT-B-32.pt")
-    monkeypatch.setitem(pretrained.OPENAI_PRETRAINED, "ViT-B/32",
-                        pretrained.PretrainedFile("ViT-B-32.pt", digest, base_url=base))
+    _serve_openai_b32(monkeypatch, base, digest)
     model, preprocess = torchclip.load("ViT-B/32")
     assert (cache_dir / "ViT-B-32.pt").exists()
     e = np.load(fixture / "expected.npz")
@@ -66,8 +74,7 @@ def test_corrupted_download_is_refused(shared, served, cache_dir, monkeypatch) -
     data = bytearray(path.read_bytes())
     data[100] ^= 0xFF
     path.write_bytes(bytes(data))
-    monkeypatch.setitem(pretrained.OPENAI_PRETRAINED, "ViT-B/32",
-                        pretrained.PretrainedFile("ViT-B-32.pt", digest, base_url=base))
+    _serve_openai_b32(monkeypatch, base, digest)
     with pytest.raises(ChecksumError):
         torchclip.load("ViT-B/32")
     assert not (cache_dir / "ViT-B-32.pt").exists()

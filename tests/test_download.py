@@ -15,15 +15,9 @@ from pathlib import Path
 import pytest
 
 import torchclip.download as dl
-from torchclip.config import list_presets
+from torchclip.config import OPENAI_MODELS, list_presets
 from torchclip.download import ChecksumError, DownloadError, cache_dir, download
-from torchclip.pretrained import (
-    OPENAI_PRETRAINED,
-    download_pretrained,
-    list_pretrained,
-    pretrained_file,
-    pretrained_url,
-)
+from torchclip.pretrained import download_pretrained, openai_pretrained, pretrained_url
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)  # > 3 chunks, not chunk-aligned
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -289,8 +283,7 @@ def test_bad_arguments(bad: dict, cache_dir: Path) -> None:
 
 
 def test_registry_covers_openai_presets() -> None:
-    names = list_pretrained()
-    assert names == [
+    assert list(OPENAI_MODELS) == [
         "RN50",
         "RN101",
         "RN50x4",
@@ -301,14 +294,16 @@ def test_registry_covers_openai_presets() -> None:
         "ViT-L/14",
         "ViT-L/14@336px",
     ]
-    assert set(names) <= set(list_presets())
+    assert set(OPENAI_MODELS) <= set(list_presets())
+    assert all(openai_pretrained(n).tag == "openai" for n in OPENAI_MODELS)
 
 
 def test_registry_matches_reference_sheet(shared) -> None:
     text = shared("reference/clip-reference.md").read_text()
     urls = re.findall(r"https://openaipublic\.azureedge\.net/clip/models/[0-9a-f]{64}/\S+\.pt", text)
-    assert sorted(urls) == sorted(e.url for e in OPENAI_PRETRAINED.values())
-    for entry in OPENAI_PRETRAINED.values():
+    entries = [openai_pretrained(n) for n in OPENAI_MODELS]
+    assert sorted(urls) == sorted(e.url for e in entries)
+    for entry in entries:
         assert entry.url.split("/")[-2] == entry.sha256
 
 
@@ -316,15 +311,15 @@ def test_pretrained_lookup_and_aliases() -> None:
     assert pretrained_url("ViT-B/32").endswith(
         "/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt"
     )
-    assert pretrained_file("ViT-B-32") == pretrained_file("ViT-B/32")
-    assert pretrained_file("ViT-L-14-336").filename == "ViT-L-14-336px.pt"
+    assert openai_pretrained("ViT-B-32").url == openai_pretrained("ViT-B/32").url
+    assert openai_pretrained("ViT-L-14-336").url.endswith("/ViT-L-14-336px.pt")
     with pytest.raises(KeyError, match="RN50"):
-        pretrained_url("ViT-H/14")
+        openai_pretrained("ViT-H/14")
 
 
 def test_download_pretrained_uses_cache_offline(cache_dir: Path, monkeypatch) -> None:
     monkeypatch.setenv("TORCHCLIP_OFFLINE", "1")
-    entry = pretrained_file("RN50")
+    entry = openai_pretrained("RN50")
     with pytest.raises(DownloadError, match=re.escape(str(cache_dir / "RN50.pt"))):
         download_pretrained("RN50", progress=False)
     # A file in the cache is used only if it has the published hash: fake it by seeding the sidecar check.

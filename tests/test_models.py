@@ -37,7 +37,9 @@ def test_parameter_counts_match_reference(name: str) -> None:
 
 def test_available_models_lists_the_nine_first() -> None:
     assert torchclip.available_models()[:9] == list(COUNTS)
-    assert get_preset("ViT-B-32") is PRESETS["ViT-B/32"]  # OpenCLIP spelling
+    # OpenCLIP's ViT-B-32 is GELU; OpenAI's ViT-B/32 is its QuickGELU twin
+    assert get_preset("ViT-B-32") == PRESETS["ViT-B/32"].replace(activation="gelu")
+    assert get_preset("ViT-B-32-quickgelu") == PRESETS["ViT-B/32"]
     with pytest.raises(KeyError, match="unknown model"):
         get_preset("ViT-Z/99")
 

@@ -13,39 +13,53 @@ from typing import Any
 import torch
 
 from .checkpoints import load_model, preprocess_config_of
-from .config import CLIPConfig, canonical_name, get_preset, list_presets
+from .config import OPENAI_MODELS, CLIPConfig, canonical_name, get_preset, list_presets
 from .hub import download_hub_model, hub_repo_id
 from .model import CLIP
 from .tokenizer import Tokenizer
 
-__all__ = ["available_models", "load", "create_model", "pretrained_models", "get_tokenizer"]
-
-# The nine released OpenAI checkpoints; the small CPU presets have no published weights.
-_OPENAI_RELEASED = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14",
-                    "ViT-L/14@336px")
+__all__ = ["available_models", "load", "create_model", "list_pretrained", "pretrained_models", "get_tokenizer"]
 
 
 def available_models() -> list[str]:
-    """Names of every model preset (the nine OpenAI models first, then the small CPU presets)."""
+    """Every architecture name ``create_model`` builds: OpenAI's nine first, then OpenCLIP's, then CPU presets."""
     return list_presets()
 
 
-def pretrained_models() -> list[str]:
-    """Presets with downloadable OpenAI weights."""
-    return list(_OPENAI_RELEASED)
+def list_pretrained(as_str: bool = False) -> list[tuple[str, str]] | list[str]:
+    """Every pretrained (architecture, tag) pair, as OpenCLIP's ``list_pretrained`` (``"arch:tag"`` strings)."""
+    from .pretrained import list_pretrained as _list
+
+    return _list(as_str)
+
+
+def pretrained_models() -> dict[str, list[str]]:
+    """Architecture name -> its pretrained tags, for every name that has weights (OpenAI's spellings too)."""
+    from .pretrained import list_pretrained_tags
+
+    out = {}
+    for name in available_models():
+        tags = list_pretrained_tags(name)
+        if tags:
+            out[name] = tags
+    return out
 
 
 def _resolve_weights(name_or_path: str | os.PathLike[str], revision: str | None = None) -> Path:
     """A local checkpoint path for a model name (downloaded), a path, or a hub repo (downloaded)."""
     if isinstance(name_or_path, str) and canonical_name(name_or_path) is not None:
         name = canonical_name(name_or_path)
-        if name not in _OPENAI_RELEASED:
+        from .pretrained import download_pretrained, list_pretrained_tags
+
+        tags = list_pretrained_tags(name)
+        if "openai" not in tags and tags:
+            raise ValueError(f"{name!r} has no OpenAI release; its pretrained tags: {', '.join(tags)} "
+                             f"(create_model({name!r}, pretrained=tag))")
+        if "openai" not in tags:
             raise ValueError(
                 f"{name!r} is a preset without published weights: use create_model({name!r}) for a "
-                f"randomly initialised one; pretrained: {', '.join(_OPENAI_RELEASED)}"
+                f"randomly initialised one; pretrained: {', '.join(OPENAI_MODELS)}"
             )
-        from .pretrained import download_pretrained
-
         return download_pretrained(name)
     path = Path(name_or_path)
     if path.exists():
@@ -80,24 +94,45 @@ def load(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu
 
 
 def create_model(name_or_config: str | CLIPConfig, pretrained: str | os.PathLike[str] | None = None,
-                 device: str | torch.device = "cpu") -> CLIP:
-    """A model from a preset name or config: random init (the paper's), or ``pretrained`` weights.
+                 device: str | torch.device = "cpu", *, activation: str | None = None) -> CLIP:
+    """A model from an architecture name or config: random init (the paper's), or ``pretrained`` weights.
 
-    ``pretrained`` may be ``"openai"`` (the released weights for that name) or a checkpoint path; the
-    checkpoint's architecture must equal the preset's.
+    Names mean what they mean in OpenCLIP (``ViT-B-32`` GELU, ``ViT-B-32-quickgelu`` QuickGELU; ``RN50`` too is
+    OpenCLIP's GELU one) and OpenAI's spellings OpenAI's models (``ViT-B/32`` is QuickGELU). ``pretrained`` is
+    a tag of :func:`list_pretrained` for that name, built with the activation its weights were trained with
+    (``create_model("ViT-B-32", pretrained="openai")`` is QuickGELU), or a checkpoint path. A plain state dict
+    cannot say which activation it was trained with: the name (or ``activation=``) decides, and its shapes
+    must be the name's. A file that records its config must agree with the name. ``activation`` overrides
+    ``"gelu"`` / ``"quick_gelu"`` everywhere.
     """
+    from .pretrained import get_pretrained, list_pretrained_tags
+
     config = get_preset(name_or_config) if isinstance(name_or_config, str) else name_or_config
     if pretrained is None:
-        return CLIP(config).to(device)
-    source = name_or_config if pretrained == "openai" else pretrained
-    if pretrained == "openai" and not isinstance(name_or_config, str):
-        raise ValueError("pretrained='openai' needs a model name")
-    model = load_model(_resolve_weights(source), device=device, activation=config.activation)
-    got = model.config.replace(source="", init_logit_scale=config.init_logit_scale)
-    if got != config.replace(source=""):
-        raise ValueError(f"checkpoint {pretrained} holds a different architecture than {name_or_config!r}: "
-                         f"{got} vs {config}")
-    return model
+        return CLIP(config.replace(activation=activation or config.activation)).to(device)
+    entry = None
+    if isinstance(name_or_config, str) and isinstance(pretrained, str):
+        try:  # a tag first, as OpenCLIP does; then a path
+            entry = get_pretrained(name_or_config, pretrained)
+        except KeyError:
+            entry = None
+    if entry is not None:
+        config = config.replace(activation=entry.activation)
+        path = entry.download()
+    elif Path(pretrained).exists():
+        path = Path(pretrained)
+    elif isinstance(name_or_config, str):
+        tags = list_pretrained_tags(name_or_config)
+        known = f"its tags: {', '.join(tags)}" if tags else "it has no pretrained tags"
+        raise ValueError(f"pretrained={str(pretrained)!r} is neither a pretrained tag of {name_or_config!r} "
+                         f"({known}) nor an existing file")
+    else:
+        raise ValueError(f"pretrained={str(pretrained)!r} is not an existing file (a tag needs a model name)")
+    if activation is not None:
+        config = config.replace(activation=activation)
+    # The architecture is the name's: a state dict cannot tell head widths or activation, and a file that
+    # records its config must agree with it (readers.read_checkpoint checks both, before any allocation).
+    return load_model(path, device=device, config=config)
 
 
 def get_tokenizer(source: str | os.PathLike[str] | CLIP | None = None, *,

@@ -187,9 +187,9 @@ def _models(argv: Sequence[str]) -> int:
     CommandParser(prog="torchclip models", description="List the model presets.").parse_args(argv)
     from .api import available_models, pretrained_models
 
-    pretrained = set(pretrained_models())
+    pretrained = pretrained_models()
     for name in available_models():
-        print(f"{name:<16} {'openai weights' if name in pretrained else 'random init'}")
+        print(f"{name:<24} {', '.join(pretrained.get(name, [])) or 'random init'}")
     return 0
 
 

@@ -17,6 +17,10 @@ __all__ = [
     "TextConfig",
     "CLIPConfig",
     "PRESETS",
+    "OPENAI_MODELS",
+    "OPENAI_TWINS",
+    "canonical_name",
+    "from_open_clip",
     "get_preset",
     "list_presets",
     "PreprocessConfig",
@@ -141,37 +145,156 @@ class CLIPConfig:
         return dataclasses.replace(self, **kw)
 
 
-def _vit(e: int, r: int, layers: int, w: int, p: int, wt: int, src: str) -> CLIPConfig:
+# OpenCLIP config fields torchclip has no knob for, with the value that means "CLIP's architecture"
+# (open_clip's CLIPVisionCfg / CLIPTextCfg defaults). Any other value is a different architecture.
+_OC_VISION_DEFAULTS: dict[str, Any] = {
+    "ls_init_value": None, "attentional_pool": False, "attn_pooler_queries": 256, "attn_pooler_heads": 8,
+    "no_ln_pre": False, "pos_embed_type": "learnable", "final_ln_after_pool": False, "pool_type": "tok",
+    "output_tokens": False, "act_kwargs": None, "norm_kwargs": None, "block_type": None, "qk_norm": False,
+    "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False, "scale_attn": False,
+    "scale_fc": False, "timm_model_name": None, "timm_model_pretrained": False, "timm_pool": "avg",
+    "timm_proj": "linear", "timm_proj_bias": False, "timm_drop": 0.0, "timm_drop_path": None,
+}
+_OC_TEXT_DEFAULTS: dict[str, Any] = {
+    "hf_tokenizer_name": None, "tokenizer_mode": None, "tokenizer_kwargs": None, "ls_init_value": None,
+    "embed_cls": False, "eos_id": 2, "no_causal_mask": False, "final_ln_after_pool": False, "pool_type": "argmax",
+    "proj_bias": False, "proj_type": "linear", "output_tokens": False, "act_kwargs": None, "norm_kwargs": None,
+    "block_type": None, "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
+    "scale_attn_inner": False, "scale_attn": False, "scale_fc": False, "hf_model_name": None,
+    "hf_model_pretrained": True, "hf_proj_type": "mlp", "hf_pooler_type": "mean_pooler",
+}
+_OC_TOP_DEFAULTS: dict[str, Any] = {"custom_text": False, "init_logit_bias": None, "nonscalar_logit_scale": False,
+                                    "cast_dtype": None, "output_dict": False}
+
+
+def from_open_clip(model_cfg: dict[str, Any], where: str = "open_clip config") -> CLIPConfig:
+    """The exact config of an OpenCLIP ``model_cfg`` (``model_configs/*.json``, ``open_clip_config.json``).
+
+    Raises ValueError naming the field when the config sets anything torchclip does not build (a timm or HF
+    tower, attentional pooling, no ln_pre, another text pooling, ...): an approximate model is never returned.
+    """
+    def refuse(field_: str, value: Any) -> ValueError:
+        return ValueError(f"{where}: {field_}={value!r} is not CLIP's architecture; torchclip cannot build it")
+
+    known_top = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg", "init_logit_scale", *_OC_TOP_DEFAULTS}
+    for k, v in model_cfg.items():
+        if k not in known_top:
+            raise refuse(k, v)
+        if k in _OC_TOP_DEFAULTS and v != _OC_TOP_DEFAULTS[k]:
+            raise refuse(k, v)
+    v_cfg, t_cfg = dict(model_cfg["vision_cfg"]), dict(model_cfg["text_cfg"])
+    for prefix, cfg, defaults in (("vision_cfg", v_cfg, _OC_VISION_DEFAULTS), ("text_cfg", t_cfg, _OC_TEXT_DEFAULTS)):
+        for k in [k for k in cfg if k in defaults]:
+            value = cfg.pop(k)
+            if value != defaults[k]:
+                raise refuse(f"{prefix}.{k}", value)
+    size = v_cfg.pop("image_size", 224)
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2 or size[0] != size[1]:
+            raise refuse("vision_cfg.image_size", size)
+        size = size[0]
+    layers = v_cfg.pop("layers", 12)
+    vision_kw = {k: v_cfg.pop(k) for k in ("width", "head_width", "mlp_ratio", "patch_dropout") if k in v_cfg}
+    patch = v_cfg.pop("patch_size", 16)
+    text_kw = {k: t_cfg.pop(k) for k in ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio",
+                                         "pad_id") if k in t_cfg}
+    for prefix, rest in (("vision_cfg", v_cfg), ("text_cfg", t_cfg)):
+        if rest:
+            k = next(iter(rest))
+            raise refuse(f"{prefix}.{k}", rest[k])
+    resnet = isinstance(layers, (list, tuple))
+    return CLIPConfig(
+        embed_dim=int(model_cfg["embed_dim"]),
+        vision=VisionConfig(image_size=int(size), layers=tuple(layers) if resnet else int(layers),
+                            patch_size=None if resnet else int(patch), **vision_kw),
+        text=TextConfig(**text_kw),
+        activation="quick_gelu" if model_cfg.get("quick_gelu") else "gelu",
+        init_logit_scale=float(model_cfg.get("init_logit_scale", math.log(1 / 0.07))),
+        source=where,
+    )
+
+
+def _vit(e: int, r: int, layers: int, w: int, p: int, wt: int, src: str, *, act: str = "quick_gelu",
+         head_width: int = 64, mlp_ratio: float = 4.0, text_layers: int = 12) -> CLIPConfig:
     return CLIPConfig(
         embed_dim=e,
-        vision=VisionConfig(image_size=r, layers=layers, width=w, patch_size=p),
-        text=TextConfig(width=wt, heads=wt // 64, layers=12),
+        vision=VisionConfig(image_size=r, layers=layers, width=w, patch_size=p, head_width=head_width,
+                            mlp_ratio=mlp_ratio),
+        text=TextConfig(width=wt, heads=wt // 64, layers=text_layers),
+        activation=act,
         source=src,
     )
 
 
-def _rn(e: int, r: int, layers: tuple[int, int, int, int], w: int, wt: int, src: str) -> CLIPConfig:
+def _rn(e: int, r: int, layers: tuple[int, int, int, int], w: int, wt: int, src: str, *,
+        act: str = "quick_gelu") -> CLIPConfig:
     return CLIPConfig(
         embed_dim=e,
         vision=VisionConfig(image_size=r, layers=layers, width=w, patch_size=None),
         text=TextConfig(width=wt, heads=wt // 64, layers=12),
+        activation=act,
         source=src,
     )
 
 
 _T = "Radford et al. 2021, Table 19/20 (ResNet/ViT hyperparameters); released OpenAI checkpoint"
+_OC = "OpenCLIP model config of the same name (model_configs/*.json)"
+
+
+def _open_clip_archs() -> dict[str, CLIPConfig]:
+    """OpenCLIP's CLIP-family architectures that have pretrained weights, under OpenCLIP's names.
+
+    OpenCLIP builds a name with nn.GELU unless it ends in ``-quickgelu``; that includes ``RN50``..``RN50x64``,
+    whose text towers are GELU there (OpenAI's released ResNets are QuickGELU: ``RN50-quickgelu``).
+    """
+    base: dict[str, CLIPConfig] = {
+        "RN50": _rn(1024, 224, (3, 4, 6, 3), 64, 512, _OC),
+        "RN101": _rn(512, 224, (3, 4, 23, 3), 64, 512, _OC),
+        "RN50x4": _rn(640, 288, (4, 6, 10, 6), 80, 640, _OC),
+        "RN50x16": _rn(768, 384, (6, 8, 18, 8), 96, 768, _OC),
+        "RN50x64": _rn(1024, 448, (3, 15, 36, 10), 128, 1024, _OC),
+        "ViT-B-32": _vit(512, 224, 12, 768, 32, 512, _OC),
+        "ViT-B-32-256": _vit(512, 256, 12, 768, 32, 512, _OC),
+        "ViT-B-16": _vit(512, 224, 12, 768, 16, 512, _OC),
+        "ViT-B-16-plus-240": _vit(640, 240, 12, 896, 16, 640, _OC),
+        "ViT-L-14": _vit(768, 224, 24, 1024, 14, 768, _OC),
+        "ViT-L-14-336": _vit(768, 336, 24, 1024, 14, 768, _OC),
+        "ViT-H-14": _vit(1024, 224, 32, 1280, 14, 1024, _OC, head_width=80, text_layers=24),
+        "ViT-H-14-378": _vit(1024, 378, 32, 1280, 14, 1024, _OC, head_width=80, text_layers=24),
+        "ViT-g-14": _vit(1024, 224, 40, 1408, 14, 1024, _OC, head_width=88, mlp_ratio=4.3637, text_layers=24),
+        "ViT-bigG-14": _vit(1280, 224, 48, 1664, 14, 1280, _OC, head_width=104, mlp_ratio=4.9231,
+                            text_layers=32),
+    }
+    # The twins OpenCLIP ships as model configs (``<name>-quickgelu.json``).
+    quick = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336",
+             "ViT-H-14", "ViT-H-14-378", "ViT-bigG-14")
+    out: dict[str, CLIPConfig] = {}
+    for name, cfg in base.items():
+        out[name] = cfg.replace(activation="gelu")
+        if name in quick:
+            out[f"{name}-quickgelu"] = cfg.replace(activation="quick_gelu")
+    return out
+
+
+# OpenAI's spellings name OpenAI's architectures, which are QuickGELU; the ResNet names are spelled the same in
+# both libraries and follow OpenCLIP here (see ``_open_clip_archs``).
+OPENAI_TWINS: dict[str, str] = {
+    "ViT-B/32": "ViT-B-32-quickgelu",
+    "ViT-B/16": "ViT-B-16-quickgelu",
+    "ViT-L/14": "ViT-L-14-quickgelu",
+    "ViT-L/14@336px": "ViT-L-14-336-quickgelu",
+}
+# OpenAI's nine released models, in openai/CLIP's ``available_models()`` order.
+OPENAI_MODELS: tuple[str, ...] = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16",
+                                  "ViT-L/14", "ViT-L/14@336px")
+
+_OPEN_CLIP = _open_clip_archs()
 
 PRESETS: dict[str, CLIPConfig] = {
-    # The nine released OpenAI models (paper Tables 19-20; shapes as in the released checkpoints).
-    "RN50": _rn(1024, 224, (3, 4, 6, 3), 64, 512, _T),
-    "RN101": _rn(512, 224, (3, 4, 23, 3), 64, 512, _T),
-    "RN50x4": _rn(640, 288, (4, 6, 10, 6), 80, 640, _T),
-    "RN50x16": _rn(768, 384, (6, 8, 18, 8), 96, 768, _T),
-    "RN50x64": _rn(1024, 448, (3, 15, 36, 10), 128, 1024, _T),
-    "ViT-B/32": _vit(512, 224, 12, 768, 32, 512, _T),
-    "ViT-B/16": _vit(512, 224, 12, 768, 16, 512, _T),
-    "ViT-L/14": _vit(768, 224, 24, 1024, 14, 768, _T),
-    "ViT-L/14@336px": _vit(768, 336, 24, 1024, 14, 768, _T),
+    # OpenAI's nine first (openai/CLIP's order), then OpenCLIP's names, then the small CPU presets.
+    **{n: _OPEN_CLIP[n] for n in OPENAI_MODELS if n in _OPEN_CLIP},
+    **{n: _OPEN_CLIP[t].replace(source=_T) for n, t in OPENAI_TWINS.items()},
+    **_OPEN_CLIP,
     # Small presets that train on a 2-core CPU in minutes. Shapes follow the paper's scaling rules
     # (head width 64, MLP ratio 4, text width tied to embed size) shrunk to 32-64 px inputs.
     "cpu-vit-32": CLIPConfig(
@@ -197,12 +320,16 @@ PRESETS: dict[str, CLIPConfig] = {
     ),
 }
 
-_ALIASES = {name.replace("/", "-"): name for name in PRESETS}
-_ALIASES.update({"ViT-L-14-336": "ViT-L/14@336px", "ViT-L/14-336": "ViT-L/14@336px"})
+# Other spellings users type: OpenAI's L/14@336 without the suffix, OpenCLIP's ``/`` form of a name.
+_ALIASES = {"ViT-L/14-336": "ViT-L/14@336px", "ViT-L-14@336px": "ViT-L-14-336"}
 
 
 def canonical_name(name: str) -> str | None:
-    """Return the preset key for ``name`` or its OpenCLIP-style spelling (``ViT-B-32``), else None."""
+    """Return the preset key for ``name`` or a known alternative spelling, else None.
+
+    ``ViT-B-32`` is OpenCLIP's GELU model and ``ViT-B/32`` OpenAI's QuickGELU one: the two spellings are
+    different presets, never aliases of each other.
+    """
     if name in PRESETS:
         return name
     return _ALIASES.get(name)

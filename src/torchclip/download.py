@@ -47,6 +47,8 @@ __all__ = [
 _CHUNK = 1 << 20
 _USER_AGENT = "torchclip-downloader"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# What callers may pass: a full digest, or the leading hex digits a release publishes (OpenCLIP's file names).
+_EXPECTED_RE = re.compile(r"^[0-9a-f]{8,64}$")
 # Errors that mean "the byte stream stopped early" once a response is under way.
 _STREAM_ERRORS = (http.client.HTTPException, ConnectionError, TimeoutError, OSError)
 
@@ -172,7 +174,8 @@ def download(
     """Return the path of ``<cache>/<filename>`` holding ``url``'s bytes, downloading it if needed.
 
     A cached file is returned only if its SHA-256 equals ``sha256`` (``None`` skips verification, for
-    files without a published hash); a corrupt cached file is downloaded again. An interrupted transfer is
+    files without a published hash; a prefix of 8+ hex digits checks the digest's start, for releases that
+    publish only that); a corrupt cached file is downloaded again. An interrupted transfer is
     resumed up to ``retries`` times within this call, and the ``.part`` survives a failed call so the next
     call resumes it too. ``timeout`` is per socket operation, in seconds.
 
@@ -184,8 +187,8 @@ def download(
     if not name or name in {".", ".."} or "/" in name or "\\" in name:
         raise ValueError(f"filename must be a plain file name, got {name!r}")
     expected = None if sha256 is None else sha256.strip().lower()
-    if expected is not None and not _SHA256_RE.match(expected):
-        raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
+    if expected is not None and not _EXPECTED_RE.match(expected):
+        raise ValueError(f"sha256 must be 8 to 64 hex digits (a digest or its published prefix), got {sha256!r}")
     root = Path(cache).expanduser() if cache is not None else cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     target = root / name
@@ -195,7 +198,7 @@ def download(
             if expected is None:
                 return target
             found = _cached_sha256(target)
-            if found == expected:
+            if found.startswith(expected):
                 return target
             if is_offline():
                 raise ChecksumError(
@@ -241,7 +244,7 @@ def _fetch(
             if not exc.progressed:  # back off only when the last attempt got nowhere
                 time.sleep(min(0.5 * failures, 5.0))
 
-    if expected is not None and digest != expected:
+    if expected is not None and not digest.startswith(expected):
         part.unlink(missing_ok=True)
         raise ChecksumError(
             f"SHA-256 mismatch for {url}: expected {expected}, found {digest}. The download was discarded; "

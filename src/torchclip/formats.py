@@ -31,7 +31,6 @@ __all__ = [
     "torchclip_to_hf_config",
     "check_state_dict",
     "check_config_bounds",
-    "open_clip_config_to_torchclip",
     "torchclip_to_open_clip_config",
     "open_clip_preprocess_config",
     "hf_preprocess_config",
@@ -404,63 +403,6 @@ def check_config_bounds(config: CLIPConfig, where: str) -> None:
 
 
 # ---------------------------------------------------------------- OpenCLIP's model and preprocess configs
-
-# OpenCLIP config keys whose non-default values build something torchclip's CLIP does not have.
-_OPEN_CLIP_UNSUPPORTED = {
-    "vision_cfg": {"timm_model_name": None, "attentional_pool": False, "no_ln_pre": False,
-                   "final_ln_after_pool": False, "pool_type": "tok", "ls_init_value": None,
-                   "pos_embed_type": "learnable", "act_kwargs": None, "norm_kwargs": None, "block_type": None,
-                   "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
-                   "scale_attn": False, "scale_fc": False, "output_tokens": False},
-    "text_cfg": {"hf_model_name": None, "hf_tokenizer_name": None, "tokenizer_mode": None, "embed_cls": False,
-                 "no_causal_mask": False, "final_ln_after_pool": False, "pool_type": "argmax", "proj_bias": False,
-                 "proj_type": "linear", "ls_init_value": None, "act_kwargs": None, "norm_kwargs": None,
-                 "block_type": None, "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
-                 "scale_attn_inner": False, "scale_attn": False, "scale_fc": False, "output_tokens": False},
-    "": {"custom_text": False, "init_logit_bias": None},
-}
-
-
-def open_clip_config_to_torchclip(model_cfg: Mapping[str, Any], where: str = "open_clip_config.json") -> CLIPConfig:
-    """OpenCLIP's ``model_cfg`` (``embed_dim``, ``quick_gelu``, ``vision_cfg``, ``text_cfg``) -> ours.
-
-    Refuses, naming the key, any setting that builds a network outside CLIP's family (timm or HF towers,
-    attentional pooling, layer scale, ...): loading it into CLIP's architecture would be silently wrong.
-    """
-    for section, defaults in _OPEN_CLIP_UNSUPPORTED.items():
-        d = model_cfg.get(section, {}) if section else model_cfg
-        if not isinstance(d, Mapping):
-            raise CheckpointError(f"{where}: {section} is not an object")
-        for key, default in defaults.items():
-            value = d.get(key, default)
-            if value != default and not (default is None and value == {}):
-                raise CheckpointError(f"{where}: {section + '.' if section else ''}{key}={value!r} builds a "
-                                      "model outside CLIP's architecture, which torchclip does not implement")
-    v, t = model_cfg["vision_cfg"], model_cfg["text_cfg"]
-    layers = v.get("layers", 12)
-    resnet = isinstance(layers, (list, tuple))
-    image_size = v.get("image_size", 224)
-    if isinstance(image_size, (list, tuple)):
-        if len(image_size) != 2 or image_size[0] != image_size[1]:
-            raise CheckpointError(f"{where}: non-square image_size {image_size} is not supported")
-        image_size = image_size[0]
-    vision = VisionConfig(
-        image_size=image_size, layers=tuple(layers) if resnet else layers, width=v.get("width", 768),
-        patch_size=None if resnet else v.get("patch_size", 16), head_width=v.get("head_width", 64),
-        mlp_ratio=v.get("mlp_ratio", 4.0),
-    )
-    vocab = t.get("vocab_size", 49408)
-    text = TextConfig(
-        context_length=t.get("context_length", 77), vocab_size=vocab, width=t.get("width", 512),
-        heads=t.get("heads", 8), layers=t.get("layers", 12), mlp_ratio=t.get("mlp_ratio", 4.0),
-        pad_id=t.get("pad_id", 0),
-    )
-    return CLIPConfig(
-        embed_dim=model_cfg["embed_dim"], vision=vision, text=text,
-        activation="quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu",
-        init_logit_scale=model_cfg.get("init_logit_scale", math.log(1 / 0.07)),
-    )
-
 
 def torchclip_to_open_clip_config(config: CLIPConfig) -> dict[str, Any]:
     """Our config -> OpenCLIP's ``model_cfg`` (what ``open_clip_config.json`` holds under that key)."""

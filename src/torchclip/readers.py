@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .config import CLIPConfig, PreprocessConfig, canonical_name
+from .config import CLIPConfig, PreprocessConfig, canonical_name, from_open_clip
 from .formats import (
     OPENAI_NON_WEIGHT_KEYS,
     CheckpointError,
@@ -43,7 +43,6 @@ from .formats import (
     hf_preprocess_config,
     hf_to_openai,
     infer_openai_config,
-    open_clip_config_to_torchclip,
     open_clip_preprocess_config,
     openai_to_torchclip,
 )
@@ -390,7 +389,7 @@ class OpenCLIPHubReader(Reader):
         model_cfg = doc.get("model_cfg")
         if not isinstance(model_cfg, dict):
             raise CheckpointError(f"{where}: no 'model_cfg' object")
-        config = _parse_config(lambda: open_clip_config_to_torchclip(model_cfg, where), where)
+        config = _parse_config(lambda: from_open_clip(model_cfg, where).replace(source=""), where)
         _activation(config.activation, activation, where, "")
         pp = doc.get("preprocess_cfg") or {}
         try:

@@ -217,3 +217,32 @@ def test_preset_without_weights_is_a_clear_error() -> None:
         torchclip.load("cpu-vit-32")
     with pytest.raises(FileNotFoundError, match="neither a model name"):
         torchclip.load("/nonexistent/model.pt")
+
+
+@pytest.mark.parametrize("name", ["ViT-H-14", "ViT-g-14", "ViT-bigG-14"])
+def test_plain_state_dicts_of_wide_head_architectures_get_their_heads(tmp_path: Path, name: str) -> None:
+    """Shapes cannot tell head widths: a known architecture with the same shapes decides (H/14: 80 wide)."""
+    import dataclasses
+
+    from torchclip.config import get_preset
+
+    ref = get_preset(name)
+    assert ref.vision.head_width != 64
+    # the real widths and ratios, two blocks deep so the test stays small
+    small = ref.replace(vision=dataclasses.replace(ref.vision, layers=2, image_size=56), text=dataclasses.replace(
+        ref.text, layers=2, vocab_size=600, sot_id=None, eot_id=None))
+    from torchclip.readers import _known_heads
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setitem(torchclip.config.PRESETS, "small", small)
+        with torch.device("meta"):
+            sd = torchclip.CLIP(small).state_dict()
+        oa = torchclip.formats.torchclip_to_openai({k: torch.empty(v.shape) for k, v in sd.items()})
+        inferred = torchclip.formats.infer_openai_config(oa)
+        assert inferred.vision.head_width == 64  # what shapes alone say
+        got = _known_heads(inferred, "sd")
+        assert (got.vision.heads, got.text.heads) == (small.vision.heads, small.text.heads)
+        assert int(got.vision.width * got.vision.mlp_ratio) == int(small.vision.width * small.vision.mlp_ratio)
+    # control: with no known architecture of those shapes, 64-wide heads and a warning naming the assumption
+    with pytest.warns(torchclip.readers.ArchitectureGuessWarning, match="64-wide heads"):
+        assert _known_heads(inferred, "sd").vision.head_width == 64

@@ -10,12 +10,9 @@ These run in the peers' venv (``.ci/run`` builds it; the main test venv skips th
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import shutil
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -96,23 +93,8 @@ def diagram(path: Path) -> Path:
     return path
 
 
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def web(tmp_path: Path):
-    root = tmp_path / "www"
-    root.mkdir()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-
-
-def test_openai_readme_quickstart(tmp_path: Path, web: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    root, url = web
+def test_openai_readme_quickstart(tmp_path: Path, served: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    root, url = served
     # Small random weights in OpenAI's layout, published under the name the quick-start asks for; each
     # side downloads them from the local server and checks the SHA-256 in the URL.
     torch.manual_seed(0)
@@ -128,11 +110,13 @@ def test_openai_readme_quickstart(tmp_path: Path, web: tuple[Path, str], monkeyp
     (root / digest).mkdir()
     shutil.copy(src, root / digest / "ViT-B-32.pt")
     monkeypatch.setitem(clip.clip._MODELS, "ViT-B/32", f"{url}/{digest}/ViT-B-32.pt")
+    import dataclasses
+
     from torchclip import pretrained
 
-    entry = pretrained.OPENAI_PRETRAINED["ViT-B/32"]
-    monkeypatch.setitem(pretrained.OPENAI_PRETRAINED, "ViT-B/32",
-                        type(entry)("ViT-B-32.pt", digest, base_url=url))
+    entry = pretrained.openai_pretrained("ViT-B/32")
+    monkeypatch.setitem(pretrained._REGISTRY, (entry.arch, entry.tag),
+                        dataclasses.replace(entry, url=f"{url}/{digest}/ViT-B-32.pt", sha256=digest))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # clip caches under ~/.cache/clip
     cache = tmp_path / "torchclip-cache"
     cache.mkdir()

@@ -15,18 +15,16 @@ Three groups:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import importlib.util
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
+from hubserver import HubServer
 
 import torchclip
 from torchclip import pretrained
@@ -152,23 +150,6 @@ def test_readme_zoo_table_is_generated_from_the_registry(capsys: pytest.CaptureF
 # ---- downloads: local HTTP server, hub-like server, HF cache ---------------------------------------
 
 
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    root = tmp_path / "www"
-    root.mkdir()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def _tiny_weights(tmp_path: Path, activation: str) -> tuple[Path, CLIP]:
     """cpu-vit-32 with random weights, saved as an OpenAI-layout state dict (what OpenCLIP releases hold)."""
     torch.manual_seed(0)
@@ -225,74 +206,26 @@ def test_tag_download_refuses_bytes_that_miss_the_published_prefix(
     assert not (cache_dir / "w.pt").exists() and not (cache_dir / "w.pt.part").exists()
 
 
-class _Hub:
-    """A hub-like file server: ``/{org}/{name}/resolve/{revision}/{file}`` with the headers hf_hub_download reads."""
-
-    def __init__(self) -> None:
-        self.files: dict[tuple[str, str, str], bytes] = {}  # (repo, revision, file) -> bytes
-        self.requests: list[str] = []
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _serve(self, body: bool) -> None:
-                hub.requests.append(f"{self.command} {self.path}")
-                parts = self.path.split("?")[0].strip("/").split("/")
-                key = ("/".join(parts[:2]), parts[3], "/".join(parts[4:])) if len(parts) >= 5 else None
-                data = hub.files.get(key) if key and parts[2] == "resolve" else None
-                if data is None:
-                    known = key is not None and any(k[0] == key[0] for k in hub.files)
-                    self.send_response(404)
-                    self.send_header("X-Error-Code", "EntryNotFound" if known else "RepoNotFound")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-                self.send_header("X-Repo-Commit", hashlib.sha1(key[1].encode()).hexdigest())
-                self.end_headers()
-                if body:
-                    self.wfile.write(data)
-
-            def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
-                self._serve(False)
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._serve(True)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Hub]:
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
     import huggingface_hub.constants as hf_constants
 
-    server = _Hub()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    yield server
-    server.close()
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)  # torchclip reads it per call
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        yield server
 
 
 def test_hub_entry_downloads_from_a_hub_like_server_then_loads_offline(
-        tmp_path: Path, hub: _Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, hub: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:
     src, reference = _tiny_weights(tmp_path, "gelu")
     # OpenCLIP's layout: this repo has only the pickle, so the safetensors name is tried first and skipped
-    hub.files[("org/tiny-clip", "main", "open_clip_pytorch_model.bin")] = src.read_bytes()
+    hub.add("org/tiny-clip", {"open_clip_pytorch_model.bin": src.read_bytes()})
     _register(monkeypatch, Pretrained("cpu-vit-32", "hubtag", "gelu", hf_hub="org/tiny-clip"))
     model = torchclip.create_model("cpu-vit-32", pretrained="hubtag")
     assert _max_diff(_features(model), _features(reference)) == 0.0
-    assert hub.requests[0].endswith("/org/tiny-clip/resolve/main/open_clip_model.safetensors")
+    assert hub.requests[0][1].endswith("/org/tiny-clip/resolve/main/open_clip_model.safetensors")
     # offline: served from the HF cache, no request made
     n = len(hub.requests)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -304,23 +237,25 @@ def test_hub_entry_downloads_from_a_hub_like_server_then_loads_offline(
         get_pretrained("cpu-vit-32", "hubtag").download(revision="v2")
 
 
-def test_hub_revision_and_safetensors_preference(tmp_path: Path, hub: _Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_revision_and_safetensors_preference(tmp_path: Path, hub: HubServer,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from safetensors.torch import save_file
 
     src, _ = _tiny_weights(tmp_path, "gelu")
     sd = torch.load(src, weights_only=True)
     save_file(sd, tmp_path / "w.safetensors")
-    hub.files[("org/tiny-clip", "v2", "open_clip_model.safetensors")] = (tmp_path / "w.safetensors").read_bytes()
-    hub.files[("org/tiny-clip", "v2", "open_clip_pytorch_model.bin")] = src.read_bytes()
+    hub.add("org/tiny-clip", {"README.md": b"weights on v2 only"})
+    hub.add("org/tiny-clip", {"open_clip_model.safetensors": (tmp_path / "w.safetensors").read_bytes(),
+                              "open_clip_pytorch_model.bin": src.read_bytes()}, branch="v2")
     _register(monkeypatch, Pretrained("cpu-vit-32", "hubtag", "gelu", hf_hub="org/tiny-clip"))
     path = get_pretrained("cpu-vit-32", "hubtag").download(revision="v2")
     assert path.name == "open_clip_model.safetensors"
-    assert all("/resolve/v2/" in r for r in hub.requests)
+    assert all("/resolve/v2/" in path for _, path in hub.requests)
     with pytest.raises(DownloadError, match="none of"):  # main has neither file
         get_pretrained("cpu-vit-32", "hubtag").download()
     # a repository the hub does not have is one clear error naming it
     _register(monkeypatch, Pretrained("cpu-vit-32", "gone", "gelu", hf_hub="org/gone"))
-    with pytest.raises(DownloadError, match="hf-hub:org/gone.*RepositoryNotFound"):
+    with pytest.raises(DownloadError, match="hf-hub:org/gone: no such repository"):
         torchclip.create_model("cpu-vit-32", pretrained="gone")
 
 

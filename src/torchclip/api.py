@@ -132,7 +132,10 @@ def create_model(name_or_config: str | CLIPConfig, pretrained: str | os.PathLike
         config = config.replace(activation=activation)
     # The architecture is the name's: a state dict cannot tell head widths or activation, and a file that
     # records its config must agree with it (readers.read_checkpoint checks both, before any allocation).
-    return load_model(path, device=device, config=config)
+    model = load_model(path, device=device, config=config)
+    if entry is not None:
+        model.preprocess_config = entry.preprocess
+    return model
 
 
 def get_tokenizer(source: str | os.PathLike[str] | CLIP | None = None, *,

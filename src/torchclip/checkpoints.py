@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from .config import CLIPConfig, PreprocessConfig
 from .formats import (
+    CheckpointError,
     check_state_dict,
     openai_to_hf,
     torchclip_to_hf_config,
@@ -61,16 +62,24 @@ def build_model(ckpt: LoadedCheckpoint) -> CLIP:
         try:
             check_compatible(ckpt.tokenizer, ckpt.config.text)
         except ValueError as e:
-            from .formats import CheckpointError
-
             raise CheckpointError(f"{ckpt.path}: the bundled vocabulary does not fit the model: {e}") from e
     return model.eval()
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu", activation: str | None = None,
                config: CLIPConfig | None = None) -> CLIP:
-    """Read any checkpoint (``readers.read_checkpoint``) and build its model in eval mode on ``device``."""
-    return build_model(read_checkpoint(path, activation, config)).to(device)
+    """Read any checkpoint (``readers.read_checkpoint``) and build its model in eval mode on ``device``.
+
+    ``config``: the architecture asked for (``create_model(name, pretrained=path)``); a file whose tensors do
+    not fit it is refused as a different architecture.
+    """
+    ckpt = read_checkpoint(path, activation, config)
+    try:
+        return build_model(ckpt).to(device)
+    except CheckpointError as e:
+        if config is None:
+            raise
+        raise CheckpointError(f"{path} holds a different architecture than the one asked for: {e}") from e
 
 
 def _atomic_write(path: Path, write: Any) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "get_preset",
     "list_presets",
     "PreprocessConfig",
+    "OPEN_CLIP_MODELS",
     "OPENAI_MEAN",
     "OPENAI_STD",
 ]
@@ -289,6 +290,8 @@ OPENAI_MODELS: tuple[str, ...] = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64
                                   "ViT-L/14", "ViT-L/14@336px")
 
 _OPEN_CLIP = _open_clip_archs()
+# OpenCLIP's architecture names torchclip builds, in OpenCLIP's spelling (``open_clip.list_models()``'s subset).
+OPEN_CLIP_MODELS: tuple[str, ...] = tuple(_OPEN_CLIP)
 
 PRESETS: dict[str, CLIPConfig] = {
     # OpenAI's nine first (openai/CLIP's order), then OpenCLIP's names, then the small CPU presets.

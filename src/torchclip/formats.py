@@ -31,6 +31,7 @@ __all__ = [
     "torchclip_to_hf_config",
     "check_state_dict",
     "check_config_bounds",
+    "shape_signature",
     "torchclip_to_open_clip_config",
     "open_clip_preprocess_config",
     "hf_preprocess_config",
@@ -162,7 +163,9 @@ def infer_openai_config(sd: Mapping[str, torch.Tensor], where: str = "checkpoint
             1 for k in sd if k.startswith("visual.") and k.endswith(".attn.in_proj_weight")
         )
         grid = round(math.sqrt(_shape(sd, "visual.positional_embedding", where)[0] - 1))
-        vision = VisionConfig(image_size=patch * grid, layers=layers, width=wv, patch_size=patch)
+        hidden = _shape(sd, "visual.transformer.resblocks.0.mlp.c_fc.weight", where)[0]
+        vision = VisionConfig(image_size=patch * grid, layers=layers, width=wv, patch_size=patch,
+                              mlp_ratio=_ratio(hidden, wv))
     else:
         layers = tuple(len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{s}.")}) for s in (1, 2, 3, 4))
         width = _shape(sd, "visual.layer1.0.conv1.weight", where)[0]
@@ -173,8 +176,26 @@ def infer_openai_config(sd: Mapping[str, torch.Tensor], where: str = "checkpoint
         vision = VisionConfig(image_size=32 * side, layers=layers, width=width, patch_size=None)
     if wt % 64:
         raise CheckpointError(f"{where}: text width {wt} is not a multiple of the head width 64")
-    text = TextConfig(context_length=ctx, vocab_size=vocab, width=wt, heads=wt // 64, layers=lt)
+    hidden_t = _shape(sd, "transformer.resblocks.0.mlp.c_fc.weight", where)[0]
+    text = TextConfig(context_length=ctx, vocab_size=vocab, width=wt, heads=wt // 64, layers=lt,
+                      mlp_ratio=_ratio(hidden_t, wt))
     return CLIPConfig(embed_dim=embed_dim, vision=vision, text=text, activation=activation)
+
+
+def _ratio(hidden: int, width: int) -> float:
+    """An MLP ratio whose ``int(width * ratio)`` is ``hidden`` (the modules' rule), 4.0 when it is 4."""
+    ratio = hidden / width
+    while int(width * ratio) < hidden:  # float rounding may land just below
+        ratio = math.nextafter(ratio, math.inf)
+    return ratio
+
+
+def shape_signature(config: CLIPConfig) -> tuple:
+    """What a state dict's shapes fix of an architecture: everything but the head count and activation."""
+    v, t = config.vision, config.text
+    vision = (v.image_size, v.layers, v.width, v.patch_size, None if v.is_resnet else int(v.width * v.mlp_ratio))
+    text = (t.context_length, t.vocab_size, t.width, t.layers, int(t.width * t.mlp_ratio))
+    return config.embed_dim, vision, text
 
 
 def check_state_dict(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], where: str) -> None:

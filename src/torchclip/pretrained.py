@@ -19,12 +19,20 @@ so ``TORCHCLIP_CACHE=~/.cache/clip`` reuses files the ``clip`` package downloade
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import OPENAI_MODELS, OPENAI_TWINS, CLIPConfig, canonical_name, get_preset
-from .download import DownloadError, download, is_offline
+from .config import (
+    OPENAI_MEAN,
+    OPENAI_MODELS,
+    OPENAI_STD,
+    OPENAI_TWINS,
+    CLIPConfig,
+    PreprocessConfig,
+    canonical_name,
+    get_preset,
+)
+from .download import download
 
 __all__ = [
     "Pretrained",
@@ -39,8 +47,6 @@ __all__ = [
     "download_pretrained",
 ]
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 QUICK, GELU = "quick_gelu", "gelu"
@@ -77,6 +83,12 @@ class Pretrained:
         return get_preset(self.arch).vision.image_size
 
     @property
+    def preprocess(self) -> PreprocessConfig:
+        """The preprocessing these weights were trained with."""
+        return PreprocessConfig(self.image_size, mean=self.mean, std=self.std, interpolation=self.interpolation,
+                                resize_mode=self.resize_mode)
+
+    @property
     def source(self) -> str:
         """Where :meth:`download` fetches from by default: a checksummed URL, else the hub."""
         if self.url and (self.sha256 or not self.hf_hub):
@@ -107,34 +119,11 @@ def _url_filename(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _hub_offline() -> bool:
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return is_offline() or any(f.strip().lower() in {"1", "true", "yes", "on"} for f in flags)
-
-
 def _hub_download(repo_id: str, *, revision: str | None) -> Path:
     """OpenCLIP's weights file of a hub repo: the safetensors file if the repo has one, else the pickle."""
-    try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
-    except ImportError as e:  # pragma: no cover - huggingface_hub is a dependency
-        raise DownloadError(f"hf-hub:{repo_id} needs huggingface_hub (pip install huggingface_hub)") from e
-    # The hub library reads HF_HUB_OFFLINE and HF_ENDPOINT once, at import; torchclip reads them per call.
-    offline = _hub_offline()
-    endpoint = os.environ.get("HF_ENDPOINT") or None
-    last: Exception | None = None
-    for filename in HUB_FILES:
-        try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline,
-                                        endpoint=endpoint, library_name="torchclip"))
-        except EntryNotFoundError as e:  # not in the repo (or not cached offline): try the next name
-            last = e
-        except OSError as e:  # unknown repo or revision, HTTP error, unreachable hub: one clear error
-            raise DownloadError(f"hf-hub:{repo_id} (revision {revision or 'main'}): cannot fetch {filename}: "
-                                f"{type(e).__name__}: {e}") from e
-    where = "in the local HF cache (offline)" if offline else "on the hub"
-    raise DownloadError(f"hf-hub:{repo_id}: none of {', '.join(HUB_FILES)} found {where} "
-                        f"(revision {revision or 'main'}): {last}")
+    from .hub import first_hub_file
+
+    return first_hub_file(repo_id, HUB_FILES, revision)
 
 
 def _e(arch: str, tag: str, activation: str, *, url: str | None = None, sha256: str | None = None,

@@ -47,7 +47,7 @@ from .formats import (
     openai_to_torchclip,
 )
 
-__all__ = ["LoadedCheckpoint", "read_checkpoint", "find_vocabulary", "open_zip", "READERS", "TOKENIZER_FILES", "ActivationGuessWarning"]
+__all__ = ["LoadedCheckpoint", "read_checkpoint", "find_vocabulary", "open_zip", "READERS", "TOKENIZER_FILES", "ArchitectureGuessWarning"]
 
 # Bounds that no real checkpoint comes near; beyond them a file is hostile or broken.
 MAX_ZIP_MEMBERS = 100_000
@@ -59,8 +59,8 @@ TOKENIZER_FILES = ("tokenizer.txt.gz", "tokenizer.txt", "merges.txt.gz", "bpe.tx
                    "bpe_vocab.txt.gz")
 
 
-class ActivationGuessWarning(UserWarning):
-    """A checkpoint that cannot record its activation was read with OpenAI's QuickGELU, by assumption."""
+class ArchitectureGuessWarning(UserWarning):
+    """A checkpoint that cannot record its activation (or head widths) was read by assumption."""
 
 
 @dataclass
@@ -239,8 +239,30 @@ def _activation(recorded: str | None, asked: str | None, where: str, what: str) 
     warnings.warn(
         f"{where}: {what} does not record its MLP activation; assuming QuickGELU (OpenAI's). For a GELU model "
         "(OpenCLIP's ViT-B-32, LAION/DataComp weights) pass activation='gelu' or name the architecture: "
-        "torchclip.create_model('ViT-B-32', pretrained=path)", ActivationGuessWarning, stacklevel=4)
+        "torchclip.create_model('ViT-B-32', pretrained=path)", ArchitectureGuessWarning, stacklevel=4)
     return "quick_gelu"
+
+
+def _known_heads(inferred: CLIPConfig, where: str) -> CLIPConfig:
+    """Shapes cannot tell head widths. A known architecture with these shapes (ViT-H/14's 80-wide heads,
+    say) decides them; with none, OpenAI's 64-wide heads are assumed, with a warning."""
+    from .config import PRESETS
+    from .formats import shape_signature
+
+    signature = shape_signature(inferred)
+    heads = {(p.vision.head_width, p.text.heads, p.vision.mlp_ratio, p.text.mlp_ratio)
+             for p in PRESETS.values() if shape_signature(p) == signature}
+    if len(heads) == 1:
+        hw, th, vr, tr = heads.pop()
+        return inferred.replace(vision=dataclasses.replace(inferred.vision, head_width=hw, mlp_ratio=vr),
+                                text=dataclasses.replace(inferred.text, heads=th, mlp_ratio=tr))
+    if len(heads) != 1:
+        known = "match several known architectures" if heads else "are no known architecture's"
+        warnings.warn(f"{where}: a state dict does not record its attention heads, and its shapes {known}: "
+                      "assuming OpenAI's 64-wide heads; name the architecture "
+                      "(torchclip.create_model(config, pretrained=path)) if they differ", ArchitectureGuessWarning,
+                      stacklevel=5)
+    return inferred
 
 
 def _from_openai_layout(sd: dict[str, Any], path: Path, fmt: str, activation: str,
@@ -253,6 +275,7 @@ def _from_openai_layout(sd: dict[str, Any], path: Path, fmt: str, activation: st
     _fix_logit_scale(sd)
     if config is None:
         config = _parse_config(lambda: infer_openai_config(sd, where, activation=activation), where)
+        config = _known_heads(config, where)
     else:
         config = config.replace(activation=activation)
     return LoadedCheckpoint(config, openai_to_torchclip(sd, where), fmt, path)
@@ -555,7 +578,7 @@ def read_checkpoint(path: str | os.PathLike[str], activation: str | None = None,
             loaded = (reader.read if weights else reader.bundle)(path, activation, config)
             if config is not None and _architecture(loaded.config) != _architecture(config.replace(
                     activation=loaded.config.activation)):
-                raise CheckpointError(f"{path}: holds a different architecture than the one asked for: "
+                raise CheckpointError(f"{path} holds a different architecture than the one asked for: "
                                       f"{loaded.config} vs {config}")
             return loaded
     if path.is_dir():

@@ -156,8 +156,10 @@ def create_model(
         if pretrained:
             from .. import api
 
-            model = api.create_model(config if force_quick_gelu else identifier, pretrained=pretrained,
-                                     **({"cache_dir": cache_dir} if cache_dir else {}))
+            if cache_dir is not None:
+                os.environ["TORCHCLIP_CACHE"] = cache_dir
+            model = api.create_model(identifier, pretrained=pretrained,
+                                     activation="quick_gelu" if force_quick_gelu else None)
         else:
             if require_pretrained:
                 raise RuntimeError(f"Pretrained weights were required for (model: {model_name}, "
@@ -273,10 +275,10 @@ def tokenize(texts: str | Sequence[str], context_length: int = 77) -> torch.Tens
 
 
 def list_models() -> list[str]:
-    """Architecture names, in OpenCLIP's spelling."""
-    from ..pretrained import list_architectures
+    """Architecture names torchclip builds, in OpenCLIP's spelling."""
+    from ..config import OPEN_CLIP_MODELS
 
-    return list_architectures()
+    return list(OPEN_CLIP_MODELS)
 
 
 def list_pretrained(as_str: bool = False) -> list[tuple[str, str]] | list[str]:

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from ..config import OPENAI_MODELS
 from ..model import CLIP
-from ..pretrained import OPENAI_PRETRAINED
 from ..tokenizer import tokenize as _tokenize
 
 __all__ = ["available_models", "load", "tokenize", "OpenAICLIP"]
@@ -41,7 +41,7 @@ class OpenAICLIP(CLIP):
 
 def available_models() -> list[str]:
     """The names of OpenAI's nine released models, in ``clip.available_models()``'s order."""
-    return list(OPENAI_PRETRAINED)
+    return list(OPENAI_MODELS)
 
 
 _DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -53,20 +53,20 @@ def load(name: str, device: str | torch.device = _DEFAULT_DEVICE, jit: bool = Fa
     checkpoint path -> ``(model, preprocess)``, the model in eval mode."""
     from ..checkpoints import load_model, preprocess_config_of
     from ..pretrained import download_pretrained
-    from ..readers import ActivationGuessWarning
+    from ..readers import ArchitectureGuessWarning
     from ..transforms import transform_for
 
     if jit:
         warnings.warn("jit=True loads OpenAI's TorchScript code, which torchclip never executes: returning the "
                       "eager model (same weights, same outputs)", UserWarning, stacklevel=2)
-    if name in OPENAI_PRETRAINED:
-        path = download_pretrained(name, cache=None if download_root is None else Path(download_root))
+    if name in OPENAI_MODELS:
+        path = download_pretrained(name, "openai", cache=None if download_root is None else Path(download_root))
     elif os.path.isfile(name):
         path = Path(name)
     else:
         raise RuntimeError(f"Model {name} not found; available models = {available_models()}")
     with warnings.catch_warnings():  # a state dict is QuickGELU to openai/CLIP by definition
-        warnings.simplefilter("ignore", ActivationGuessWarning)
+        warnings.simplefilter("ignore", ArchitectureGuessWarning)
         model = load_model(path)
     model.__class__ = OpenAICLIP
     model = model.to(device)

@@ -4,7 +4,12 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint clean
+# The peers (openai/CLIP, OpenCLIP, transformers) in their own venv, for the tests against them and the
+# benchmarks: open_clip needs torchvision, whose PyPI wheels are CUDA builds matching torch 2.14.1 only.
+BENCH_VENV ?= .bench-venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+.PHONY: venv demo test lint clean peers
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -23,8 +28,18 @@ test: $(STAMP)
 	$(VPY) -m ruff check src tests benchmarks
 	$(VPY) -m pytest -q -n 2 tests
 
+$(BENCH_STAMP): pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1" open_clip_torch openai-clip \
+		"setuptools<81" transformers pytest
+	$(BENCH_VENV)/bin/pip install -q -e .
+	touch $(BENCH_STAMP)
+
+peers: $(BENCH_STAMP)
+
 lint: $(STAMP)
 	$(VPY) -m ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache

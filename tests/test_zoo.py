@@ -8,8 +8,7 @@ Three groups:
   models saved as state dicts and loaded with ``torchclip.create_model`` (features within 1e-4, the wrong
   activation outside it). They need ``open_clip_torch``, which is not in the test extra: PyPI's torchvision is a
   CUDA build that does not import next to the CPU torch these machines use;
-* ``test_open_clip_checks_in_the_peers_venv`` runs that group in an interpreter that has open_clip
-  (``$TORCHCLIP_PEERS_PYTHON``, else ``.bench-venv/bin/python`` in the repository) when this one has none.
+  ``tests/test_peers.py`` runs that group in the peers' venv when this interpreter has no open_clip.
 """
 
 from __future__ import annotations
@@ -476,27 +475,3 @@ def test_open_clip_big_towers_reduced_in_depth_match(name: str, size: int, tmp_p
     flipped = "gelu" if config.activation == "quick_gelu" else "quick_gelu"
     wrong = torchclip.create_model(config, pretrained=path, activation=flipped)
     assert _max_diff(_oc_features(wrong, size, 1000), want) > TOL, name
-
-
-def _peers_python() -> str | None:
-    cand = os.environ.get("TORCHCLIP_PEERS_PYTHON") or str(REPO / ".bench-venv" / "bin" / "python")
-    return cand if Path(cand).exists() else None
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(HAVE_OPEN_CLIP, reason="open_clip is importable here: the test_open_clip_* tests ran in this run")
-def test_open_clip_checks_in_the_peers_venv() -> None:
-    py = _peers_python()
-    if py is None:
-        pytest.skip("no interpreter with open_clip_torch: set TORCHCLIP_PEERS_PYTHON (e.g. the peers' .bench-venv)")
-    probe = subprocess.run([py, "-c", "import open_clip"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"{py} cannot import open_clip: {probe.stderr.strip().splitlines()[-1:]}")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    out = subprocess.run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__,
-                          "-k", "open_clip and not peers_venv"],
-                         capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
-    tail = (out.stdout + out.stderr)[-4000:]
-    assert out.returncode == 0, tail
-    summary = [line for line in tail.splitlines() if line.strip()][-1]
-    assert " passed" in summary and "skipped" not in summary, tail

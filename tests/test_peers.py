@@ -1,0 +1,56 @@
+"""The tests that need the peers themselves (openai/CLIP's ``clip``, OpenCLIP's ``open_clip``), run in their venv.
+
+open_clip needs torchvision, whose PyPI wheels are CUDA builds that do not import next to the CPU torch of
+the main test venv; so the peers live in their own venv (``make peers`` builds ``.bench-venv``, which the
+benchmarks use too) and this test runs the peer suites there: ``tests/test_peers_compat.py`` (the peers'
+README quick-starts, OpenCLIP folders both ways, preprocessing modes) and ``tests/test_zoo.py``'s
+``test_open_clip_*`` group (the registry against open_clip, state-dict parity).
+
+``$TORCHCLIP_PEERS_PYTHON`` names the interpreter (default ``.bench-venv/bin/python``). Without one the test
+skips with a reason; CI sets ``TORCHCLIP_REQUIRE_PEERS=1``, which makes that a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SUITES = [("tests/test_peers_compat.py", None), ("tests/test_zoo.py", "open_clip")]
+
+
+def _peers_python() -> str:
+    py = os.environ.get("TORCHCLIP_PEERS_PYTHON") or str(REPO / ".bench-venv" / "bin" / "python")
+    problem = None
+    if not Path(py).exists():
+        problem = f"no peers' interpreter at {py} (make peers, or set TORCHCLIP_PEERS_PYTHON)"
+    else:
+        probe = subprocess.run([py, "-c", "import clip, open_clip"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            problem = f"{py} cannot import clip and open_clip: {probe.stderr.strip().splitlines()[-1:]}"
+    if problem:
+        if os.environ.get("TORCHCLIP_REQUIRE_PEERS") == "1":
+            pytest.fail(problem + "; TORCHCLIP_REQUIRE_PEERS=1 makes this a failure")
+        pytest.skip(problem)
+    return py
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path,keyword", SUITES, ids=[p for p, _ in SUITES])
+def test_peer_suite_in_the_peers_venv(path: str, keyword: str | None) -> None:
+    if importlib.util.find_spec("open_clip") is not None and importlib.util.find_spec("clip") is not None:
+        pytest.skip("the peers are importable here: their suites run directly in this session")
+    py = _peers_python()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])}
+    cmd = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", path]
+    if keyword:
+        cmd += ["-k", keyword]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=1200)
+    tail = (out.stdout + out.stderr)[-4000:]
+    assert out.returncode == 0, tail
+    summary = [line for line in tail.splitlines() if line.strip()][-1]
+    assert " passed" in summary and "skipped" not in summary and "failed" not in summary, tail

@@ -1,4 +1,4 @@
-"""Huge-page advice for large inference temporaries (torchclip.memory): it reaches the kernel, and changes no value."""
+"""Huge-page advice for large inference temporaries (torchclip.fast.memory): it reaches the kernel, and changes no value."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torchclip import layers, memory
 from torchclip.config import CLIPConfig, TextConfig, VisionConfig
+from torchclip.fast import kernels, memory
 from torchclip.model import CLIP
 
 linux_madvise = pytest.mark.skipif(
@@ -69,8 +69,8 @@ def test_gemm_into_a_fresh_buffer_equals_linear_exactly(shape: tuple[int, ...], 
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(*shape, generator=g), torch.randn(48, 64, generator=g)
     b = torch.randn(48, generator=g) if with_bias else None
-    with torch.inference_mode(), layers.onednn_enabled(False):
-        assert torch.equal(layers.inference_linear(x, w, b), F.linear(x, w, b))
+    with torch.inference_mode(), kernels.onednn_enabled(False):
+        assert torch.equal(kernels.inference_linear(x, w, b), F.linear(x, w, b))
 
 
 def test_inference_gives_the_same_bits_with_and_without_huge_pages(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,7 +90,7 @@ def test_inference_gives_the_same_bits_with_and_without_huge_pages(monkeypatch: 
     real = memory.advise_huge
     monkeypatch.setattr(memory, "advise_huge", counting)
     monkeypatch.setattr(memory, "MIN_BYTES", 0)  # advise every buffer of this small model
-    with torch.inference_mode(), layers.onednn_enabled(False):  # torch's GEMM path (oneDNN allocates its own)
+    with torch.inference_mode(), kernels.onednn_enabled(False):  # torch's GEMM path (oneDNN allocates its own)
         monkeypatch.setattr(memory, "ENABLED", True)
         on = model.encode_image(pixels), model.encode_text(ids)
         assert advised, "no inference buffer went through memory.empty"

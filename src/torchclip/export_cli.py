@@ -69,6 +69,7 @@ def _export(argv: list[str]) -> int:
         quantize_int8,
         written_opset,
     )
+    from .transforms import OPENAI_MEAN, OPENAI_STD
 
     opset = DEFAULT_OPSET if args.opset is None else args.opset
     try:
@@ -92,7 +93,7 @@ def _export(argv: list[str]) -> int:
         "export_seconds": round(time.perf_counter() - t0, 1),
         "towers": {t: {"file": p.name, "input": _NAMES[t][0], "output": _NAMES[t][1], "opset": opsets[t]}
                    for t, p in paths.items()},
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_mean": list(OPENAI_MEAN), "image_std": list(OPENAI_STD),
     }
     if set(opsets.values()) != {opset}:
         print(f"torchclip export: note: opset {opset} was asked for, the files declare {opsets}", file=sys.stderr)

@@ -7,7 +7,7 @@ skips both: under causal attention the tokens after a row's end-of-text cannot c
 at it, so running every given position and gathering at the first end-of-text id gives the same features
 (to float rounding) with static control flow. Inputs are ``input_ids`` int64
 ``[batch, length <= context_length]``: the tokenizer's rows, ideally cut after the batch's longest caption
-with ``trim_ids`` (the sequence axis is dynamic; running all 77 positions for short captions costs ~5x);
+with ``trim_ids`` (the sequence axis is dynamic; running all 77 positions for short captions costs several times more);
 rows must hold an end-of-text id (the eager model raises otherwise, the graph would pool position 0).
 
 Outputs are the *unnormalized* features of ``encode_image``/``encode_text`` unless ``--normalize``.

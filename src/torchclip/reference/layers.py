@@ -14,9 +14,10 @@ __all__ = ["LayerNorm", "QuickGELU", "Attention", "MLP", "Block", "Transformer",
 
 
 def static_graph() -> bool:
-    """True while tracing, scripting, compiling or exporting: shapes and branches must not depend on data."""
+    """True while tracing, scripting, compiling or exporting (ONNX's exporters trace or export): shapes and
+    branches must not depend on data."""
     return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
+            or torch.compiler.is_exporting())
 
 
 class LayerNorm(nn.LayerNorm):

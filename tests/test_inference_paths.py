@@ -591,3 +591,47 @@ def test_hooks_on_skipped_modules_fire_in_inference(resnet: bool, monkeypatch) -
         model.encode_image(px)
     hook.remove()
     assert calls == [1]
+
+
+def test_fast_path_applies_only_where_it_may() -> None:
+    """The one dispatch point: eval mode, CPU, no autograd, no tracing, no hooks, the reference classes."""
+    from torchclip.reference.vision import VisionTransformer
+
+    model = CLIP(tiny(False)).eval()
+    v, px = model.visual, torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert fast.applies(v, px) and fast.applies(model.text, ids_batch(model.config, [2, 3]))
+        with fast.plain_ops():
+            assert not fast.applies(v, px)
+        v.train()
+        assert not fast.applies(v, px)
+        v.eval()
+        handle = v.norm_post.register_forward_pre_hook(lambda *_: None)
+        assert not fast.applies(v, px)
+        handle.remove()
+        assert not fast.applies(v, px.to("meta"))  # not a CPU tensor
+
+        class Custom(VisionTransformer):
+            def forward(self, pixels: torch.Tensor, projected: bool = True) -> torch.Tensor:
+                return super().forward(pixels, projected) * 0
+
+        v.__class__ = Custom  # a subclass's own forward is what runs
+        assert not fast.applies(v, px)
+        assert torch.equal(model.encode_image(px), torch.zeros(2, 32))
+        v.__class__ = VisionTransformer
+    assert not fast.applies(v, px)  # autograd on
+    seen = []
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clip = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(fast.applies(self.clip.visual, x))
+            return self.clip.encode_image(x)
+
+    with torch.no_grad(), pytest.warns(torch.jit.TracerWarning):
+        traced = torch.jit.trace(Encoder(), (px,), check_trace=False)
+    assert seen == [False]  # tracing records the reference modules' ops
+    torch.testing.assert_close(traced(px), model.encode_image(px), atol=1e-5, rtol=1e-5)

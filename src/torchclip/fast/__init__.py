@@ -23,7 +23,7 @@ from .kernels import onednn_enabled
 from .text import encode_text
 from .vision import encode_resnet, encode_vit
 
-__all__ = ["applies", "encode_image", "encode_text", "plain_ops", "observed", "onednn_enabled"]
+__all__ = ["applies", "encode", "plain_ops", "observed", "onednn_enabled"]
 
 _PLAIN: contextvars.ContextVar[bool] = contextvars.ContextVar("torchclip_plain_ops", default=False)
 _TOWERS = (VisionTransformer, ModifiedResNet, TextTransformer)
@@ -65,8 +65,10 @@ def applies(tower: nn.Module, x: torch.Tensor) -> bool:
             and not torch.is_grad_enabled() and not _PLAIN.get() and not static_graph() and not observed(tower))
 
 
-def encode_image(visual: nn.Module, pixels: torch.Tensor, projected: bool = True) -> torch.Tensor:
-    """``visual(pixels, projected)`` for a tower ``applies`` accepted."""
-    if isinstance(visual, VisionTransformer):
-        return encode_vit(visual, pixels, projected)
-    return encode_resnet(visual, pixels, projected)
+def encode(tower: nn.Module, x: torch.Tensor, projected: bool = True) -> torch.Tensor:
+    """``tower(x, projected)`` for a tower ``applies`` accepted."""
+    if isinstance(tower, VisionTransformer):
+        return encode_vit(tower, x, projected)
+    if isinstance(tower, ModifiedResNet):
+        return encode_resnet(tower, x, projected)
+    return encode_text(tower, x, projected)

@@ -50,14 +50,18 @@ class CLIP(nn.Module):
         return self.config.vision.image_size
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = False, *, projected: bool = True) -> torch.Tensor:
-        """[B, 3, R, R] normalized float pixels -> [B, E] features."""
-        x = self.visual(pixels, projected=projected)
+        """[B, 3, R, R] normalized float pixels -> [B, E] features ([B, W] before the projection)."""
+        x = self.run_tower(self.visual, pixels, projected)
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, ids: torch.Tensor, normalize: bool = False, *, projected: bool = True) -> torch.Tensor:
         """[B, L <= context] token ids -> [B, E] features, pooled at each row's first end-of-text id."""
-        x = self.text(ids, projected=projected)
+        x = self.run_tower(self.text, ids, projected)
         return F.normalize(x, dim=-1) if normalize else x
+
+    def run_tower(self, tower: nn.Module, x: torch.Tensor, projected: bool) -> torch.Tensor:
+        """``tower(x, projected)``: where a subclass may compute the same thing another way."""
+        return tower(x, projected=projected)
 
     def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> CLIPOutput:
         img = self.encode_image(pixels, normalize=True)

@@ -110,7 +110,7 @@ def test_reference_model_runs_without_the_fast_path() -> None:
 BLOCK_EXTRAS = """
     import sys
     EXTRAS = ("matplotlib", "sklearn", "yaml", "tensorboard", "faiss", "pyarrow", "onnx", "onnxruntime",
-              "onnxscript", "transformers", "open_clip")
+              "onnxscript", "fsspec", "s3fs", "aiohttp", "transformers", "open_clip")
     for name in EXTRAS:
         sys.modules[name] = None  # as if not installed: importing it raises ModuleNotFoundError
 """

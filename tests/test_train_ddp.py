@@ -24,7 +24,15 @@ def _torchrun(cfg_path: Path, *extra: str, script: tuple[Path, str] | None = Non
     target = ["-m", "torchclip.train"] if script is None else [str(script[0]), script[1]]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            *target, "--config", str(cfg_path), *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    if res.returncode and TEARDOWN_ABORT in res.stderr and "--resume" not in extra:
+        # A gloo rank now and then aborts while the finished run tears its process group down (torch's
+        # C++ side; rare, FSDP2 runs only so far): the run is repeated once from scratch.
+        res = subprocess.run([*cmd, "--overwrite"], env=env, capture_output=True, text=True, timeout=240)
+    return res
+
+
+TEARDOWN_ABORT = "terminate called without an active exception"
 
 
 @pytest.mark.slow

@@ -32,26 +32,18 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = attach(__name__, _EXPORTS)
 
-__all__ = [
-    "available_models",
-    "load",
-    "tokenize",
-    "create_model",
-    "list_pretrained",
-    "load_model",
-    "save",
-    "CLIP",
-    "CLIPOutput",
-    "CLIPConfig",
-    "Tokenizer",
-    "image_transform",
-]
+__all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
-    from .api import available_models, create_model, load
-    from .checkpoints import load_model, save
-    from .config import CLIPConfig
-    from .model import CLIP, CLIPOutput
-    from .pretrained import list_pretrained
-    from .tokenizer import Tokenizer, tokenize
-    from .transforms import image_transform
+    from .api import available_models as available_models
+    from .api import create_model as create_model
+    from .api import load as load
+    from .checkpoints import load_model as load_model
+    from .checkpoints import save as save
+    from .config import CLIPConfig as CLIPConfig
+    from .model import CLIP as CLIP
+    from .model import CLIPOutput as CLIPOutput
+    from .pretrained import list_pretrained as list_pretrained
+    from .tokenizer import Tokenizer as Tokenizer
+    from .tokenizer import tokenize as tokenize
+    from .transforms import image_transform as image_transform

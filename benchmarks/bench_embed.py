@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from torchclip import save_openai
+from torchclip.checkpoints import save_openai
 from torchclip.embed import ModelSpec, embed_source, load_embeddings, open_source
 from torchclip.embed.decode import normalize_batch, open_image, prepare_pixels
 

@@ -2,7 +2,7 @@
 
 ``bench_encode.py`` times torchclip, open_clip and HF in one process, where each runs on memory the others
 left to glibc's allocator. Whether a large-batch forward page-faults then depends on that history: in one
-process a peer's ViT-B/32 batch 64 ran with no minor faults, in a fresh one with 280k-610k per call. A user
+process a peer's large batch can run without minor faults and in a fresh one fault on every page. A user
 runs one library per process, so this script measures that: every round starts one subprocess per
 implementation (order rotated), which builds its model (random weights, ``eval()``), makes two untimed
 calls and times ``--calls`` calls under ``torch.inference_mode()``, counting minor page faults.
@@ -43,7 +43,7 @@ def worker(impl: str, model: str, batch: int, calls: int, threads: int, mm_size:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from bench_encode import count_flops, import_peers
+    from harness import count_flops, import_peers
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -1,17 +1,12 @@
-"""Paired A/B measurements behind torchclip's CPU inference choices (no peers needed).
-
-Three experiments, each timed in interleaved rounds so that load drifting on a shared machine hits both
-sides alike; ratios are medians of per-round ratios:
+"""Paired A/B measurements behind torchclip's fast path (no peers needed): what each switchable piece is
+worth, so that a piece stays only where it pays.
 
 1. ``gemm``: the 12 layers of ViT-B/32 projections (qkv, proj, fc1, fc2; distinct weights, so they stream
-   from memory as in a forward) at a given number of rows, through MKL (``F.linear``) and oneDNN
-   (``mkldnn::_linear_pointwise``), in GFLOP/s. It shows where oneDNN wins (few rows) and that at
-   3,200 rows (batch 64) the projections alone run at about the matmul ceiling, which bounds any
-   fp32 implementation.
-2. ``onednn``: the whole ViT-B/32 / RN50 image tower with ``torchclip.layers.ONEDNN`` on and off.
-3. ``chunks``: ViT-B/32 at batch 64 in one chunk against the default chunking, with minor page faults.
-
-Command (the project venv is enough):
+   from memory as in a forward) at a given number of rows, through torch's GEMM (``F.linear``) and oneDNN
+   (``mkldnn::_linear_pointwise``), in GFLOP/s.
+2. ``ablate``: the whole fast path against itself with one piece switched off (oneDNN kernels, packed
+   weights, batch chunks, huge pages, packed text rows) and against the reference path, ViT-B/32 and RN50
+   images and ViT-B/32 text, in interleaved rounds (``harness.py``), with minor page faults per call.
 
     .venv/bin/python benchmarks/bench_inference_ab.py --out benchmarks/results_inference_ab.json
 """
@@ -19,42 +14,51 @@ Command (the project venv is enough):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
-import os
-import resource
 import statistics
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import harness
 import torch
 import torch.nn.functional as F
 
 import torchclip
-from torchclip import layers
+from torchclip import fast
+from torchclip.fast import kernels, memory
+from torchclip.fast import text as fast_text
+from torchclip.fast import vision as fast_vision
 
 SHAPES = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]  # ViT-B/32 projections, (in, out)
 
 
-def paired(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, one sample per round, the order alternating between rounds."""
-    for fn in fns.values():
-        fn()
-    out: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(rounds):
-        names = list(fns) if r % 2 == 0 else list(fns)[::-1]
-        for k in names:
-            t = time.perf_counter()
-            fns[k]()
-            out[k].append(time.perf_counter() - t)
-    return out
+@contextlib.contextmanager
+def setting(module: object, name: str, value: object) -> Iterator[None]:
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
 
 
-def ratio(a: list[float], b: list[float]) -> dict[str, float]:
-    """Speed of the first over the second per round (b's time over a's): median and range."""
-    r = sorted(tb / ta for ta, tb in zip(a, b))
-    return {"median": statistics.median(r), "min": r[0], "max": r[-1]}
+# Each piece and the switch that turns it off.
+PIECES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
+    "no oneDNN": lambda: fast.onednn_enabled(False),
+    "no packed weights": lambda: setting(kernels, "PACK_MAX_ROWS", 0),
+    "no chunks": lambda: _no_chunks(),
+    "no huge pages": lambda: setting(memory, "ENABLED", False),
+    "no packed text rows": lambda: setting(fast_text, "PACK_MIN_PADDING", 2.0),
+    "reference path": fast.plain_ops,
+}
+
+
+@contextlib.contextmanager
+def _no_chunks() -> Iterator[None]:
+    with setting(fast_vision, "VIT_CHUNK_BYTES", 1 << 50), setting(fast_vision, "RESNET_CHUNK_BYTES", 1 << 50):
+        yield
 
 
 def gemm(rows: list[int], rounds: int) -> dict:
@@ -73,87 +77,70 @@ def gemm(rows: list[int], rounds: int) -> dict:
                         op(xs[k], w, b)
             return go
 
-        t = paired({"mkl": run(F.linear),
-                    "onednn": run(lambda x, w, b: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""))},
-                   rounds)
-        res[m] = {k: flops / statistics.median(v) / 1e9 for k, v in t.items()} | {
-            "onednn_over_mkl": ratio(t["onednn"], t["mkl"])}
-        print(f"gemm rows={m}: MKL {res[m]['mkl']:.0f} GFLOP/s, oneDNN {res[m]['onednn']:.0f} GFLOP/s, "
-              f"paired {res[m]['onednn_over_mkl']['median']:.2f}x", flush=True)
+        case = harness.Case(f"gemm rows={m}", m, "GFLOP/s", {
+            "mkl": run(F.linear),
+            "onednn": run(lambda x, w, b: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""))},
+            {"mkl": flops, "onednn": flops})
+        harness.run([case], rounds, min_sample_s=0.2)
+        res[m] = {k: case.gflops(k) for k in case.impls} | {"onednn_over_mkl": case.paired("onednn", ["mkl"])}
+        print(f"gemm rows={m}: MKL {res[m]['mkl']:.0f} GFLOP/s, oneDNN {res[m]['onednn']:.0f} GFLOP/s, paired "
+              f"{harness.ratio_cell(res[m]['onednn_over_mkl'])}", flush=True)
     return res
 
 
-def onednn(model_name: str, batches: list[int], rounds: int) -> dict:
-    # One model per side: switching paths on one model would rebuild the ResNet's conv caches each time.
-    models = {True: torchclip.create_model(model_name).eval()}
-    models[False] = copy.deepcopy(models[True])
+def _off(model: torchclip.CLIP, piece: str, what: str, x: torch.Tensor) -> object:
+    with PIECES[piece]():
+        return getattr(model, f"encode_{what}")(x)
+
+
+def ablate(name: str, what: str, batch: int, pieces: list[str], rounds: int) -> dict:
+    """The fast path, and the fast path with each of ``pieces`` off (each on its own copy of the model:
+    switching on one model would rebuild its caches every call), paired per round."""
+    model = torchclip.create_model(name).eval()
     g = torch.Generator().manual_seed(0)
-    res = {}
-    for b in batches:
-        px = torch.randn(b, 3, 224, 224, generator=g)
-        reps = max(1, 8 // b)
-
-        def call(on: bool, px: torch.Tensor = px, reps: int = reps) -> Callable[[], None]:
-            def go() -> None:
-                with layers.onednn_enabled(on):
-                    for _ in range(reps):
-                        models[on].encode_image(px)
-            return go
-
-        with torch.inference_mode():
-            t = paired({"on": call(True), "off": call(False)}, rounds)
-        res[b] = {"img_s_on": b * reps / statistics.median(t["on"]),
-                  "img_s_off": b * reps / statistics.median(t["off"]), "on_over_off": ratio(t["on"], t["off"])}
-        r = res[b]["on_over_off"]
-        print(f"{model_name} b{b}: oneDNN on/off {r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})", flush=True)
-    return res
-
-
-def chunks(rounds: int) -> dict:
-    model = torchclip.create_model("ViT-B/32").eval()
-    px = torch.randn(64, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    default = model.visual.chunk_tokens
-    faults: dict[str, list[int]] = {"one": [], "default": []}
-
-    def call(tokens: int, key: str) -> Callable[[], None]:
-        def go() -> None:
-            model.visual.chunk_tokens = tokens
-            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            model.encode_image(px)
-            faults[key].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-        return go
-
+    if what == "image":
+        size = model.config.vision.image_size
+        x = torch.randn(batch, 3, size, size, generator=g)
+    else:
+        x = torch.randint(1, 49000, (batch, 77), generator=g)
+        x[torch.arange(batch), torch.randint(2, 40, (batch,), generator=g)] = 49407
+    impls = {"fast path": lambda m=model: getattr(m, f"encode_{what}")(x)}
+    for piece in pieces:
+        copied = copy.deepcopy(model)
+        impls[piece] = lambda m=copied, piece=piece: _off(m, piece, what, x)
+    case = harness.Case(f"{name} {what}", batch, "items/s", impls)
     with torch.inference_mode():
-        t = paired({"default": call(default, "default"), "one": call(64 * 50, "one")}, rounds)
-    model.visual.chunk_tokens = default
-    res = {"chunk_tokens": default, "faults_one_chunk": statistics.median(faults["one"]),
-           "faults_default": statistics.median(faults["default"]), "default_over_one": ratio(t["default"], t["one"])}
-    print(f"chunks b64: {res['faults_one_chunk']:.0f} faults in one chunk, {res['faults_default']:.0f} in chunks "
-          f"of {default} tokens; paired {res['default_over_one']['median']:.2f}x", flush=True)
+        harness.run([case], rounds)
+    res = {k: {"items_s": case.rate(k), "faults_per_call": statistics.median(case.faults[k]),
+               "fast_over_this": case.paired("fast path", [k]) if k != "fast path" else None} for k in impls}
+    for k in pieces:
+        print(f"{name} {what} b{batch}: fast path over '{k}' {harness.ratio_cell(res[k]['fast_over_this'])}, "
+              f"faults/call {res['fast path']['faults_per_call']:,.0f} vs {res[k]['faults_per_call']:,.0f}", flush=True)
     return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default="50,100,200,400,1600,3200")
-    ap.add_argument("--batches", default="1,2,4,8,32")
+    ap.add_argument("--batches", default="1,8,64")
+    ap.add_argument("--text-batch", type=int, default=256)
+    ap.add_argument("--models", default="ViT-B/32,RN50")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: every core this process may use)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(args.threads or cores)
-    if not layers.ONEDNN:
+    torch.set_num_threads(args.threads or harness.cores())
+    if not kernels.ONEDNN:
         raise SystemExit("oneDNN kernels are off here (not x86, no MKL-DNN, or TORCHCLIP_ONEDNN=0)")
-    batches = [int(b) for b in args.batches.split(",")]
-    results = {
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "rounds": args.rounds,
-        "onednn_max_rows": layers.ONEDNN_MAX_ROWS,
-        "gemm": gemm([int(m) for m in args.rows.split(",")], args.rounds),
-        "vit_b32": onednn("ViT-B/32", batches, args.rounds),
-        "rn50": onednn("RN50", [b for b in batches if b <= 8], args.rounds),
-        "chunks": chunks(args.rounds),
-    }
+    image_pieces = ["no oneDNN", "no packed weights", "no chunks", "no huge pages", "reference path"]
+    results: dict = {"machine": harness.machine(), "rounds": args.rounds,
+                     "gemm": gemm([int(m) for m in args.rows.split(",") if m], args.rounds)}
+    for name in [m for m in args.models.split(",") if m]:
+        for b in [int(b) for b in args.batches.split(",") if b]:
+            results[f"{name} image b{b}"] = ablate(name, "image", b, image_pieces, args.rounds)
+    results[f"ViT-B/32 text b{args.text_batch}"] = ablate(
+        "ViT-B/32", "text", args.text_batch, ["no oneDNN", "no packed weights", "no packed text rows", "reference path"],
+        args.rounds)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
 

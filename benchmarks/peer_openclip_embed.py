@@ -56,7 +56,7 @@ class Files(Dataset):
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--photos", required=True)
-    p.add_argument("--weights", help="OpenAI-layout state dict (torchclip.save_openai) for identical weights")
+    p.add_argument("--weights", help="OpenAI-layout state dict (torchclip.checkpoints.save_openai) for identical weights")
     p.add_argument("--model", default="ViT-B-32-quickgelu")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=1)

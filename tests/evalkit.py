@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from torchclip import CLIP, CLIPConfig, TextConfig, VisionConfig
+from torchclip import CLIP, CLIPConfig
+from torchclip.config import TextConfig, VisionConfig
 from torchclip.tokenizer import Tokenizer
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 20)}

@@ -13,6 +13,7 @@ import torch
 
 import torchclip
 from torchclip import pretrained
+from torchclip.checkpoints import read_checkpoint
 from torchclip.download import ChecksumError
 
 
@@ -63,7 +64,7 @@ def test_corrupted_download_is_refused(shared, served, cache_dir, monkeypatch) -
 
 def test_create_model_with_pretrained_checks_architecture(shared) -> None:
     path = shared("fixtures/models/vit-tiny/openai_state_dict.pt")
-    cfg = torchclip.read_checkpoint(path).config
+    cfg = read_checkpoint(path).config
     model = torchclip.create_model(cfg, pretrained=path)
     assert model.config == cfg
     with pytest.raises(ValueError, match="different architecture"):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import torchclip
-from torchclip.checkpoints import read_checkpoint
+from torchclip.checkpoints import read_checkpoint, save_hf, save_openai
 from torchclip.formats import CheckpointError, infer_openai_config
 from torchclip.torchscript import UnsafeArchiveError, read_torchscript_tensors
 
@@ -78,7 +78,7 @@ def test_fp16_tensors_are_upcast_and_fp32_kept(shared) -> None:
 def test_save_load_round_trip_is_exact(shared, tmp_path: Path, model_name: str, target: str) -> None:
     model = torchclip.load_model(shared(f"fixtures/models/{model_name}/openai_state_dict.pt"))
     path = tmp_path / target
-    (torchclip.save_openai if target == "openai.pt" else torchclip.save)(model, path)
+    (save_openai if target == "openai.pt" else torchclip.save)(model, path)
     again = torchclip.load_model(path)
     assert again.config == model.config
     for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
@@ -105,7 +105,7 @@ def test_hf_export_loads_in_transformers_with_same_outputs(shared, tmp_path: Pat
     expected = dict(np.load(folder / "expected.npz"))
     model = torchclip.load_model(folder / "openai_torchscript.pt")
     with pytest.warns(UserWarning, match="tokenizer files not written"):  # a 1,000-token test vocabulary
-        torchclip.save_hf(model, tmp_path / "hf")
+        save_hf(model, tmp_path / "hf")
     hf = transformers.CLIPModel.from_pretrained(tmp_path / "hf").eval()
     px, ids = torch.from_numpy(expected["pixel_values"]), torch.from_numpy(expected["input_ids"])
     with torch.no_grad():
@@ -122,7 +122,7 @@ def test_hf_export_loads_in_transformers_with_same_outputs(shared, tmp_path: Pat
 
 def test_hf_export_of_resnet_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no ResNet CLIP"):
-        torchclip.save_hf(torchclip.create_model("cpu-rn-64"), tmp_path / "hf")
+        save_hf(torchclip.create_model("cpu-rn-64"), tmp_path / "hf")
 
 
 @pytest.mark.parametrize("fmt", ["openai_state_dict.pt", "openai_torchscript.pt", "hf/model.safetensors"])

@@ -87,7 +87,7 @@ def test_lazy_package_names_still_resolve() -> None:
 
     for name in torchclip.__all__:
         assert getattr(torchclip, name) is not None, name
-    assert torchclip.layers.__name__ == "torchclip.layers"  # a submodule nobody imported explicitly
+    assert torchclip.reference.__name__ == "torchclip.reference"  # a submodule nobody imported explicitly
     with pytest.raises(AttributeError):
         torchclip.no_such_name  # noqa: B018
     ns: dict = {}

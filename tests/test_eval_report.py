@@ -1,15 +1,18 @@
-"""The emoji findings report end to end on a miniature fake of the emoji folder (same layout and keys)."""
+"""The emoji findings report (experiments/emoji_report.py) end to end on a miniature fake of the emoji folder
+(same layout and keys)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from evalkit import byte_tokenizer, tiny_model, write_shard
 
-from torchclip.evaluation.report import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+from emoji_report import (  # noqa: E402
     IN_STYLES,
     NEW_STYLES,
     checkpoint_trajectory,
@@ -81,7 +84,7 @@ def test_findings_and_report(emoji_root: Path, tmp_path: Path) -> None:
 
 
 def test_effective_robustness_known_answer() -> None:
-    from torchclip.evaluation.report import effective_robustness, probe_trend
+    from emoji_report import effective_robustness, probe_trend
 
     # probes that lose nothing under the shift: the trend is y = x, so ER is simply new - in
     res = {"fewshot": {"category": {"summary": {"1": (0.2, 0.0), "4": (0.4, 0.0)},

@@ -15,8 +15,9 @@ import torchclip
 pytest.importorskip("onnxruntime", reason="the export check needs onnxruntime")
 pytest.importorskip("onnx", reason="torch.onnx.export needs onnx")
 
-from torchclip import CLIPConfig, TextConfig, VisionConfig, create_model  # noqa: E402
+from torchclip import CLIPConfig, create_model  # noqa: E402
 from torchclip.cli import main as cli_main  # noqa: E402
+from torchclip.config import TextConfig, VisionConfig  # noqa: E402
 from torchclip.export import (  # noqa: E402
     OnnxTower,
     TextTower,

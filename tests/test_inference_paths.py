@@ -1,9 +1,10 @@
-"""The inference shortcuts compute what the plain (autograd) path computes.
+"""The fast path (``torchclip.fast``) computes what the reference model computes, and runs only where
+``fast.applies`` lets it.
 
-Inference (no autograd recording) packs text rows of different lengths, folds eval-mode BatchNorm into
-the convs (cached), runs the ResNet channels-last, embeds ViT patches with a matmul, splits large image
-batches, adds residuals in place (fused into oneDNN's projections on x86). None of it may change a feature beyond float rounding, a state dict
-key, or what training sees.
+Inference packs text rows of different lengths, folds eval-mode BatchNorm into the convs (cached), runs
+the ResNet channels-last, embeds ViT patches with a matmul, splits large image batches, adds residuals
+inside the projections (oneDNN's on x86). None of it may change a feature beyond float rounding, a state
+dict key, or what training sees.
 """
 
 from __future__ import annotations
@@ -11,10 +12,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from torchclip import layers
+from torchclip import fast
 from torchclip.config import CLIPConfig, TextConfig, VisionConfig
-from torchclip.layers import Packing, inference_linear
+from torchclip.fast import kernels
+from torchclip.fast import text as fast_text
+from torchclip.fast import vision as fast_vision
+from torchclip.fast.kernels import inference_linear
+from torchclip.fast.transformer import Packing
+from torchclip.fast.transformer import mlp as fast_mlp
 from torchclip.model import CLIP
+from torchclip.reference.layers import MLP, QuickGELU
 
 
 def tiny(resnet: bool) -> CLIPConfig:
@@ -52,34 +59,24 @@ def test_packing_layout() -> None:
     assert p.scatter.tolist() == [0, 1, 4, 5, 6, 7, 8]
 
 
-def test_packed_text_equals_padded_text_and_backprops_the_same() -> None:
+def test_packed_text_equals_padded_text_and_the_reference(monkeypatch) -> None:
     torch.manual_seed(0)
     cfg = tiny(False)
     model = CLIP(cfg).eval()
     ids = ids_batch(cfg, [1, 12, 3, 0, 7])
+    ref = model.encode_text(ids).detach()  # autograd on: the reference tower, padded
     with torch.no_grad():
         packed = model.encode_text(ids)
-        model.text.pack_min_padding = 2.0  # never pack
+        monkeypatch.setattr(fast_text, "PACK_MIN_PADDING", 2.0)  # never pack
         padded = model.encode_text(ids)
         alone = torch.cat([model.encode_text(ids[i:i + 1]) for i in range(len(ids))])
     torch.testing.assert_close(packed, padded, atol=1e-6, rtol=0)
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
-
-    grads = []
-    for pack in (0.1, 2.0):
-        model.zero_grad()
-        model.text.pack_min_padding = pack
-        model.encode_text(ids).square().sum().backward()
-        grads.append({n: p.grad.clone() for n, p in model.text.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
+    torch.testing.assert_close(packed, ref, atol=1e-5, rtol=0)
 
 
-def test_packed_text_backward_is_the_same_every_time_on_threads() -> None:
-    """Seeded training must repeat: the packed positional-embedding lookup's backward sums repeated
-    positions in a fixed order on any thread count (plain indexing's did not: 9 of 10 repeats differed on
-    two threads, and the demo's 300 steps ended at 96.0% or 99.6%)."""
+def test_text_backward_is_the_same_every_time_on_threads() -> None:
+    """Seeded training must repeat: the text tower's backward sums in a fixed order on two threads."""
     torch.manual_seed(0)
     cfg = tiny(False)
     model = CLIP(cfg)
@@ -98,7 +95,7 @@ def test_packed_text_backward_is_the_same_every_time_on_threads() -> None:
     assert all(torch.equal(grads[0], other) for other in grads[1:])
 
 
-def test_resnet_inference_path_equals_autograd_path() -> None:
+def test_resnet_inference_path_equals_autograd_path(monkeypatch) -> None:
     torch.manual_seed(0)
     cfg = tiny(True)
     model = CLIP(cfg).eval()
@@ -106,7 +103,7 @@ def test_resnet_inference_path_equals_autograd_path() -> None:
     keys = set(model.state_dict())
     px = torch.randn(5, 3, 64, 64)
     ref = model.encode_image(px).detach()  # autograd on: plain conv -> BN -> ReLU, NCHW
-    model.visual.chunk_images = 2
+    monkeypatch.setattr(fast_vision, "RESNET_CHUNK_BYTES", 2 * 16 * 32 * 32 * 4)  # chunks of 2 images
     with torch.inference_mode():
         fast = model.encode_image(px)
     with torch.no_grad():
@@ -114,6 +111,7 @@ def test_resnet_inference_path_equals_autograd_path() -> None:
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(again, fast, atol=0, rtol=0)
     assert set(model.state_dict()) == keys  # the fold cache is no state
+    assert "_folded" in model.visual.stem.bn1.__dict__  # and the fast path did run
 
     # A changed running statistic or a loaded state dict rebuilds the cache.
     other = CLIP(cfg).eval()
@@ -131,39 +129,49 @@ def test_resnet_train_mode_never_folds_batchnorm() -> None:
     randomize_batchnorm(model)
     px = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
+        assert not fast.applies(model.visual, px)  # training mode: the reference tower
         a = model.encode_image(px)  # batch statistics, in no_grad too
     b = model.encode_image(px).detach()
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_vit_inference_path_equals_autograd_path() -> None:
+def test_vit_inference_path_equals_autograd_path(monkeypatch) -> None:
     torch.manual_seed(0)
     model = CLIP(tiny(False)).eval()
     px = torch.randn(7, 3, 32, 32)
+    before = px.clone()
     ref = model.encode_image(px).detach()  # conv patch embedding, one batch
-    model.visual.chunk_tokens = 3 * 17  # chunks of three images
+    ref_pre = model.encode_image(px, projected=False).detach()
+    monkeypatch.setattr(fast_vision, "VIT_CHUNK_BYTES", 3 * 17 * 4 * 256)  # chunks of three images
+    calls = []
+    real = fast_vision.stack_first_token
+    monkeypatch.setattr(fast_vision, "stack_first_token", lambda t, x: calls.append(len(x)) or real(t, x))
     with torch.inference_mode():
-        fast = model.encode_image(px)
-    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+        out = model.encode_image(px)
+        pre = model.encode_image(px, projected=False)
+    assert calls == [3, 3, 1] * 2
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pre, ref_pre, atol=1e-5, rtol=1e-5)
+    assert torch.equal(px, before)  # the caller's pixels are never written
 
 
-needs_onednn = pytest.mark.skipif(not layers.ONEDNN,
+needs_onednn = pytest.mark.skipif(not kernels.ONEDNN,
                                   reason="oneDNN projections are off here (not x86, no MKL-DNN, or TORCHCLIP_ONEDNN=0)")
 
 
 @pytest.fixture
 def onednn_switch():
-    """Restores ``layers.ONEDNN`` after a test flips it."""
-    saved = layers.ONEDNN
+    """Restores ``kernels.ONEDNN`` after a test flips it."""
+    saved = kernels.ONEDNN
     yield
-    layers.ONEDNN = saved
+    kernels.ONEDNN = saved
 
 
 @pytest.mark.parametrize("use_onednn", [True, False])
 def test_inference_linear_is_linear_plus_residual(use_onednn: bool, onednn_switch) -> None:
-    if use_onednn and not layers.ONEDNN:
+    if use_onednn and not kernels.ONEDNN:
         pytest.skip("oneDNN projections are off here")
-    layers.ONEDNN = use_onednn
+    kernels.ONEDNN = use_onednn
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 40, 17, generator=g).transpose(0, 1)  # [40, 3, 17], not contiguous
     w, b = torch.randn(24, 17, generator=g), torch.randn(24, generator=g)
@@ -191,7 +199,7 @@ def test_onednn_projections_match_default_gemm(grad_ctx, onednn_switch) -> None:
     ref_img, ref_txt = model.encode_image(px).detach(), model.encode_text(ids).detach()  # autograd path
     out, ops = {}, {}
     for on in (True, False):
-        layers.ONEDNN = on
+        kernels.ONEDNN = on
         with grad_ctx(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             out[on] = model.encode_image(px), model.encode_text(ids)
         ops[on] = {e.key for e in prof.key_averages()}
@@ -200,7 +208,7 @@ def test_onednn_projections_match_default_gemm(grad_ctx, onednn_switch) -> None:
         torch.testing.assert_close(out[on][0], ref_img, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out[on][1], ref_txt, atol=1e-5, rtol=1e-5)
     # Nothing is cached from the weights: an in-place change shows at once.
-    layers.ONEDNN = True
+    kernels.ONEDNN = True
     with torch.no_grad():
         model.visual.transformer.blocks[0].mlp.fc1.weight.mul_(-1)
         changed = model.encode_image(px)
@@ -243,20 +251,45 @@ def test_vit_last_block_runs_for_the_class_token_only() -> None:
     assert counts["plain"][0] - counts["fast"][0] >= saved
 
 
+def _gemms_in(model: CLIP, px: torch.Tensor, dtype: torch.dtype) -> tuple[int, bool]:
+    """Encode ``px`` on the fast path: (GEMMs whose every input has ``dtype``, whether any other product ran)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        model.encode_image(px)
+    name = {torch.bfloat16: "c10::BFloat16", torch.float32: "float"}[dtype]
+    gemms = [e for e in prof.events() if e.key in ("aten::addmm", "aten::mm")]
+    own = sum(all(d in (name, "Scalar", "") for d in e.input_dtypes) for e in gemms)
+    other = own < len(gemms) or any(e.key == "mkldnn::_linear_pointwise" for e in prof.events())
+    return own, other
+
+
 def test_half_precision_models_use_their_own_gemm() -> None:
+    """A bf16 model runs every projection as a bf16 GEMM (never oneDNN's fp32 kernels, never a cast to
+    fp32), within bf16 rounding of the fp32 features: a tolerance a tower ignoring its input fails."""
     torch.manual_seed(0)
     model = CLIP(tiny(False)).eval()
-    px = torch.randn(2, 3, 32, 32)
+    px, other = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
     ref = model.encode_image(px).detach()
-    model = model.to(torch.bfloat16)
+    half = CLIP(tiny(False)).eval()
+    half.load_state_dict(model.state_dict())
+    half.to(torch.bfloat16)
+    own, mixed = _gemms_in(half, px.bfloat16(), torch.bfloat16)
+    assert own >= 4 * model.config.vision.layers and not mixed  # qkv, proj, fc1, fc2 per block
+    assert _gemms_in(model, px, torch.bfloat16)[0] == 0  # negative control: fp32 runs none of them
     with torch.inference_mode():
-        out = model.encode_image(px.to(torch.bfloat16))
+        out, wrong = half.encode_image(px.bfloat16()), half.encode_image(other.bfloat16())
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.1)
+
+    def rel(a: torch.Tensor) -> float:  # worst relative error of a row against the fp32 features
+        return float(((a.float() - ref).norm(dim=-1) / ref.norm(dim=-1)).max())
+
+    assert rel(out) < 0.03
+    assert rel(wrong) > 0.1  # negative control: features of other pixels are far outside the tolerance
 
 
 @needs_onednn
-def test_resnet_packed_convs_match_and_survive_copies(onednn_switch) -> None:
+def test_resnet_packed_convs_match_and_survive_copies(onednn_switch, monkeypatch) -> None:
     """Pre-packed oneDNN convs give the plain features at every batch size, packed per input shape (two
     kept); a model holding them still copies and pickles."""
     import copy
@@ -265,12 +298,12 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch) -> None:
     torch.manual_seed(0)
     model = CLIP(tiny(True)).eval()
     randomize_batchnorm(model)
-    model.visual.chunk_images = 3
+    monkeypatch.setattr(fast_vision, "RESNET_CHUNK_BYTES", 3 * 16 * 32 * 32 * 4)  # chunks of 3 images
     px = torch.randn(1, 3, 64, 64)
     ref = model.encode_image(px).detach()
     out, ops = {}, {}
     for on in (True, False, True):
-        layers.ONEDNN = on
+        kernels.ONEDNN = on
         with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             out[on] = model.encode_image(px)
         ops[on] = {e.key for e in prof.key_averages()}
@@ -287,9 +320,9 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch) -> None:
         assert cache.entry[0] == ((2, 3, 64, 64), (3, 3, 64, 64))
         plain = model.encode_image(px.expand(2, -1, -1, -1))  # a hit reuses the pack, same numbers
         assert cache.entry[0] == ((2, 3, 64, 64), (3, 3, 64, 64))
-        layers.ONEDNN = False
+        kernels.ONEDNN = False
         torch.testing.assert_close(model.encode_image(px.expand(2, -1, -1, -1)), plain, atol=1e-5, rtol=1e-5)
-        layers.ONEDNN = True
+        kernels.ONEDNN = True
 
     twin = copy.deepcopy(model)  # the packed cache is dropped, not copied
     buf = io.BytesIO()
@@ -300,7 +333,7 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch) -> None:
         torch.testing.assert_close(model.encode_image(px.double()).float(), ref, atol=1e-5, rtol=1e-5)
         twin.visual.stages[-1][-1].conv3.weight.mul_(-1)  # an in-place change rebuilds the fold and the pack
         changed = twin.encode_image(px)
-        layers.ONEDNN = False
+        kernels.ONEDNN = False
         torch.testing.assert_close(changed, twin.encode_image(px), atol=1e-5, rtol=1e-5)
         assert (changed - out[True]).abs().max() > 1e-3
 
@@ -308,12 +341,12 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch) -> None:
 @needs_onednn
 def test_onednn_max_rows_sends_larger_products_to_torch_gemm(onednn_switch, monkeypatch) -> None:
     """Above ``ONEDNN_MAX_ROWS`` rows torch's GEMM runs, with the same result; by default there is no limit."""
-    assert layers.ONEDNN_MAX_ROWS is None
+    assert kernels.ONEDNN_MAX_ROWS is None
     x, w = torch.randn(5000, 5), torch.randn(6, 5)
     with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         inference_linear(x, w)
     assert "mkldnn::_linear_pointwise" in {e.key for e in prof.key_averages()}
-    monkeypatch.setattr(layers, "ONEDNN_MAX_ROWS", 4)
+    monkeypatch.setattr(kernels, "ONEDNN_MAX_ROWS", 4)
     g = torch.Generator().manual_seed(0)
     w, b = torch.randn(6, 5, generator=g), torch.randn(6, generator=g)
     for rows, expect in ((4, True), (8, False)):
@@ -342,14 +375,14 @@ def test_packed_weights_match_plain_and_follow_the_parameters(onednn_switch, mon
         with torch.inference_mode():
             return model.encode_image(px), model.encode_text(ids)
 
-    monkeypatch.setattr(layers, "PACK_MAX_ROWS", 0)  # never pack: the reference
+    monkeypatch.setattr(kernels, "PACK_MAX_ROWS", 0)  # never pack: the reference
     plain = run()
     assert "_packed_linear" not in fc1.__dict__
-    monkeypatch.setattr(layers, "PACK_MAX_ROWS", None)  # the default: every product of 2 rows or more
+    monkeypatch.setattr(kernels, "PACK_MAX_ROWS", None)  # the default: every product of 2 rows or more
     packed = run()
     entry = fc1.__dict__["_packed_linear"].entry
     assert entry[1][0].is_mkldnn and entry[1][1] is fc1.weight
-    scale = 1.702 if isinstance(model.visual.transformer.blocks[0].mlp.act, layers.QuickGELU) else 1.0
+    scale = 1.702 if isinstance(model.visual.transformer.blocks[0].mlp.act, QuickGELU) else 1.0
     assert entry[0][1] == scale
     for a, b in zip(packed, plain):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
@@ -363,8 +396,8 @@ def test_packed_weights_match_plain_and_follow_the_parameters(onednn_switch, mon
     twin = copy.deepcopy(model)  # the cache is dropped, not copied (oneDNN tensors cannot be)
     assert twin.visual.transformer.blocks[0].mlp.fc1.__dict__["_packed_linear"].entry == (None, ())
     torch.save(model, io.BytesIO())
-    monkeypatch.setattr(layers, "PACK_MAX_ROWS", 4)  # more rows than that: the plain weight, no new cache
-    twin.visual.chunk_tokens = 10**6
+    monkeypatch.setattr(kernels, "PACK_MAX_ROWS", 4)  # more rows than that: the plain weight, no new cache
+    monkeypatch.setattr(fast_vision, "VIT_CHUNK_BYTES", 1 << 40)
     with torch.inference_mode():
         twin.encode_image(px)
     assert twin.visual.transformer.blocks[0].mlp.fc1.__dict__["_packed_linear"].entry == (None, ())
@@ -382,7 +415,7 @@ def test_models_built_in_inference_mode_encode(resnet: bool) -> None:
         assert next(model.parameters()).is_inference()
         px = torch.randn(3, 3, *(2 * [model.config.vision.image_size]))
         one, three = model.encode_image(px[:1]), model.encode_image(px)
-        with layers.plain_ops():
+        with fast.plain_ops():
             ref = model.encode_image(px)
     torch.testing.assert_close(one, ref[:1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(three, ref, atol=1e-5, rtol=1e-5)
@@ -391,15 +424,15 @@ def test_models_built_in_inference_mode_encode(resnet: bool) -> None:
 @needs_onednn
 def test_onednn_enabled_switches_and_restores() -> None:
     x, w = torch.randn(3, 5), torch.randn(4, 5)
-    before = layers.ONEDNN
+    before = kernels.ONEDNN
     with torch.inference_mode():
         for flag in (False, True):
-            with layers.onednn_enabled(flag), torch.profiler.profile(
+            with kernels.onednn_enabled(flag), torch.profiler.profile(
                     activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-                assert layers.ONEDNN is flag
+                assert kernels.ONEDNN is flag
                 inference_linear(x, w)
             assert ("mkldnn::_linear_pointwise" in {e.key for e in prof.key_averages()}) is flag
-            assert layers.ONEDNN is before
+            assert kernels.ONEDNN is before
 
 
 @pytest.mark.parametrize(("heads", "d", "c", "n", "b"), [(4, 32, 32, 9, 3), (2, 16, 24, 5, 1), (8, 64, 64, 50, 2)])
@@ -413,12 +446,12 @@ def test_attend_one_query_equals_projected_attention(heads: int, d: int, c: int,
     k = torch.nn.functional.linear(x, w_k, b_k).view(b, n, heads, dh).transpose(1, 2)  # [B, H, N, Dh]
     v = torch.nn.functional.linear(x, w_v, b_v).view(b, n, heads, dh).transpose(1, 2)
     ref = torch.nn.functional.scaled_dot_product_attention(q.view(b, heads, 1, dh), k, v).reshape(b, d)
-    out = layers.attend_one_query(q, x, w_k, w_v, b_v, heads)
+    out = kernels.attend_one_query(q, x, w_k, w_v, b_v, heads)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     # Negative controls: the value bias and the head split both matter.
-    assert not torch.allclose(layers.attend_one_query(q, x, w_k, w_v, None, heads), ref, atol=1e-3)
+    assert not torch.allclose(kernels.attend_one_query(q, x, w_k, w_v, None, heads), ref, atol=1e-3)
     if heads > 1:
-        assert not torch.allclose(layers.attend_one_query(q, x, w_k, w_v, b_v, 1), ref, atol=1e-3)
+        assert not torch.allclose(kernels.attend_one_query(q, x, w_k, w_v, b_v, 1), ref, atol=1e-3)
 
 
 def test_attention_pool_never_projects_every_token() -> None:
@@ -426,54 +459,34 @@ def test_attention_pool_never_projects_every_token() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    pool = CLIP(tiny(True)).eval().visual.attn_pool
-    fmap = torch.randn(3, pool.k_proj.in_features, 2, 2)
-    counts = {}
-    for name, ctx in (("plain", torch.enable_grad), ("fast", torch.inference_mode)):
-        with ctx(), FlopCounterMode(display=False) as counter:
-            out = pool(fmap)
-        counts[name] = (counter.get_total_flops(), out.detach())
-    torch.testing.assert_close(counts["fast"][1], counts["plain"][1], atol=1e-5, rtol=1e-5)
-    c, tokens = pool.k_proj.in_features, 3 * 5
-    assert counts["plain"][0] - counts["fast"][0] >= 2 * tokens * c * c  # at least the key projection
-
-
-def test_resnet_blocks_overwrite_only_unobserved_inputs(monkeypatch) -> None:
-    """Blocks write their output into their input only when no hook can hold either, never a caller's tensor."""
-    from torchclip import vision
-
-    torch.manual_seed(0)
     model = CLIP(tiny(True)).eval()
     randomize_batchnorm(model)
     px = torch.randn(3, 3, 64, 64)
-    blocks = [b for stage in model.visual.stages for b in stage]
-    expected = []
-    handles = [b.register_forward_hook(lambda _m, _a, out: expected.append(out.detach().clone())) for b in blocks]
-    model.encode_image(px)  # autograd on: the plain path
-    for h in handles:
-        h.remove()
+    counts = {}
+    for name, ctx in (("plain", torch.enable_grad), ("fast", torch.inference_mode)):
+        with ctx(), FlopCounterMode(display=False) as counter:
+            out = model.encode_image(px)
+        counts[name] = (counter.get_total_flops(), out.detach())
+    torch.testing.assert_close(counts["fast"][1], counts["plain"][1], atol=1e-5, rtol=1e-5)
+    c, tokens = model.visual.attn_pool.k_proj.in_features, 3 * 5
+    assert counts["plain"][0] - counts["fast"][0] >= 2 * tokens * c * c  # at least the key projection
 
-    def run_hooked() -> list[torch.Tensor]:
-        seen: list[torch.Tensor] = []
-        hs = [b.register_forward_hook(lambda _m, _a, out: seen.append(out)) for b in blocks]
-        with torch.inference_mode():  # forward_features: the shortcuts' own guard (encode_image goes plain)
-            model.visual.forward_features(px)
-        for h in hs:
-            h.remove()
-        return seen
 
-    for got, want in zip(run_hooked(), expected, strict=True):  # held outputs survive the rest of the forward
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    monkeypatch.setattr(vision, "observed", lambda *_a, **_k: False)  # negative control: overwriting regardless
-    clobbered = run_hooked()
-    assert any(not torch.allclose(g, w, atol=1e-3) for g, w in zip(clobbered, expected, strict=True))
-
-    block = model.visual.stages[1][1]  # an identity-shortcut block called directly keeps the caller's tensor
-    t = torch.randn(2, block.conv1.in_channels, 8, 8).contiguous(memory_format=torch.channels_last)
-    before = t.clone()
+@pytest.mark.parametrize("block", [(0, 0), (1, 0), (1, 1)])
+def test_resnet_blocks_write_into_their_shortcut(block: tuple[int, int]) -> None:
+    """A fast block gives the reference block's output, written into its input when the shortcut is the
+    identity (the fast tower hands it only tensors nobody else holds) or into the fresh downsampled one."""
+    torch.manual_seed(0)
+    model = CLIP(tiny(True)).eval()
+    randomize_batchnorm(model)
+    blk = model.visual.stages[block[0]][block[1]]
+    x = torch.randn(2, blk.conv1.in_channels, 16, 16).contiguous(memory_format=torch.channels_last)
+    ref = blk(x).detach()
+    mine = x.clone()
     with torch.inference_mode():
-        block(t)
-    assert torch.equal(t, before)
+        out = fast_vision.bottleneck_(blk, mine)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert (out.data_ptr() == mine.data_ptr()) == (blk.downsample is None)
 
 
 @pytest.mark.parametrize("activation", ["quick_gelu", "gelu"])
@@ -482,18 +495,18 @@ def test_mlp_on_torch_gemm_folds_quick_gelu_into_silu(activation: str) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
-    mlp = layers.MLP(24, 96, activation).eval()
+    mlp = MLP(24, 96, activation).eval()
     x, res = torch.randn(5, 7, 24), torch.randn(5, 7, 24)
     ref = (mlp(x) + res).detach()  # autograd on: the plain module path
-    with layers.onednn_enabled(False), torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        out = mlp(x, residual=res)
+    with kernels.onednn_enabled(False), torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = fast_mlp(mlp, x, res)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     ops = {e.key for e in prof.key_averages()}
     assert ("aten::silu_" in ops) == (activation == "quick_gelu")  # the fold ran exactly where it applies
     mlp.fc1.bias = None  # and without biases
     mlp.fc2.bias = None
-    with torch.inference_mode(), layers.onednn_enabled(False):
-        out = mlp(x, residual=res)
+    with torch.inference_mode(), kernels.onednn_enabled(False):
+        out = fast_mlp(mlp, x, res)
     torch.testing.assert_close(out, (mlp(x) + res).detach(), atol=1e-5, rtol=1e-5)
 
 
@@ -507,9 +520,9 @@ def test_mlp_on_onednn_runs_the_activation_in_place(activation: str, approximate
     with and without biases, packed or not."""
     from torch.profiler import ProfilerActivity, profile
 
-    monkeypatch.setattr(layers, "PACK_MAX_ROWS", None if pack else 0)
+    monkeypatch.setattr(kernels, "PACK_MAX_ROWS", None if pack else 0)
     torch.manual_seed(0)
-    mlp = layers.MLP(24, 96, activation).eval()
+    mlp = MLP(24, 96, activation).eval()
     if approximate is not None:
         mlp.act = torch.nn.GELU(approximate=approximate)
     x, res = torch.randn(5, 7, 24), torch.randn(5, 7, 24)
@@ -518,8 +531,8 @@ def test_mlp_on_onednn_runs_the_activation_in_place(activation: str, approximate
             mlp.fc1.bias = None
             mlp.fc2.bias = None
         ref = (mlp(x) + res).detach()  # autograd on: the plain module path
-        with layers.onednn_enabled(True), torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
-            out = mlp(x, residual=res)
+        with kernels.onednn_enabled(True), torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = fast_mlp(mlp, x, res)
         assert out.shape == res.shape
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
         counts = {e.key: e.count for e in prof.key_averages()}
@@ -538,8 +551,8 @@ def test_mlp_on_onednn_runs_the_activation_in_place(activation: str, approximate
 
 @pytest.mark.parametrize("resnet", [False, True])
 def test_hooks_on_skipped_modules_fire_in_inference(resnet: bool, monkeypatch) -> None:
-    """The shortcuts call projections, convs and the ViT's last block as functions: a hook there makes
-    the tower run its plain module calls, so the hook fires with what it sees with grad on."""
+    """The fast path calls no module of the tower: a hook on one sends the tower to the reference path,
+    so the hook fires with what it sees with grad on."""
     torch.manual_seed(0)
     model = CLIP(tiny(resnet)).eval()
     if resnet:
@@ -563,8 +576,8 @@ def test_hooks_on_skipped_modules_fire_in_inference(resnet: bool, monkeypatch) -
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(img, ref_img, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(txt, ref_txt, atol=1e-5, rtol=1e-5)
-    # Negative control: without the check the shortcuts skip those modules.
-    monkeypatch.setattr(layers, "observed", lambda *_a, **_k: False)
+    # Negative control: without the check the fast path skips those modules.
+    monkeypatch.setattr(fast, "observed", lambda *_a, **_k: False)
     seen.clear()
     with torch.inference_mode():
         model.encode_image(px), model.encode_text(ids)
@@ -574,7 +587,51 @@ def test_hooks_on_skipped_modules_fire_in_inference(resnet: bool, monkeypatch) -
         h.remove()
     calls: list[int] = []
     hook = targets[0].register_forward_hook(lambda _m, _i, _o: calls.append(1))
-    with torch.inference_mode(), layers.plain_ops():
+    with torch.inference_mode(), fast.plain_ops():
         model.encode_image(px)
     hook.remove()
     assert calls == [1]
+
+
+def test_fast_path_applies_only_where_it_may() -> None:
+    """The one dispatch point: eval mode, CPU, no autograd, no tracing, no hooks, the reference classes."""
+    from torchclip.reference.vision import VisionTransformer
+
+    model = CLIP(tiny(False)).eval()
+    v, px = model.visual, torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert fast.applies(v, px) and fast.applies(model.text, ids_batch(model.config, [2, 3]))
+        with fast.plain_ops():
+            assert not fast.applies(v, px)
+        v.train()
+        assert not fast.applies(v, px)
+        v.eval()
+        handle = v.norm_post.register_forward_pre_hook(lambda *_: None)
+        assert not fast.applies(v, px)
+        handle.remove()
+        assert not fast.applies(v, px.to("meta"))  # not a CPU tensor
+
+        class Custom(VisionTransformer):
+            def forward(self, pixels: torch.Tensor, projected: bool = True) -> torch.Tensor:
+                return super().forward(pixels, projected) * 0
+
+        v.__class__ = Custom  # a subclass's own forward is what runs
+        assert not fast.applies(v, px)
+        assert torch.equal(model.encode_image(px), torch.zeros(2, 32))
+        v.__class__ = VisionTransformer
+    assert not fast.applies(v, px)  # autograd on
+    seen = []
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clip = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(fast.applies(self.clip.visual, x))
+            return self.clip.encode_image(x)
+
+    with torch.no_grad(), pytest.warns(torch.jit.TracerWarning):
+        traced = torch.jit.trace(Encoder(), (px,), check_trace=False)
+    assert seen == [False]  # tracing records the reference modules' ops
+    torch.testing.assert_close(traced(px), model.encode_image(px), atol=1e-5, rtol=1e-5)

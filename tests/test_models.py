@@ -9,8 +9,8 @@ import torch
 
 import torchclip
 from torchclip.config import PRESETS, CLIPConfig, TextConfig, VisionConfig, get_preset
-from torchclip.layers import LayerNorm, QuickGELU
 from torchclip.model import CLIP
+from torchclip.reference.layers import LayerNorm, QuickGELU
 
 # Reference table (clip-reference.md §2): total and visual parameter counts from instantiation.
 COUNTS = {
@@ -176,18 +176,52 @@ def test_layernorm_computes_in_fp32_for_half_inputs() -> None:
     torch.testing.assert_close(y.float(), ref.to(torch.bfloat16).float())
 
 
+def calibrate_batchnorm(model: CLIP, pixels: torch.Tensor) -> None:
+    """Running statistics from a batch, as training leaves them: each layer's output then varies with its
+    input instead of drowning in the BatchNorm biases of a random init."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.momentum = 1.0
+    with torch.no_grad():
+        model.visual.train()(pixels)
+    model.visual.eval()
+
+
+def varied_pixels(n: int, size: int, seed: int) -> torch.Tensor:
+    """Noise images of different brightness and contrast per image and channel."""
+    g = torch.Generator().manual_seed(seed)
+    scale, shift = torch.rand(n, 3, 1, 1, generator=g) * 2, torch.randn(n, 3, 1, 1, generator=g)
+    return torch.randn(n, 3, size, size, generator=g) * scale + shift
+
+
 @pytest.mark.parametrize("resnet", [False, True])
-def test_half_precision_model_runs_and_tracks_fp32(resnet: bool) -> None:
+def test_half_precision_model_tracks_fp32(resnet: bool) -> None:
+    """bf16 logits follow the fp32 ones in what depends on the images and on the texts (each centred over
+    the other axis): within a tolerance that a tower ignoring its input fails."""
     torch.manual_seed(0)
     cfg = tiny(resnet)
     model = CLIP(cfg).eval()
-    px = torch.randn(2, 3, cfg.vision.image_size, cfg.vision.image_size)
-    ids = ids_batch(cfg, [3, 6])
+    size = cfg.vision.image_size
+    if resnet:
+        calibrate_batchnorm(model, varied_pixels(8, size, seed=2))
+    px, other = varied_pixels(4, size, seed=3), varied_pixels(4, size, seed=4)
+    ids, other_ids = ids_batch(cfg, [3, 6, 1]), ids_batch(cfg, [3, 6, 1], seed=5)
+    half = CLIP(cfg).eval()
+    half.load_state_dict(model.state_dict())
+    half.to(torch.bfloat16)
     with torch.no_grad():
-        ref = model(px, ids).logits_per_image
-        out = model.to(torch.bfloat16)(px, ids).logits_per_image
+        ref = model(px, ids).logits_per_image  # [4, 3]
+        out = half(px, ids).logits_per_image
+        blind_image = half(other, ids).logits_per_image  # what a tower that ignores its input would give
+        blind_text = half(px, other_ids).logits_per_image
     assert out.dtype == torch.bfloat16
-    assert (out.float() - ref).abs().max() < 0.5
+
+    def rel(a: torch.Tensor, dim: int) -> float:  # error of the part that varies along the other axis
+        da, dr = a.float() - a.float().mean(dim, keepdim=True), ref - ref.mean(dim, keepdim=True)
+        return float((da - dr).norm() / dr.norm())
+
+    assert rel(out, 0) < 0.1 and rel(out, 1) < 0.1
+    assert rel(blind_image, 0) > 0.5 and rel(blind_text, 1) > 0.5  # negative controls
 
 
 def test_grad_checkpointing_gives_same_gradients() -> None:
@@ -225,7 +259,7 @@ def test_patch_dropout_only_while_training() -> None:
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model.encode_image(x), full.encode_image(x))
     model.train()
-    tokens = model.visual.forward_tokens(x)  # [B, 1 + k, W]
+    tokens = model.visual.embed(x)  # [B, 1 + k, W]
     assert tokens.shape[1] == 1 + 16  # 64 patches, a quarter kept, plus the class token
     a, b = model.encode_image(x), model.encode_image(x)
     assert not torch.allclose(a, b)  # a fresh draw per call
@@ -234,3 +268,26 @@ def test_patch_dropout_only_while_training() -> None:
     with pytest.raises(ValueError, match="ViT"):
         VisionConfig(image_size=64, layers=(1, 1, 1, 1), width=16, patch_size=None, patch_dropout=0.5)
     assert CLIPConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("resnet", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_encode_image_rejects_raw_or_mis_sized_pixels(resnet: bool, grad: bool, monkeypatch) -> None:
+    """uint8 images or another resolution: one clear error naming the expected [B, 3, R, R] float input,
+    on the reference and the fast path alike."""
+    from torchclip.fast import vision as fast_vision
+    from torchclip.reference import vision as ref_vision
+
+    cfg = tiny(resnet)
+    model = CLIP(cfg).eval()
+    r = cfg.vision.image_size
+    raw = torch.randint(0, 256, (2, 3, r, r), dtype=torch.uint8)
+    with torch.set_grad_enabled(grad):
+        assert model.encode_image(torch.randn(2, 3, r, r)).shape == (2, 32)
+        for bad in (raw, torch.randn(2, 3, r + 32, r + 32), torch.randn(2, r, r, 3), torch.randn(3, r, r)):
+            with pytest.raises(ValueError, match=rf"expected pixels as a float tensor \[B, 3, {r}, {r}\]"):
+                model.encode_image(bad)
+        # Negative control: without the check a uint8 batch silently encodes to features.
+        for module in (ref_vision, fast_vision):
+            monkeypatch.setattr(module, "check_pixels", lambda *_a: None)
+        assert model.encode_image(raw).shape == (2, 32)

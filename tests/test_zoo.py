@@ -27,6 +27,8 @@ from hubserver import HubServer
 
 import torchclip
 from torchclip import pretrained
+from torchclip.api import pretrained_models
+from torchclip.checkpoints import save_openai
 from torchclip.config import OPENAI_MODELS, OPENAI_TWINS, PRESETS, get_preset
 from torchclip.download import ChecksumError, DownloadError
 from torchclip.model import CLIP
@@ -72,7 +74,7 @@ def test_names_keep_their_library_meaning_and_tags_their_activation() -> None:
     assert get_preset("RN50").activation == "gelu"  # OpenCLIP's RN50 text tower is GELU
     for openai_name, twin in OPENAI_TWINS.items():
         assert get_preset(openai_name).replace(source="") == get_preset(twin).replace(source="")
-        assert torchclip.pretrained_models()[openai_name] == pretrained.list_pretrained_tags(twin)
+        assert pretrained_models()[openai_name] == pretrained.list_pretrained_tags(twin)
     # OpenAI's weights are QuickGELU under any name; OpenCLIP's LAION-2B ViT-B-32 is GELU.
     for name in ("ViT-B-32", "ViT-B-32-quickgelu", "ViT-B/32"):
         assert get_pretrained(name, "openai").config.activation == "quick_gelu"
@@ -153,7 +155,7 @@ def _tiny_weights(tmp_path: Path, activation: str) -> tuple[Path, CLIP]:
     """cpu-vit-32 with random weights, saved as an OpenAI-layout state dict (what OpenCLIP releases hold)."""
     torch.manual_seed(0)
     model = torchclip.create_model("cpu-vit-32", activation=activation).eval()
-    path = torchclip.save_openai(model, tmp_path / "weights.pt")
+    path = save_openai(model, tmp_path / "weights.pt")
     return path, model
 
 

@@ -18,7 +18,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from torchclip.textclean import chunks
-from torchclip.tokenizer import EOT_TOKEN, PATTERN, SOT_TOKEN, WORD_END, Tokenizer, bytes_to_unicode
+from torchclip.tokenizer import (
+    EOT_TOKEN,
+    PATTERN,
+    SOT_TOKEN,
+    WORD_END,
+    Tokenizer,
+    bytes_to_unicode,
+    merge_pair,
+)
 
 __all__ = ["train_bpe", "word_counts"]
 
@@ -36,18 +44,6 @@ def word_counts(texts: Iterable[str]) -> Counter[str]:
             if piece not in (SOT_TOKEN, EOT_TOKEN):
                 words[piece] += n
     return words
-
-
-def _merge(symbols: list[str], a: str, b: str) -> list[str]:
-    out, i, n = [], 0, len(symbols)
-    while i < n:
-        if i < n - 1 and symbols[i] == a and symbols[i + 1] == b:
-            out.append(a + b)
-            i += 2
-        else:
-            out.append(symbols[i])
-            i += 1
-    return out
 
 
 def train_bpe(
@@ -102,7 +98,7 @@ def train_bpe(
         changed: set[tuple[str, str]] = set()
         for i in where.pop(pair, ()):
             old = words[i]
-            new = _merge(old, a, b)
+            new = merge_pair(old, a, b)
             if len(new) == len(old):
                 continue  # the word lost this pair to an earlier merge
             f = freqs[i]

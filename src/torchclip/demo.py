@@ -148,7 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     t1 = time.perf_counter()
     last = train(cfg, overwrite=True)  # the demo's folder is its own: a rerun replaces the last demo run
     minutes = (time.perf_counter() - t1) / 60
-    plot = plot_loss(args.out / "metrics.jsonl", args.out / "loss.png")
+    try:
+        plot: Path | str = plot_loss(args.out / "metrics.jsonl", args.out / "loss.png")
+    except ImportError:  # matplotlib comes with the [eval] extra
+        plot = "not drawn (pip install 'torchclip[eval]' for matplotlib)"
     chance = 1 / (len(COLORS) * len(SHAPES))
     print(f"\ntrained {args.steps} steps in {minutes:.1f} min; final loss {last['loss']:.3f}")
     print(f"zero-shot accuracy over all 24 colour-shape classes (chance {chance:.1%}):")

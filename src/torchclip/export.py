@@ -1,13 +1,13 @@
 """``torchclip export``: ONNX export of both towers (dynamic batch), checked against PyTorch with ONNX
 Runtime, and dynamic int8 quantization for CPU inference.
 
-The text tower needs an export-specific forward: the eager one trims every batch to its longest caption
-(``int(pos.max())``, a data-dependent shape) and validates ids with Python branches, neither of which an
-exported graph can hold. Under causal attention the tokens after a row's end-of-text cannot change the
-feature pooled at it, so running all ``context_length`` positions and gathering at the first end-of-text id
-gives the same features (to float rounding) with static control flow. Inputs are ``input_ids`` int64
+Both towers export the reference modules. Eagerly the text tower trims every batch to its longest caption
+and validates ids with Python branches, neither of which an exported graph can hold, so under tracing it
+skips both: under causal attention the tokens after a row's end-of-text cannot change the feature pooled
+at it, so running every given position and gathering at the first end-of-text id gives the same features
+(to float rounding) with static control flow. Inputs are ``input_ids`` int64
 ``[batch, length <= context_length]``: the tokenizer's rows, ideally cut after the batch's longest caption
-with ``trim_ids`` (the sequence axis is dynamic; running all 77 positions for short captions costs ~5x);
+with ``trim_ids`` (the sequence axis is dynamic; running all 77 positions for short captions costs several times more);
 rows must hold an end-of-text id (the eager model raises otherwise, the graph would pool position 0).
 
 Outputs are the *unnormalized* features of ``encode_image``/``encode_text`` unless ``--normalize``.
@@ -37,35 +37,31 @@ __all__ = ["ImageTower", "TextTower", "example_ids", "trim_ids", "export_onnx", 
 _NAMES = {"image": ("pixels", "image_features"), "text": ("input_ids", "text_features")}
 
 
-class ImageTower(nn.Module):
+class _Tower(nn.Module):
+    """One reference tower of ``model`` as an exportable module: input -> features ``[B, E]``."""
+
+    attribute = ""
+
+    def __init__(self, model: CLIP, normalize: bool = False) -> None:
+        super().__init__()
+        self.tower, self.normalize = getattr(model, self.attribute), normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.tower(x)
+        return F.normalize(y, dim=-1) if self.normalize else y
+
+
+class ImageTower(_Tower):
     """``pixels [B, 3, R, R]`` -> features ``[B, E]`` (what ``CLIP.encode_image`` computes)."""
 
-    def __init__(self, model: CLIP, normalize: bool = False) -> None:
-        super().__init__()
-        self.visual = model.visual
-        self.normalize = normalize
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.visual(pixels)
-        return F.normalize(x, dim=-1) if self.normalize else x
+    attribute = "visual"
 
 
-class TextTower(nn.Module):
-    """``input_ids [B, L]`` -> features ``[B, E]``, full-length and pooled at the first end-of-text id."""
+class TextTower(_Tower):
+    """``input_ids [B, L]`` -> features ``[B, E]``: under tracing the reference text tower runs every position
+    it is given and pools at the first end-of-text id (no data-dependent trimming or checks)."""
 
-    def __init__(self, model: CLIP, normalize: bool = False) -> None:
-        super().__init__()
-        self.text = model.text
-        self.normalize = normalize
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        t = self.text
-        x = t.token_embed(input_ids) + t.pos_embed[: input_ids.shape[1]]
-        x = t.transformer(x.to(t.proj.dtype), causal=True)
-        pos = (input_ids == t.eot_id).to(torch.int32).argmax(dim=1)
-        x = x[torch.arange(x.shape[0], device=x.device), pos]
-        x = t.norm_final(x) @ t.proj
-        return F.normalize(x, dim=-1) if self.normalize else x
+    attribute = "text"
 
 
 def _example(model: CLIP, tower: str, batch: int = 2) -> torch.Tensor:
@@ -161,7 +157,7 @@ def export_onnx(model: CLIP, out_dir: str | Path, *, towers: Sequence[str] = ("i
                 if tower == "text":
                     dims[1] = torch.export.Dim("sequence", min=2, max=model.config.text.context_length)
                 torch.onnx.export(module, (example,), str(path), input_names=[inp], output_names=[outp],
-                                  dynamic_shapes={inp: dims}, opset_version=opset, dynamo=True,
+                                  dynamic_shapes=(dims,), opset_version=opset, dynamo=True,
                                   external_data=big, verbose=False)
             else:
                 axes = {0: "batch", 1: "sequence"} if tower == "text" else {0: "batch"}

@@ -49,6 +49,7 @@ __all__ = [
     "check_compatible",
     "clean_text",
     "bytes_to_unicode",
+    "merge_pair",
     "OPENAI_BPE_URL",
     "OPENAI_BPE_SHA256",
 ]
@@ -104,6 +105,21 @@ class ContextLengthError(ValueError):
             f"{context_length}; pass truncate=True to cut it: {text[:80]!r}"
         )
 
+
+
+def merge_pair(symbols: list[str], a: str, b: str) -> list[str]:
+    """``symbols`` with every non-overlapping occurrence of the pair (a, b), left to right, merged into one
+    symbol: the step shared by encoding and by training a vocabulary (``bpe_train``)."""
+    out: list[str] = []
+    i, n = 0, len(symbols)
+    while i < n:
+        if i < n - 1 and symbols[i] == a and symbols[i + 1] == b:
+            out.append(a + b)
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
 
 class Tokenizer:
     """Byte-level BPE over OpenAI's id layout: 256 bytes, 256 bytes + ``</w>``, one id per merge, SOT, EOT.
@@ -235,17 +251,7 @@ class Tokenizer:
                     best, best_rank = pair, r
             if best is None:
                 break
-            a, b = best
-            out: list[str] = []
-            i, n = 0, len(symbols)
-            while i < n:
-                if i < n - 1 and symbols[i] == a and symbols[i + 1] == b:
-                    out.append(a + b)
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            symbols = out
+            symbols = merge_pair(symbols, *best)
         return symbols
 
     def _piece_ids(self, piece: str, need: int | None = None) -> list[int]:

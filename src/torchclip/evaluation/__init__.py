@@ -8,7 +8,6 @@ The pieces follow the paper and CLIP_benchmark (reference §8-9):
 * ``datasets`` / ``features``: image folders, WebDataset shards and CSV files; features extracted once
   and cached by a hash of the weights and the images;
 * ``clip_benchmark``: CLIP_benchmark's loader contract and result JSON;
-* ``report``: the emoji findings (prompting, zero-shot vs k-shot, style shift, unseen concepts).
 
 The library never imports the trainer: evaluating a checkpoint needs only the model code.
 """

@@ -132,21 +132,6 @@ class _Pixels(Dataset):
         return self.transform(self.dataset[i][0])
 
 
-def _pre_projection_hook(model: CLIP, store: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
-    """Capture the image tower's output before its final projection (the paper's probe features).
-
-    ViT: the class token after ``norm_post`` ([B, W]); ModifiedResNet: the attention pool's output before
-    ``out_proj`` ([B, 32w]). Hooks keep this module from re-implementing the towers; a tower that splits a
-    batch into chunks calls the hook once per chunk, in order.
-    """
-    visual = model.visual
-    if hasattr(visual, "norm_post"):
-        return visual.norm_post.register_forward_hook(lambda _m, _i, out: store.append(out[:, 0] if out.dim() == 3 else out))
-    if hasattr(visual, "attn_pool"):
-        return visual.attn_pool.out_proj.register_forward_pre_hook(lambda _m, args: store.append(args[0]))
-    raise ValueError(f"no pre-projection features for an image tower of type {type(visual).__name__}")
-
-
 def _transform_key(transform: Callable[[Any], torch.Tensor]) -> str | None:
     """A stable description of the preprocessing, or None if it has none (then nothing is cached: an
     object's default repr holds a memory address that a different function could reuse later)."""
@@ -193,19 +178,13 @@ def extract_image_features(
                 return feats
     loader = DataLoader(_Pixels(dataset, transform), batch_size=batch_size, num_workers=num_workers,
                         shuffle=False)
-    device, out, store = model_device(model), [], []
-    handle = _pre_projection_hook(model, store) if kind == "pre_projection" else None
-    try:
-        with eval_mode(model):
-            for pixels in tqdm(loader, desc=f"features {dataset.name}", disable=not progress, leave=False):
-                emb = model.encode_image(pixels.to(device=device, dtype=model.dtype))
-                if handle is not None:  # the tower may run a batch in several chunks: one hook call each
-                    emb = torch.cat(store)
-                    store.clear()
-                out.append(emb.float().cpu())
-    finally:
-        if handle is not None:
-            handle.remove()
+    device, out = model_device(model), []
+    with eval_mode(model):
+        for pixels in tqdm(loader, desc=f"features {dataset.name}", disable=not progress, leave=False):
+            pixels = pixels.to(device=device, dtype=model.dtype)
+            # pre_projection: ViT's class token after norm_post, ResNet's attention pool before out_proj
+            emb = model.encode_image(pixels, projected=kind == "embedding")
+            out.append(emb.float().cpu())
     feats = torch.cat(out)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

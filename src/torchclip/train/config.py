@@ -368,8 +368,9 @@ def _read_file(path: str | Path) -> dict[str, Any]:
     if p.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml
-        except ImportError as e:  # pragma: no cover - pyyaml is a declared dependency
-            raise ImportError("reading YAML configs needs pyyaml (pip install pyyaml); JSON works without it") from e
+        except ImportError as e:  # pragma: no cover - pyyaml comes with the [train] extra
+            raise ImportError("reading YAML configs needs pyyaml (pip install 'torchclip[train]'); JSON works "
+                              "without it") from e
         data = yaml.safe_load(text) or {}
     else:
         data = json.loads(text)

@@ -101,6 +101,7 @@ def wrap_model(module: TwoTower, info: DistInfo, strategy: str = "ddp") -> nn.Mo
         from torch.distributed.fsdp import fully_shard
 
         clip = module.clip
+        broadcast_from_rank0(module)
         blocks = list(clip.text.transformer.blocks)
         if hasattr(clip.visual, "transformer"):
             blocks += list(clip.visual.transformer.blocks)
@@ -114,6 +115,14 @@ def wrap_model(module: TwoTower, info: DistInfo, strategy: str = "ddp") -> nn.Mo
 
     ids = [info.device.index] if info.device.type == "cuda" else None
     return DDP(module, device_ids=ids)
+
+
+def broadcast_from_rank0(module: nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank: FSDP shards each rank's own tensors, and random
+    inits differ by rank (DDP broadcasts them itself)."""
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t, src=0)
 
 
 def sync_replicated_grads(model: nn.Module) -> None:

@@ -1,25 +1,14 @@
 """Large inference temporaries on transparent huge pages: one page fault per 2 MiB instead of 512.
 
-Why: a fresh process's large-batch forward page-faults on its big temporaries (a ViT-B/32 batch-64 chunk's
-MLP hidden layer is 20 MB). glibc maps blocks above its mmap threshold afresh on every call and trims
-the heap's freed top back to the kernel, so the same memory is faulted in again, call after call, 4 KiB
-at a time. On the benchmark VM a 4 KiB fault costs ~2-5 us: ViT-B/32 at batch 64 took 10-60k faults per
-call (0.1-0.3 s of a 5 s call); the peers, which run the whole batch at once, took 200-600k.
-
-``empty`` allocates as ``torch.empty`` does and then advises the kernel (``madvise(MADV_HUGEPAGE)``) to back
-the buffer's 2 MiB-aligned interior with huge pages, so that first touch costs one fault per 2 MiB. It
-changes nothing else: not the allocator, not the process's other memory, not a single value. Measured in
-fresh processes, ViT-B/32 batch 64, drift-normalized by a matmul ceiling around each call: 1.02-1.18x
-(median 1.06x over 7 paired rounds), faults per call 10-63k -> 0-24k; batch 8: 0.93-1.07x (neutral);
-benchmarks/results_encode.md, session 6.
-
-Where it applies: the ViT's unfolded patches always, and the transformer blocks' GEMM outputs where they run
-on torch's GEMM (CPUs without oneDNN, or ``TORCHCLIP_ONEDNN=0``); on x86 the projections run on oneDNN,
-which allocates its own outputs (``layers.inference_linear``).
+A fresh process's large-batch forward page-faults on its big temporaries: glibc maps blocks above its
+mmap threshold afresh on every call and trims the heap's freed top back to the kernel, so the same memory
+is faulted in again, call after call, 4 KiB at a time. ``empty`` allocates as ``torch.empty`` does and then
+advises the kernel (``madvise(MADV_HUGEPAGE)``) to back the buffer's 2 MiB-aligned interior with huge
+pages. It changes nothing else: not the allocator, not the process's other memory, not a single value.
 
 It acts only on Linux CPU tensors of at least ``MIN_BYTES``, only where the kernel's THP mode is
 ``madvise`` (with ``always`` the kernel does this by itself, with ``never`` it cannot), and can be switched
-off with ``TORCHCLIP_HUGEPAGES=0`` or by setting ``ENABLED`` to False.
+off with ``TORCHCLIP_HUGEPAGES=0`` or by setting ``ENABLED`` to False. BENCHMARKS.md has its measurements.
 """
 
 from __future__ import annotations
@@ -36,8 +25,8 @@ __all__ = ["ENABLED", "MIN_BYTES", "HUGE_PAGE", "thp_mode", "empty", "advise_hug
 
 HUGE_PAGE = 2 << 20  # x86-64 and most aarch64 kernels
 MADV_HUGEPAGE = 14  # <sys/mman.h>, Linux
-# Below this a buffer has at most one aligned huge page inside it and usually lives in a heap that is
-# already faulted in; the syscall would cost more than it saves.
+# Smaller buffers hold at most one aligned huge page and usually live in a heap that is already faulted
+# in: the syscall would cost more than it saves.
 MIN_BYTES = 4 << 20
 
 
@@ -71,8 +60,8 @@ ENABLED: bool = (_MADVISE is not None and thp_mode() == "madvise"
 def advise_huge(t: torch.Tensor) -> bool:
     """Ask for huge pages under the 2 MiB-aligned interior of ``t``'s memory; True if the kernel agreed.
 
-    Advice only: pages already faulted in stay as they are (khugepaged may merge them later), and a
-    refusal (an old kernel, a seccomp filter) leaves the tensor exactly as usable as before.
+    Advice only: pages already faulted in stay as they are, and a refusal (an old kernel, a seccomp
+    filter) leaves the tensor exactly as usable as before.
     """
     if _MADVISE is None or t.device.type != "cpu":
         return False

@@ -1,13 +1,13 @@
 """The CLIP paper's evaluation findings at small scale, on the emoji benchmark, in one command.
 
-    .venv/bin/python benchmarks/emoji_findings.py                       # train with `torchclip train`, then evaluate
-    .venv/bin/python benchmarks/emoji_findings.py --checkpoint runs/emoji/model.safetensors   # evaluate a model
+    .venv/bin/python experiments/emoji_findings.py                       # train with `torchclip train`, then evaluate
+    .venv/bin/python experiments/emoji_findings.py --checkpoint runs/emoji/model.safetensors   # evaluate a model
 
 Training (unless --checkpoint is given) runs ``torchclip train`` in a subprocess on google-train + twitter-train
 with the project's emoji config; evaluation runs (a) prompting, (b) zero-shot vs k-shot probes, (c) the
-drawing-style shift and (d) unseen concepts (torchclip.evaluation.report), then writes
-``benchmarks/results_eval.md`` (a BENCHMARKS.md section), ``benchmarks/results_eval.json`` (every number) and
-PNG plots under ``benchmarks/plots/``.
+drawing-style shift and (d) unseen concepts (``emoji_report.py``), then writes
+``experiments/results_eval.md``, ``experiments/results_eval.json`` (every number) and PNG plots under
+``experiments/plots/``.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-dir", type=Path, default=REPO / "runs" / "emoji_findings", help="training output")
     p.add_argument("--train-arg", action="append", default=[],
                    help="extra --section.key=value for torchclip train (repeatable)")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results_eval.md")
-    p.add_argument("--plots", type=Path, default=REPO / "benchmarks" / "plots")
+    p.add_argument("--out", type=Path, default=REPO / "experiments" / "results_eval.md")
+    p.add_argument("--plots", type=Path, default=REPO / "experiments" / "plots")
     p.add_argument("--seeds", type=int, default=5, help="few-shot seeds (subcategory uses at most 3)")
     p.add_argument("--no-baseline", action="store_true", help="skip the random-init probe baseline")
     p.add_argument("--no-trajectory", action="store_true",
@@ -131,8 +131,8 @@ def setup_lines(res: dict, json_path: Path) -> list[str]:
     lines.append(f"Trained on google-train + twitter-train (2,648 pairs) by {how}"
                  + (f", {steps} steps of batch {batch}" if steps and batch else "")
                  + (f", in {minutes:.0f} min" if minutes else "") + f" on {st['machine']} shared with other jobs.")
-    lines.append(f"Reproduce: `python benchmarks/emoji_findings.py` trains and evaluates in one command; "
-                 f"`python benchmarks/emoji_findings.py --checkpoint {st['checkpoint']}` only evaluates "
+    lines.append(f"Reproduce: `python experiments/emoji_findings.py` trains and evaluates in one command; "
+                 f"`python experiments/emoji_findings.py --checkpoint {st['checkpoint']}` only evaluates "
                  f"({st['eval_seconds'] / 60:.0f} min here, image features cached). Every number: "
                  f"`{_rel(json_path)}`.")
     d = run.get("data", {})
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.from_json:
-        from torchclip.evaluation.report import make_plots, render_markdown
+        from emoji_report import make_plots, render_markdown
 
         res = json.loads(args.from_json.read_text())
         plots = make_plots(res, args.plots)
@@ -163,15 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     if checkpoint is None:
         checkpoint, train_cmd, train_s = train(args)
     # imported after training, which runs in its own process and may take a while
-    from torchclip import CLIP, load
-    from torchclip.evaluation.clip_benchmark import resolve_tokenizer
-    from torchclip.evaluation.report import (
+    from emoji_report import (
         baseline_probe,
         checkpoint_trajectory,
         make_plots,
         render_markdown,
         run_findings,
     )
+
+    from torchclip import CLIP, load
+    from torchclip.evaluation.clip_benchmark import resolve_tokenizer
 
     model, _ = load(checkpoint)
     tokenizer = resolve_tokenizer(model, args.tokenizer, checkpoint)

@@ -1,8 +1,8 @@
 """The paper's findings at small scale, on the emoji benchmark (``../shared/data/emoji``, protocol in its
 README): prompting, zero-shot vs k-shot probes, drawing-style shift, unseen concepts.
 
-Everything here takes a trained model and its tokenizer; training belongs to ``benchmarks/emoji_findings.py``
-(the library never imports the trainer). The four questions:
+An experiment, not a library feature: it lives outside the package and uses only torchclip's public
+modules. Everything here takes a trained model and its tokenizer; ``emoji_findings.py`` trains and calls it. The four questions:
 
 (a) bare label vs one template vs a template ensemble: zero-shot accuracy of each;
 (b) zero-shot vs k-shot linear probes on the same features: the k at which the probe catches up;
@@ -29,14 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model import CLIP
-from .datasets import ImageDataset, load_webdataset
-from .features import TextTokenizer, extract_image_features
-from .metrics import classification_metrics, confusion_matrix, retrieval_recall
-from .probe import few_shot_probe, linear_probe
-from .retrieval import caption_gallery, rank_summary, retrieval_scores
-from .templates import prompt_name
-from .zeroshot import build_classifier, zeroshot_logits
+from torchclip.evaluation.datasets import ImageDataset, load_webdataset
+from torchclip.evaluation.features import TextTokenizer, extract_image_features
+from torchclip.evaluation.metrics import classification_metrics, confusion_matrix, retrieval_recall
+from torchclip.evaluation.probe import few_shot_probe, linear_probe
+from torchclip.evaluation.retrieval import caption_gallery, rank_summary, retrieval_scores
+from torchclip.evaluation.templates import prompt_name
+from torchclip.evaluation.zeroshot import build_classifier, zeroshot_logits
+from torchclip.model import CLIP
 
 __all__ = ["IN_STYLES", "NEW_STYLES", "TEMPLATE_VARIANTS", "EmojiSplits", "load_emoji", "run_findings",
            "baseline_probe", "checkpoint_trajectory", "make_plots", "render_markdown"]
@@ -131,7 +131,7 @@ def run_findings(model: CLIP, tokenizer: TextTokenizer, data_root: str | os.Path
                  probe_C: float | None = None) -> dict[str, Any]:
     """All numbers of (a)-(d) as one JSON-able dict (fractions in [0, 1]). ``probe_C`` fixes the probes'
     regularization instead of searching it (fast smoke runs)."""
-    from .features import encode_texts
+    from torchclip.evaluation.features import encode_texts
 
     start = time.time()
 
@@ -244,7 +244,7 @@ def checkpoint_trajectory(checkpoints: Sequence[str | os.PathLike[str]], tokeniz
     """Zero-shot (every template variant) and in-style linear-probe category accuracy, in-style and
     new-style, for each checkpoint of a run: one model per point on the robustness plot, as the paper's
     Fig. 13 plots many models rather than one."""
-    from ..api import load
+    from torchclip import load
 
     data = load_emoji(data_root)
     train = data.get(IN_STYLES, "train")
@@ -353,7 +353,7 @@ def _ms(v: Sequence[float]) -> str:
 
 def make_plots(res: dict[str, Any], plot_dir: str | os.PathLike[str], prefix: str = "eval_") -> dict[str, Path]:
     """The report's figures as PNG files; returns name -> path."""
-    from .plots import plot_bars, plot_confusion, plot_few_shot, plot_robustness
+    from torchclip.evaluation.plots import plot_bars, plot_confusion, plot_few_shot, plot_robustness
 
     d = Path(plot_dir)
     pr = res["prompting"]

@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 

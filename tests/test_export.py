@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import torchclip
+from torchclip.config import OPENAI_MEAN
+from torchclip.tokenizer import load_tokenizer
 
 pytest.importorskip("onnxruntime", reason="the export check needs onnxruntime")
 pytest.importorskip("onnx", reason="torch.onnx.export needs onnx")
@@ -148,11 +149,11 @@ def test_export_folder_carries_tokenizer_and_preprocessing(shared, tmp_path: Pat
                      "--no-check", "--tokenizer", str(vocab)]) == 0
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["tokenizer"]["context_length"] == 77 and manifest["preprocess"]["image_size"] == 32
-    assert json.loads((out / "preprocess.json").read_text())["mean"] == list(torchclip.OPENAI_MEAN)
+    assert json.loads((out / "preprocess.json").read_text())["mean"] == list(OPENAI_MEAN)
     # the folder's vocabulary tokenizes as torchclip does, read by HF's own CLIP tokenizer
     theirs = transformers.CLIPTokenizer(str(out / "tokenizer" / "vocab.json"), str(out / "tokenizer" / "merges.txt"))
     ids = theirs(CAPTIONS[:3])["input_ids"]
-    ours = torchclip.load_tokenizer(vocab)(CAPTIONS[:3])
+    ours = load_tokenizer(vocab)(CAPTIONS[:3])
     for row, ref in zip(ids, ours):
         assert row == ref[: len(row)].tolist()
 

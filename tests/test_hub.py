@@ -16,7 +16,9 @@ import torch
 from hubserver import HubServer
 
 import torchclip
+from torchclip.config import get_preset
 from torchclip.download import DownloadError
+from torchclip.tokenizer import load_tokenizer
 
 pytest.importorskip("huggingface_hub")
 
@@ -61,7 +63,7 @@ def model_with_own_vocabulary(seed: int = 0) -> torchclip.CLIP:
 
     words = ["a red square", "a blue circle", "a green star", "two yellow squares", "one red circle"] * 20
     tok = train_bpe(words, vocab_size=600, context_length=16)
-    cfg = torchclip.get_preset("cpu-vit-32")
+    cfg = get_preset("cpu-vit-32")
     text = dataclasses.replace(cfg.text, vocab_size=tok.vocab_size, context_length=16, sot_id=tok.sot_id,
                                eot_id=tok.eot_id)
     torch.manual_seed(seed)
@@ -189,8 +191,8 @@ def test_transformers_readme_quickstart(shared, hub: HubServer, served: tuple[Pa
     pytest.importorskip("requests")
     from PIL import Image, ImageDraw
 
-    model = torchclip.CLIP(torchclip.get_preset("cpu-vit-64")).eval()
-    tok = torchclip.load_tokenizer(shared("fixtures/tokenizer/bpe_simple_vocab_16e6.txt.gz"))
+    model = torchclip.CLIP(get_preset("cpu-vit-64")).eval()
+    tok = load_tokenizer(shared("fixtures/tokenizer/bpe_simple_vocab_16e6.txt.gz"))
     torchclip.save_hf(model, tmp_path / "hf", tokenizer=tok)
     hub.add("openai/clip-vit-base-patch32", tmp_path / "hf")
     img = Image.new("RGB", (320, 240), (240, 240, 230))

@@ -27,7 +27,6 @@ _EXPORTS = {
     "save": "checkpoints",
     "save_hf": "checkpoints",
     "save_open_clip": "checkpoints",
-    "save_openai": "checkpoints",
     "CLIP": "model",
     "CLIPOutput": "model",
     "CLIPConfig": "config",
@@ -47,7 +46,6 @@ if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
     from .checkpoints import save as save
     from .checkpoints import save_hf as save_hf
     from .checkpoints import save_open_clip as save_open_clip
-    from .checkpoints import save_openai as save_openai
     from .config import CLIPConfig as CLIPConfig
     from .model import CLIP as CLIP
     from .model import CLIPOutput as CLIPOutput

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .checkpoints import load_model, preprocess_config_of
-from .config import OPENAI_MODELS, CLIPConfig, canonical_name, get_preset, list_presets
+from .config import OPENAI_MODELS, CLIPConfig, HFTextConfig, canonical_name, get_preset, list_presets
 from .hub import download_hub_model, hub_repo_id
 from .model import CLIP
 from .tokenizer import Tokenizer
@@ -165,6 +165,9 @@ def get_tokenizer(source: str | os.PathLike[str] | CLIP | None = None, *,
         bundle = read_checkpoint(path, weights=False)
         tok, config = bundle.tokenizer, bundle.config
     ctx = context_length or (config.text.context_length if config is not None else 77)
+    if tok is None and config is not None and isinstance(config.text, HFTextConfig):
+        raise ValueError(f"{source!r}: its text tower is a pretrained language model, and no tokenizer travels "
+                         "with it (a tokenizer.json beside the weights)")
     if tok is None:
         tok = load_tokenizer(context_length=ctx)
     elif tok.context_length != ctx:

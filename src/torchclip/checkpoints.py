@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .config import CLIPConfig, PreprocessConfig
+from .config import CLIPConfig, HFTextConfig, PreprocessConfig
 from .formats import (
     CheckpointError,
     check_state_dict,
@@ -98,6 +98,13 @@ def _write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def _clip_text_tower(model: CLIP, layout: str) -> None:
+    """Foreign layouts hold CLIP's own text transformer only."""
+    if isinstance(model.config.text, HFTextConfig):
+        raise CheckpointError(f"{layout} has no place for a pretrained language model as the text tower: save it "
+                              "with torchclip.save (a .safetensors file or folder), which keeps it whole")
+
+
 def _cpu_state(model: CLIP) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
@@ -119,7 +126,9 @@ def save(model: CLIP, path: str | os.PathLike[str]) -> Path:
     meta = {"torchclip_config": json.dumps(model.config.to_dict()), "format_version": str(FORMAT_VERSION),
             "torchclip_preprocess": json.dumps(pp.to_dict())}
     tok = _own_tokenizer(model)
-    if tok is not None:
+    if hasattr(tok, "to_json"):  # a pretrained language model's tokenizer (torchclip.hf_text)
+        meta["torchclip_tokenizer_hf"] = tok.to_json()
+    elif tok is not None:
         meta["torchclip_tokenizer_merges"] = "#version: 0.2 torchclip\n" + "".join(f"{a} {b}\n" for a, b in tok.merges)
     target = path if path.suffix == ".safetensors" else path / "model.safetensors"
     state = _cpu_state(model)
@@ -137,6 +146,7 @@ def save_openai(model: CLIP, path: str | os.PathLike[str]) -> Path:
     GELU model is written with a warning saying how to load it correctly.
     """
     path = Path(path)
+    _clip_text_tower(model, "OpenAI's layout")
     if model.config.activation != "quick_gelu":
         warnings.warn(f"{path}: OpenAI's state-dict layout cannot record the {model.config.activation!r} "
                       "activation: load it with activation='gelu' (torchclip) or a GELU architecture name "
@@ -152,6 +162,7 @@ def save_open_clip(model: CLIP, folder: str | os.PathLike[str]) -> Path:
     ``open_clip_pytorch_model.bin``; loads with ``open_clip.create_model('local-dir:<folder>')`` and
     ``torchclip.load(folder)``."""
     folder = Path(folder)
+    _clip_text_tower(model, "OpenCLIP's layout")
     pp = preprocess_config_of(model)
     doc = {"model_cfg": torchclip_to_open_clip_config(model.config),
            "preprocess_cfg": {"size": pp.image_size, "mean": list(pp.mean), "std": list(pp.std),
@@ -173,6 +184,7 @@ def save_hf(model: CLIP, folder: str | os.PathLike[str], tokenizer: Any = None) 
     from .tokenizer import check_compatible, load_tokenizer
 
     folder = Path(folder)
+    _clip_text_tower(model, "HF's CLIPModel")
     cfg = torchclip_to_hf_config(model.config)
     sd = openai_to_hf(torchclip_to_openai(_cpu_state(model)))
     pp = torchclip_to_hf_preprocess_config(preprocess_config_of(model))

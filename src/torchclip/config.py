@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "VisionConfig",
     "TextConfig",
+    "HFTextConfig",
     "CLIPConfig",
     "PRESETS",
     "OPENAI_MODELS",
@@ -111,10 +112,72 @@ class TextConfig:
 
 
 @dataclass(frozen=True)
+class HFTextConfig:
+    """A pretrained transformers encoder as the text tower (LiT, Zhai et al. 2022), plus its tokenizer contract.
+
+    ``encoder`` is the encoder's own ``config.json`` (as a JSON string: the config stays hashable), so a saved
+    model rebuilds the tower without its source folder. ``pooling``: ``cls`` (the first token), ``mean`` (over
+    real tokens) or ``eot`` (the end-of-text token, ``[SEP]`` for BERT); ``proj``: ``linear`` or ``mlp`` (one
+    hidden GELU layer) into the shared embedding. The special ids are the tokenizer's (``[CLS]``, ``[SEP]``,
+    ``[PAD]`` for BERT).
+    """
+
+    encoder: str
+    vocab_size: int
+    sot_id: int
+    eot_id: int
+    pad_id: int
+    context_length: int = 64
+    pooling: str = "mean"
+    proj: str = "linear"
+    source: str = field(default="", compare=False)  # the folder or hub repo the encoder came from
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("cls", "mean", "eot"):
+            raise ValueError(f"text pooling must be 'cls', 'mean' or 'eot', got {self.pooling!r}")
+        if self.proj not in ("linear", "mlp"):
+            raise ValueError(f"text projection must be 'linear' or 'mlp', got {self.proj!r}")
+        for name in ("sot_id", "eot_id", "pad_id"):
+            v = getattr(self, name)
+            if not 0 <= v < self.vocab_size:
+                raise ValueError(f"{name}={v} outside the vocabulary [0, {self.vocab_size})")
+        enc = self.encoder_config
+        limit = enc.get("max_position_embeddings")
+        if isinstance(limit, int) and not 2 <= self.context_length <= limit:
+            raise ValueError(f"context_length {self.context_length} outside the encoder's [2, {limit}]")
+
+    @property
+    def encoder_config(self) -> dict[str, Any]:
+        import json
+
+        cfg = json.loads(self.encoder)
+        if not isinstance(cfg, dict) or "model_type" not in cfg:
+            raise ValueError("the text encoder's config must be a transformers config with a model_type")
+        return cfg
+
+    # What the sanity bounds and tokenizer checks read, as for TextConfig.
+    @property
+    def width(self) -> int:
+        return int(self.encoder_config["hidden_size"])
+
+    @property
+    def layers(self) -> int:
+        return int(self.encoder_config.get("num_hidden_layers", 1))
+
+    @property
+    def heads(self) -> int:
+        return int(self.encoder_config.get("num_attention_heads", 1))
+
+    @property
+    def mlp_ratio(self) -> float:
+        return float(self.encoder_config.get("intermediate_size", 4 * self.width)) / self.width
+
+
+@dataclass(frozen=True)
 class CLIPConfig:
     embed_dim: int
     vision: VisionConfig
-    text: TextConfig
+    text: TextConfig | HFTextConfig
     activation: str = "quick_gelu"  # "quick_gelu" (all OpenAI checkpoints) or "gelu"
     init_logit_scale: float = math.log(1 / 0.07)
     source: str = field(default="", compare=False)  # where the preset's numbers come from
@@ -140,7 +203,9 @@ class CLIPConfig:
         vision = dict(d.pop("vision"))
         if isinstance(vision.get("layers"), list):
             vision["layers"] = tuple(vision["layers"])
-        return cls(vision=VisionConfig(**vision), text=TextConfig(**d.pop("text")), **d)
+        text = dict(d.pop("text"))
+        text_cls = HFTextConfig if "encoder" in text else TextConfig
+        return cls(vision=VisionConfig(**vision), text=text_cls(**text), **d)
 
     def replace(self, **kw: Any) -> CLIPConfig:
         return dataclasses.replace(self, **kw)

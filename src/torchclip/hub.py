@@ -28,7 +28,7 @@ _LAYOUTS = (
     ("open_clip_config.json", ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
      ("tokenizer.txt.gz", "vocab.json", "merges.txt")),
     ("config.json", ("model.safetensors", "pytorch_model.bin"),
-     ("preprocessor_config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+     ("preprocessor_config.json", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
       "special_tokens_map.json")),
 )
 

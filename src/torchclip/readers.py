@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .config import CLIPConfig, PreprocessConfig, canonical_name, from_open_clip
+from .config import CLIPConfig, HFTextConfig, PreprocessConfig, TextConfig, canonical_name, from_open_clip
 from .formats import (
     OPENAI_NON_WEIGHT_KEYS,
     CheckpointError,
@@ -299,27 +299,44 @@ def find_vocabulary(checkpoint: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def _bundled_tokenizer(checkpoint: Path, context_length: int) -> Any:
+def _bundled_tokenizer(checkpoint: Path, text: TextConfig | HFTextConfig) -> Any:
+    """The vocabulary stored with a checkpoint, for its text tower: a BPE merges file or HF ``vocab.json`` +
+    ``merges.txt`` for CLIP's tower, a ``tokenizer.json`` for a pretrained-LM tower; None when there is none."""
     from .tokenizer import Tokenizer
 
+    ctx = text.context_length
+    if isinstance(text, HFTextConfig):
+        from .hf_text import HFTokenizer
+
+        p = Path(checkpoint)
+        folder = p if p.is_dir() else p.parent
+        for f in [folder] + ([folder.parent] if folder.name == "checkpoints" else []):
+            for d in (f, f / "tokenizer"):
+                if (d / "tokenizer.json").is_file():
+                    return HFTokenizer.from_folder(d, context_length=ctx)
+        return None
     found = find_vocabulary(checkpoint)
     if found is None:
         return None
     if found.is_dir():
-        return Tokenizer.from_hf(found / "vocab.json", found / "merges.txt", context_length=context_length)
-    return Tokenizer.from_file(found, context_length=context_length)
+        return Tokenizer.from_hf(found / "vocab.json", found / "merges.txt", context_length=ctx)
+    return Tokenizer.from_file(found, context_length=ctx)
 
 
 def _tokenizer_from_metadata(meta: dict[str, str], context_length: int, where: str) -> Any:
     from .tokenizer import Tokenizer
 
-    text = meta.get("torchclip_tokenizer_merges")
-    if text is None:
-        return None
     try:
+        if "torchclip_tokenizer_hf" in meta:
+            from .hf_text import HFTokenizer
+
+            return HFTokenizer.from_json(meta["torchclip_tokenizer_hf"], context_length)
+        text = meta.get("torchclip_tokenizer_merges")
+        if text is None:
+            return None
         merges = [tuple(ln.split(" ")) for ln in text.split("\n")[1:] if ln]
         return Tokenizer(merges, context_length=context_length)
-    except ValueError as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{where}: the embedded vocabulary is malformed ({e})") from e
 
 
@@ -385,7 +402,7 @@ class TorchclipReader(Reader):
         ctx = config.text.context_length
         tokenizer = _tokenizer_from_metadata(meta, ctx, where)
         if tokenizer is None:
-            tokenizer = _bundled_tokenizer(weights, ctx)
+            tokenizer = _bundled_tokenizer(weights, config.text)
         return LoadedCheckpoint(config, {}, self.format, path, preprocess, tokenizer)
 
     def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
@@ -419,7 +436,7 @@ class OpenCLIPHubReader(Reader):
             preprocess = open_clip_preprocess_config(pp, config.vision.image_size)
         except (ValueError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{where}: malformed preprocess_cfg ({e})") from e
-        tokenizer = _bundled_tokenizer(path, config.text.context_length)
+        tokenizer = _bundled_tokenizer(path, config.text)
         return LoadedCheckpoint(config, {}, self.format, path, preprocess, tokenizer)
 
     def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
@@ -459,7 +476,7 @@ class HFReader(Reader):
                 preprocess = hf_preprocess_config(_read_json(pp_file), config.vision.image_size)
             except (ValueError, TypeError, KeyError, AttributeError) as e:
                 raise CheckpointError(f"{pp_file}: malformed image processor config ({e})") from e
-        tokenizer = _bundled_tokenizer(path, config.text.context_length)
+        tokenizer = _bundled_tokenizer(path, config.text)
         return LoadedCheckpoint(config, {}, self.format, path, preprocess, tokenizer)
 
     def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
@@ -526,7 +543,7 @@ class TorchFileReader(Reader):
             where = str(path)
             config = _parse_config(lambda: CLIPConfig.from_dict(obj["torchclip_config"]), where)
             _activation(config.activation, activation, where, "")
-            tokenizer = _bundled_tokenizer(path, config.text.context_length)
+            tokenizer = _bundled_tokenizer(path, config.text)
             return LoadedCheckpoint(config, _upcast(_check_tensors(obj["model"], where)), "torchclip", path,
                                     None, tokenizer)
         act = _activation(None, activation, str(path), "a state dict")

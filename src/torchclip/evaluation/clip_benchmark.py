@@ -63,8 +63,11 @@ def resolve_tokenizer(model: CLIP, tokenizer: str | os.PathLike[str] | Tokenizer
     fails here with the disagreeing sizes named, not later with features pooled at the wrong token.
     """
     ctx = model.config.text.context_length
-    if isinstance(tokenizer, Tokenizer):
-        tok = tokenizer
+    bundled = getattr(model, "tokenizer", None)
+    if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+        tok = tokenizer  # a tokenizer object: torchclip's BPE or a pretrained language model's
+    elif tokenizer is None and bundled is not None:
+        tok = bundled  # the vocabulary the checkpoint carries
     else:
         source = tokenizer if tokenizer is not None else (find_tokenizer(checkpoint) if checkpoint else None)
         if source is None and model.config.text.vocab_size != 49408:

@@ -34,16 +34,17 @@ class CLIP(nn.Module):
     embeddings and logits scaled by exp(logit_scale), never clamped here (the trainer clamps the parameter).
     """
 
-    def __init__(self, config: CLIPConfig) -> None:
+    def __init__(self, config: CLIPConfig, text: nn.Module | None = None) -> None:
+        """``text``: another text tower (``torchclip.hf_text``) taking ``(ids, projected)`` as CLIP's does."""
         super().__init__()
         self.config = config
         self.visual = build_vision(config)
-        self.text = TextTransformer(config)
+        self.text = TextTransformer(config) if text is None else text
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.text.proj.dtype
+        return next(self.visual.parameters()).dtype
 
     @property
     def image_size(self) -> int:
@@ -72,7 +73,10 @@ class CLIP(nn.Module):
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Recompute transformer blocks in backward: activation memory O(layers) -> O(1) per tower."""
-        self.text.transformer.grad_checkpointing = enabled
+        if hasattr(self.text, "set_grad_checkpointing"):
+            self.text.set_grad_checkpointing(enabled)
+        else:
+            self.text.transformer.grad_checkpointing = enabled
         if hasattr(self.visual, "transformer"):
             self.visual.transformer.grad_checkpointing = enabled
 

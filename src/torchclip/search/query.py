@@ -21,7 +21,7 @@ from PIL import Image
 from ..embed.modelspec import ModelSpec
 from ..embed.runner import encode_images, encode_texts
 from ..model import CLIP
-from ..tokenizer import Tokenizer, check_compatible, load_tokenizer
+from ..tokenizer import Tokenizer
 from .index import ClipIndex
 from .labels import ZeroShotLabels, load_label_names
 
@@ -89,9 +89,9 @@ class Searcher:
             if self.spec is not None:
                 self._tokenizer = self.spec.load_tokenizer(self.model)
             else:
-                tok = load_tokenizer(None, context_length=self.model.config.text.context_length)
-                check_compatible(tok, self.model.config.text)
-                self._tokenizer = tok
+                from ..api import get_tokenizer
+
+                self._tokenizer = get_tokenizer(self.model)
         return self._tokenizer
 
     @property

@@ -76,7 +76,8 @@ def _train(argv: list[str]) -> int:
         distributed.cleanup()
     if os.environ.get("RANK", "0") == "0":
         out = Path(cfg.run.output_dir)
-        print(f"run folder: {out}\nmodel:      {out / 'model.safetensors'}\ntokenizer:  {out / 'tokenizer.txt.gz'}")
+        tok = out / ("tokenizer.json" if cfg.model.text_tower else "tokenizer.txt.gz")
+        print(f"run folder: {out}\nmodel:      {out / 'model.safetensors'}\ntokenizer:  {tok}")
     return 0
 
 

@@ -37,6 +37,14 @@ class ModelSection:
     pretrained: str | None = None  # any checkpoint torchclip.load() reads (incl. our training checkpoints)
     lock_image: bool = False  # LiT: freeze the image tower (and keep it in eval mode)
     lock_text: bool = False
+    # With lock_text: this many of the text encoder's last layers still train (0: all locked). The
+    # projection into the shared space of a pretrained-LM text tower always trains.
+    lock_text_unlocked_layers: int = 0
+    # A pretrained language model as the text tower (LiT): a transformers folder or hub repo; its own
+    # tokenizer replaces data.vocab. Pooled (cls | mean | eot) and projected (linear | mlp).
+    text_tower: str | None = None
+    text_pooling: str = "mean"
+    text_proj: str = "linear"
     grad_checkpointing: bool = False
     activation: str | None = None
     embed_dim: int | None = None
@@ -211,6 +219,7 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("model", "text_heads"): (1, math.inf, True, True),
     ("model", "text_layers"): (1, math.inf, True, True),
     ("model", "context_length"): (2, math.inf, True, True),
+    ("model", "lock_text_unlocked_layers"): (0, math.inf, True, True),
     ("run", "threads"): (1, math.inf, True, True),
     ("run", "save_every"): (1, math.inf, True, True),
     ("run", "keep_checkpoints"): (0, math.inf, True, True),
@@ -252,6 +261,17 @@ def _check_values(cfg: TrainConfig) -> None:
     lo, hi = cfg.data.crop_ratio
     if not 0 < lo <= hi:
         raise ValueError(f"data.crop_ratio={list(cfg.data.crop_ratio)}: expected 0 < low <= high")
+    m = cfg.model
+    if m.text_pooling not in ("cls", "mean", "eot") or m.text_proj not in ("linear", "mlp"):
+        raise ValueError(f"model.text_pooling={m.text_pooling!r} / model.text_proj={m.text_proj!r}: pooling is "
+                         "cls, mean or eot; the projection linear or mlp")
+    if m.text_tower and cfg.data.vocab != "openai":
+        raise ValueError(f"data.vocab={cfg.data.vocab!r} with model.text_tower: a pretrained text tower brings its "
+                         "own tokenizer (leave data.vocab unset)")
+    if m.text_tower and m.pretrained:
+        raise ValueError("model.text_tower builds a new model; model.pretrained loads one: give one of them")
+    if m.lock_text_unlocked_layers and not m.lock_text:
+        raise ValueError("model.lock_text_unlocked_layers needs model.lock_text")
     vocab = cfg.data.vocab
     if vocab.startswith("bpe:") and not (vocab[4:].isdigit() and int(vocab[4:]) > 0):
         raise ValueError(f"data.vocab={vocab!r}: 'bpe:N' needs a vocabulary size N, e.g. 'bpe:8000'")

@@ -88,7 +88,10 @@ class TwoTower(nn.Module):
     def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.lock_image):
             img = self.clip.encode_image(pixels, normalize=True)  # [B, E]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.lock_text):
+        # A locked tower whose head (or last blocks) still trains keeps autograd on; frozen parameters record
+        # nothing anyway.
+        text_trains = any(p.requires_grad for p in self.clip.text.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (not self.lock_text or text_trains)):
             txt = self.clip.encode_text(ids, normalize=True)  # [B, E]
         return img, txt, self.clip.logit_scale.exp()
 
@@ -102,7 +105,9 @@ def wrap_model(module: TwoTower, info: DistInfo, strategy: str = "ddp") -> nn.Mo
 
         clip = module.clip
         broadcast_from_rank0(module)
-        blocks = list(clip.text.transformer.blocks)
+        text_stack = clip.text.transformer.blocks if hasattr(clip.text, "transformer") else next(
+            m for m in clip.text.encoder.modules() if isinstance(m, nn.ModuleList))  # a pretrained LM tower
+        blocks = list(text_stack)
         if hasattr(clip.visual, "transformer"):
             blocks += list(clip.visual.transformer.blocks)
         for block in blocks:

@@ -128,6 +128,13 @@ def build_tokenizer(cfg: TrainConfig, out: Path, info: D.DistInfo) -> Tokenizer:
     """OpenAI's vocabulary, a given merges file, or ``bpe:N`` trained on the captions; saved in the run
     folder in every case (as ``tokenizer.txt.gz``, where torchclip's evaluation finds it next to the
     checkpoints), so the folder alone holds everything the model needs."""
+    if cfg.model.text_tower:  # a pretrained language model's own tokenizer, saved beside the model
+        from ..hf_text import hf_text_config
+
+        _, tok, _ = hf_text_config(cfg.model.text_tower, context_length=cfg.model.context_length or 64)
+        if info.is_main and not (out / "tokenizer.json").exists():
+            tok.save_hf(out)
+        return tok
     ctx = cfg.model.context_length or get_preset(cfg.model.preset).text.context_length
     vocab = cfg.data.vocab
     path = out / "tokenizer.txt.gz"
@@ -171,7 +178,13 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> CLIP:
                               activation=pick(m.activation, base.activation),
                               init_logit_scale=pick(m.init_logit_scale, base.init_logit_scale),
                               source=f"torchclip.train from preset {m.preset}")
-        model = CLIP(config)
+        if m.text_tower:
+            from ..hf_text import create_lit_model
+
+            model = create_lit_model(config, m.text_tower, context_length=tokenizer.context_length,
+                                     pooling=m.text_pooling, proj=m.text_proj)
+        else:
+            model = CLIP(config)
     if m.pretrained and m.patch_dropout is not None:
         if not hasattr(model.visual, "patch_dropout"):
             raise ValueError("model.patch_dropout needs a ViT image tower; the checkpoint has a ResNet")
@@ -180,8 +193,30 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> CLIP:
     for tower, locked in ((model.visual, m.lock_image), (model.text, m.lock_text)):
         for p in tower.parameters():
             p.requires_grad_(not locked)
+    if m.lock_text:
+        for p in _still_training_text(model, m.lock_text_unlocked_layers):
+            p.requires_grad_(True)
     model.set_grad_checkpointing(m.grad_checkpointing)
     return model
+
+
+def _still_training_text(model: CLIP, unlocked_layers: int) -> list[nn.Parameter]:
+    """What of a locked text tower still trains: its last ``unlocked_layers`` blocks (with the final norm
+    and the projection), and for a pretrained language model always the projection into the shared space
+    (LiT trains a head on the locked representation)."""
+    text = model.text
+    if hasattr(text, "encoder"):  # torchclip.hf_text.HFTextTower
+        stacks = [m for m in text.encoder.modules() if isinstance(m, nn.ModuleList)]
+        blocks = list(stacks[0]) if stacks else []
+        head: list[nn.Module] = [text.proj]
+    else:
+        blocks = list(text.transformer.blocks)
+        head = [text.norm_final] if unlocked_layers else []
+    modules = head + (blocks[len(blocks) - unlocked_layers:] if unlocked_layers else [])
+    params = [p for m in modules for p in m.parameters()]
+    if unlocked_layers and isinstance(getattr(text, "proj", None), nn.Parameter):
+        params.append(text.proj)
+    return params
 
 
 # ---- one step's gradients ---------------------------------------------------------------------------------
@@ -535,6 +570,8 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
 
         plain = CLIP(clip.config)
         plain.load_state_dict(final)
+        if cfg.model.text_tower or cfg.data.vocab != "openai":  # the one file carries its own vocabulary too
+            plain.tokenizer = tokenizer
         try:
             save(plain, out / "model.safetensors")
         except OSError as e:

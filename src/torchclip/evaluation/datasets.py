@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
 import tarfile
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..transforms import ImageDecodeError, load_image
+from ..transforms import load_image
 
 __all__ = ["ImageRef", "ImageDataset", "load_image_folder", "load_webdataset", "load_csv", "open_dataset",
            "guess_kind", "decode_image", "expand_braces", "IMAGE_EXTENSIONS"]
@@ -53,12 +52,7 @@ def decode_image(ref: ImageRef) -> Image.Image:
     with open(ref.path, "rb") as f:
         f.seek(ref.offset)
         data = f.read(ref.size)
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.copy()
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageDecodeError(f"cannot decode {ref}: {e}") from e
+    return load_image(data, name=str(ref))  # the pixel count checked before decoding
 
 
 @dataclass

@@ -25,20 +25,16 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = attach(__name__, _EXPORTS)
 
-__all__ = [
-    "AUTO_FLAT_MAX",
-    "ClipIndex",
-    "Hit",
-    "Searcher",
-    "ZeroShotLabels",
-    "build_faiss_index",
-    "class_vectors",
-    "load_label_names",
-    "measure_recall",
-    "tune_search_param",
-]
+__all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
-    from .index import AUTO_FLAT_MAX, ClipIndex, build_faiss_index, measure_recall, tune_search_param
-    from .labels import ZeroShotLabels, class_vectors, load_label_names
-    from .query import Hit, Searcher
+    from .index import AUTO_FLAT_MAX as AUTO_FLAT_MAX
+    from .index import ClipIndex as ClipIndex
+    from .index import build_faiss_index as build_faiss_index
+    from .index import measure_recall as measure_recall
+    from .index import tune_search_param as tune_search_param
+    from .labels import ZeroShotLabels as ZeroShotLabels
+    from .labels import class_vectors as class_vectors
+    from .labels import load_label_names as load_label_names
+    from .query import Hit as Hit
+    from .query import Searcher as Searcher

@@ -46,6 +46,7 @@ from .formats import (
     open_clip_preprocess_config,
     openai_to_torchclip,
 )
+from .jsonfile import JSONFileError, read_json_object
 
 __all__ = ["LoadedCheckpoint", "read_checkpoint", "find_vocabulary", "open_zip", "READERS", "TOKENIZER_FILES", "ArchitectureGuessWarning"]
 
@@ -89,12 +90,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     if path.stat().st_size > MAX_METADATA_BYTES:
         raise CheckpointError(f"{path}: {path.stat().st_size} bytes is too large for a config file")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(doc, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(doc).__name__}")
-    return doc
+        return read_json_object(path)
+    except JSONFileError as e:
+        raise CheckpointError(f"{path}: {e}") from e
 
 
 def open_zip(path: Path) -> zipfile.ZipFile | None:

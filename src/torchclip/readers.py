@@ -394,10 +394,30 @@ class TorchclipReader(Reader):
         return loaded
 
 
-class OpenCLIPHubReader(Reader):
+class _FolderReader(Reader):
+    """A folder whose config files ``bundle`` reads, with its weights in the first of ``weights`` it holds."""
+
+    label = ""  # the folder's kind, for errors
+    weights: tuple[str, ...] = ()
+
+    def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
+        loaded = self.bundle(path, activation, config)
+        weights = _first_file(path, self.weights)
+        if weights is None:
+            raise CheckpointError(f"{path}: {self.label} folder has none of {', '.join(self.weights)}")
+        loaded.state_dict = self._convert(_read_weights(weights), weights, loaded.config)
+        return loaded
+
+    def _convert(self, sd: dict[str, torch.Tensor], weights: Path, config: CLIPConfig) -> dict[str, torch.Tensor]:
+        """The folder's state dict in torchclip's names."""
+        raise NotImplementedError
+
+
+class OpenCLIPHubReader(_FolderReader):
     """OpenCLIP's hub layout: ``open_clip_config.json`` ({model_cfg, preprocess_cfg}) + weights."""
 
     format = "open_clip-hub"
+    label = "OpenCLIP"
     weights = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
     def detect(self, path: Path) -> bool:
@@ -420,21 +440,16 @@ class OpenCLIPHubReader(Reader):
         tokenizer = _bundled_tokenizer(path, config.text.context_length)
         return LoadedCheckpoint(config, {}, self.format, path, preprocess, tokenizer)
 
-    def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
-        loaded = self.bundle(path, activation, config)
-        weights = _first_file(path, self.weights)
-        if weights is None:
-            raise CheckpointError(f"{path}: OpenCLIP folder has none of {', '.join(self.weights)}")
-        sd = {k.removeprefix("module."): v for k, v in _read_weights(weights).items()}
-        loaded.state_dict = _from_openai_layout(sd, weights, self.format, loaded.config.activation,
-                                                loaded.config).state_dict
-        return loaded
+    def _convert(self, sd: dict[str, torch.Tensor], weights: Path, config: CLIPConfig) -> dict[str, torch.Tensor]:
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+        return _from_openai_layout(sd, weights, self.format, config.activation, config).state_dict
 
 
-class HFReader(Reader):
+class HFReader(_FolderReader):
     """HF transformers ``CLIPModel`` folders (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``)."""
 
     format = "hf"
+    label = "HF"
     weights = ("model.safetensors", "pytorch_model.bin")
 
     def detect(self, path: Path) -> bool:
@@ -460,14 +475,8 @@ class HFReader(Reader):
         tokenizer = _bundled_tokenizer(path, config.text.context_length)
         return LoadedCheckpoint(config, {}, self.format, path, preprocess, tokenizer)
 
-    def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
-        loaded = self.bundle(path, activation, config)
-        weights = _first_file(path, self.weights)
-        if weights is None:
-            raise CheckpointError(f"{path}: HF folder has none of {', '.join(self.weights)}")
-        oa = hf_to_openai(_upcast(_read_weights(weights)), str(weights))
-        loaded.state_dict = openai_to_torchclip(oa, str(weights))
-        return loaded
+    def _convert(self, sd: dict[str, torch.Tensor], weights: Path, config: CLIPConfig) -> dict[str, torch.Tensor]:
+        return openai_to_torchclip(hf_to_openai(_upcast(sd), str(weights)), str(weights))
 
 
 class TorchScriptReader(Reader):

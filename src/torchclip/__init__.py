@@ -33,9 +33,7 @@ _EXPORTS = {
     "Tokenizer": "tokenizer",
     "image_transform": "transforms",
 }
-__getattr__, __dir__ = attach(__name__, _EXPORTS)
-
-__all__ = list(_EXPORTS)
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
     from .api import available_models as available_models

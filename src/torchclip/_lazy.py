@@ -9,10 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 
-def attach(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+def attach(package: str, exports: dict[str, str]
+           ) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
     """``exports``: public name -> the submodule (relative, e.g. ``"api"``) defining it. Returns the
-    package's ``__getattr__`` and ``__dir__``; other submodules resolve as attributes too, as they would
-    after an eager import."""
+    package's ``__getattr__``, ``__dir__`` and ``__all__`` (the exported names); other submodules resolve as
+    attributes too, as they would after an eager import."""
 
     def __getattr__(name: str) -> Any:
         module = exports.get(name)
@@ -29,4 +30,4 @@ def attach(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any],
     def __dir__() -> list[str]:
         return sorted(set(vars(importlib.import_module(package))) | set(exports))
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, list(exports)

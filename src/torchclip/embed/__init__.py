@@ -27,9 +27,7 @@ _EXPORTS = {
     "ResumeError": "store",
     "load_embeddings": "store",
 }
-__getattr__, __dir__ = attach(__name__, _EXPORTS)
-
-__all__ = list(_EXPORTS)
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
     from .decode import open_image as open_image

@@ -57,9 +57,7 @@ _EXPORTS = {
     "evaluate_zeroshot": "zeroshot",
     "zeroshot_logits": "zeroshot",
 }
-__getattr__, __dir__ = attach(__name__, _EXPORTS)
-
-__all__ = list(_EXPORTS)
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
     from .clip_benchmark import BenchmarkTokenizer as BenchmarkTokenizer

@@ -23,9 +23,7 @@ _EXPORTS = {
     "Hit": "query",
     "Searcher": "query",
 }
-__getattr__, __dir__ = attach(__name__, _EXPORTS)
-
-__all__ = list(_EXPORTS)
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
     from .index import AUTO_FLAT_MAX as AUTO_FLAT_MAX

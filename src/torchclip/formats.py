@@ -236,6 +236,17 @@ _HF_RULES: list[tuple[str, str]] = [
 ]
 _HF_COMPILED = [(_compile(a), b) for a, b in _HF_RULES]
 _HF_REVERSE = [(_compile(b), a) for a, b in _HF_RULES]
+
+
+def _apply_rules(rules: list[tuple[re.Pattern[str], str]], key: str) -> str | None:
+    """``key`` renamed by the first rule whose pattern matches it; None when none does."""
+    for rx, template in rules:
+        m = rx.fullmatch(key)
+        if m:
+            return template.format(**m.groupdict())
+    return None
+
+
 _HF_QKV = re.compile(r"(?P<tower>text_model|vision_model)\.encoder\.layers\.(?P<i>\d+)\.self_attn\.(?P<x>[qkv])_proj\.(?P<p>weight|bias)")
 _HF_IGNORED = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
 
@@ -259,13 +270,10 @@ def hf_to_openai(sd: Mapping[str, torch.Tensor], where: str = "checkpoint") -> d
             name = f"{base}.{m['i']}.attn.in_proj_{m['p']}"
             qkv.setdefault(name, {})[m["x"]] = t
             continue
-        for rx, template in _HF_COMPILED:
-            mm = rx.fullmatch(key)
-            if mm:
-                out[template.format(**mm.groupdict())] = t
-                break
-        else:
+        name = _apply_rules(_HF_COMPILED, key)
+        if name is None:
             raise CheckpointError(f"{where}: unexpected key {key!r} for an HF CLIPModel (ResNet CLIP has no HF form)")
+        out[name] = t
     for name, parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
             raise CheckpointError(f"{where}: {name} lacks {sorted({'q', 'k', 'v'} - set(parts))} projection(s)")
@@ -290,13 +298,10 @@ def openai_to_hf(sd: Mapping[str, torch.Tensor], where: str = "model") -> dict[s
             for x, chunk in zip("qkv", t.chunk(3, dim=0)):
                 out[f"{tower}.encoder.layers.{i}.self_attn.{x}_proj.{p}"] = chunk.contiguous()
         else:
-            for rx, template in _HF_REVERSE:
-                m = rx.fullmatch(key)
-                if m:
-                    out[template.format(**m.groupdict())] = t
-                    break
-            else:
+            name = _apply_rules(_HF_REVERSE, key)
+            if name is None:
                 raise CheckpointError(f"{where}: key {key!r} has no HF counterpart")
+            out[name] = t
     return out
 
 

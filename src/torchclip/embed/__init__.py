@@ -14,18 +14,11 @@ from .._lazy import attach
 
 # names imported on first use: the command line builds its parsers without importing torch
 _EXPORTS = {
-    "open_image": "decode",
-    "ModelSpec": "modelspec",
-    "EmbedResult": "runner",
-    "embed_source": "runner",
-    "encode_images": "runner",
-    "encode_texts": "runner",
-    "Item": "sources",
-    "Source": "sources",
-    "open_source": "sources",
-    "Embeddings": "store",
-    "ResumeError": "store",
-    "load_embeddings": "store",
+    "decode": ("open_image",),
+    "modelspec": ("ModelSpec",),
+    "runner": ("EmbedResult", "embed_source", "encode_images", "encode_texts"),
+    "sources": ("Item", "Source", "open_source"),
+    "store": ("Embeddings", "ResumeError", "load_embeddings"),
 }
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 

@@ -12,16 +12,9 @@ from .._lazy import attach
 
 # names imported on first use: the command line builds its parsers without importing torch
 _EXPORTS = {
-    "AUTO_FLAT_MAX": "index",
-    "ClipIndex": "index",
-    "build_faiss_index": "index",
-    "measure_recall": "index",
-    "tune_search_param": "index",
-    "ZeroShotLabels": "labels",
-    "class_vectors": "labels",
-    "load_label_names": "labels",
-    "Hit": "query",
-    "Searcher": "query",
+    "index": ("AUTO_FLAT_MAX", "ClipIndex", "build_faiss_index", "measure_recall", "tune_search_param"),
+    "labels": ("ZeroShotLabels", "class_vectors", "load_label_names"),
+    "query": ("Hit", "Searcher"),
 }
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 

@@ -8,9 +8,7 @@ from .._lazy import attach
 
 # names imported on first use: the command line builds its parsers without importing torch
 _EXPORTS = {
-    "ServeConfig": "app",
-    "create_server": "app",
-    "serve_in_thread": "app",
+    "app": ("ServeConfig", "create_server", "serve_in_thread"),
 }
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 

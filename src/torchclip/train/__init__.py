@@ -14,10 +14,8 @@ from .._lazy import attach
 
 # names imported on first use: the command line builds its parsers without importing torch
 _EXPORTS = {
-    "TrainConfig": "config",
-    "load_config": "config",
-    "accumulate_gradients": "loop",
-    "train": "loop",
+    "config": ("TrainConfig", "load_config"),
+    "loop": ("accumulate_gradients", "train"),
 }
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 

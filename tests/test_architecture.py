@@ -157,7 +157,35 @@ def test_packages_have_no_measurement_history_in_their_text(module: str) -> None
 def test_public_api_is_short_and_resolves() -> None:
     import torchclip
 
-    assert set(torchclip.__all__) == set(torchclip._EXPORTS) and len(torchclip.__all__) <= 15
+    exported = [name for names in torchclip._EXPORTS.values() for name in names]
+    assert sorted(torchclip.__all__) == sorted(exported) and len(torchclip.__all__) <= 15
     assert {"available_models", "load", "tokenize"} <= set(torchclip.__all__)  # OpenAI's three
     for name in torchclip.__all__:
         assert getattr(torchclip, name) is not None
+
+
+def _export_pairs(source: str) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(module, name) pairs of a lazy package's ``_EXPORTS`` table, and of its ``if TYPE_CHECKING:`` imports."""
+    tree = ast.parse(source)
+    table: set[tuple[str, str]] = set()
+    static: set[tuple[str, str]] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in node.targets):
+            table = {(m, n) for m, names in ast.literal_eval(node.value).items() for n in names}
+        elif isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            static = {(imp.module or "", a.name) for imp in node.body if isinstance(imp, ast.ImportFrom)
+                      for a in imp.names}
+    return table, static
+
+
+def test_lazy_packages_export_what_static_tools_see() -> None:
+    """A lazy package states its exports twice (the table ``attach`` resolves at run time, the imports type
+    checkers read): both name the same names from the same submodules."""
+    inits = [p for p in (SRC / "torchclip").rglob("__init__.py") if "attach(__name__, _EXPORTS)" in p.read_text()]
+    assert len(inits) >= 6
+    for path in inits:
+        table, static = _export_pairs(path.read_text(encoding="utf-8"))
+        assert table and table == static, (path, table ^ static)
+    # Negative control: a name exported from the wrong submodule is caught.
+    table, static = _export_pairs('_EXPORTS = {"api": ("load",)}\nif TYPE_CHECKING:\n    from .model import load\n')
+    assert table != static

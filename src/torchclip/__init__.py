@@ -14,28 +14,18 @@ from ._lazy import attach
 
 __version__ = "0.1.0"
 
-# public name -> the submodule defining it, imported on first use: `import torchclip` (and the command
+# submodule -> the public names it defines, imported on first use: `import torchclip` (and the command
 # line's --help) needs no torch until a model, tokenizer or transform is asked for
 _EXPORTS = {
-    "available_models": "api",
-    "load": "api",
-    "tokenize": "tokenizer",
-    "create_model": "api",
-    "list_pretrained": "pretrained",
-    "get_tokenizer": "api",
-    "load_model": "checkpoints",
-    "save": "checkpoints",
-    "save_hf": "checkpoints",
-    "save_open_clip": "checkpoints",
-    "CLIP": "model",
-    "CLIPOutput": "model",
-    "CLIPConfig": "config",
-    "Tokenizer": "tokenizer",
-    "image_transform": "transforms",
+    "api": ("available_models", "load", "create_model", "get_tokenizer"),
+    "tokenizer": ("tokenize", "Tokenizer"),
+    "pretrained": ("list_pretrained",),
+    "checkpoints": ("load_model", "save", "save_hf", "save_open_clip"),
+    "model": ("CLIP", "CLIPOutput"),
+    "config": ("CLIPConfig",),
+    "transforms": ("image_transform",),
 }
-__getattr__, __dir__ = attach(__name__, _EXPORTS)
-
-__all__ = list(_EXPORTS)
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
     from .api import available_models as available_models

@@ -9,13 +9,15 @@ from collections.abc import Callable
 from typing import Any
 
 
-def attach(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``exports``: public name -> the submodule (relative, e.g. ``"api"``) defining it. Returns the
-    package's ``__getattr__`` and ``__dir__``; other submodules resolve as attributes too, as they would
-    after an eager import."""
+def attach(package: str, exports: dict[str, tuple[str, ...]]
+           ) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
+    """``exports``: submodule (relative, e.g. ``"api"``) -> the public names it defines. Returns the
+    package's ``__getattr__``, ``__dir__`` and ``__all__`` (the exported names); other submodules resolve as
+    attributes too, as they would after an eager import."""
+    module_of = {name: module for module, names in exports.items() for name in names}
 
     def __getattr__(name: str) -> Any:
-        module = exports.get(name)
+        module = module_of.get(name)
         pkg = importlib.import_module(package)
         if module is not None:
             value = getattr(importlib.import_module(f"{package}.{module}"), name)
@@ -27,6 +29,6 @@ def attach(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any],
         return value
 
     def __dir__() -> list[str]:
-        return sorted(set(vars(importlib.import_module(package))) | set(exports))
+        return sorted(set(vars(importlib.import_module(package))) | set(module_of))
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, list(module_of)

@@ -21,10 +21,10 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 __all__ = ["COMMANDS", "CommandError", "UsageError", "CommandParser", "add_quiet", "add_overwrite", "describe",
-           "execute", "run", "main"]
+           "execute", "command", "run", "main"]
 
 # name -> (module with ``main(argv) -> int``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -140,7 +140,8 @@ def _split_debug(argv: list[str]) -> tuple[list[str], bool]:
 
 def execute(prog: str, argv: Sequence[str] | None, work: Callable[[list[str]], int | None]) -> int:
     """``work(argv)`` (parse, then do) as a command: every error becomes one line on stderr and an exit
-    status, unless ``--debug`` is in ``argv``. Each command module's ``main`` is this around its own work."""
+    status, unless ``--debug`` is in ``argv``. Each command module's ``main`` is this around its own work
+    (:func:`command`)."""
     argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     try:
         return int(work(argv) or 0)
@@ -156,6 +157,20 @@ def execute(prog: str, argv: Sequence[str] | None, work: Callable[[list[str]], i
             raise
         print(f"{prog}: error: {describe(e)}", file=sys.stderr)
         return e.status if isinstance(e, CommandError) else 1
+
+
+class Main(Protocol):
+    def __call__(self, argv: Sequence[str] | None = None) -> int: ...
+
+
+def command(prog: str, work: Callable[[list[str]], int | None]) -> Main:
+    """A command module's ``main(argv=None) -> int``: ``work`` run by :func:`execute` as ``prog``."""
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        return execute(prog, argv, work)
+
+    main.__doc__ = f"Entry point of ``{prog}``; returns the exit status."
+    return main
 
 
 def run(name: str, argv: Sequence[str], debug: bool = False) -> int:

@@ -280,8 +280,11 @@ def from_open_clip(model_cfg: dict[str, Any], where: str = "open_clip config") -
     )
 
 
-def _vit(e: int, r: int, layers: int, w: int, p: int, wt: int, src: str, *, act: str = "quick_gelu",
-         head_width: int = 64, mlp_ratio: float = 4.0, text_layers: int = 12) -> CLIPConfig:
+def _clip(e: int, r: int, layers: int | tuple[int, int, int, int], w: int, p: int | None, wt: int, src: str,
+          *, act: str = "quick_gelu", head_width: int = 64, mlp_ratio: float = 4.0,
+          text_layers: int = 12) -> CLIPConfig:
+    """A preset from the paper's table columns: embed dim, resolution, image layers (a ViT's count or a ResNet's
+    four stage depths), image width, patch size (None: ModifiedResNet), text width (64-wide text heads)."""
     return CLIPConfig(
         embed_dim=e,
         vision=VisionConfig(image_size=r, layers=layers, width=w, patch_size=p, head_width=head_width,
@@ -292,19 +295,10 @@ def _vit(e: int, r: int, layers: int, w: int, p: int, wt: int, src: str, *, act:
     )
 
 
-def _rn(e: int, r: int, layers: tuple[int, int, int, int], w: int, wt: int, src: str, *,
-        act: str = "quick_gelu") -> CLIPConfig:
-    return CLIPConfig(
-        embed_dim=e,
-        vision=VisionConfig(image_size=r, layers=layers, width=w, patch_size=None),
-        text=TextConfig(width=wt, heads=wt // 64, layers=12),
-        activation=act,
-        source=src,
-    )
-
-
 _T = "Radford et al. 2021, Table 19/20 (ResNet/ViT hyperparameters); released OpenAI checkpoint"
 _OC = "OpenCLIP model config of the same name (model_configs/*.json)"
+_CPU_VIT = "small ViT for CPU training (paper Table 20 shape rules, scaled down)"
+_CPU_RN = "small ModifiedResNet for CPU training (paper Table 19 shape rules, scaled down)"
 
 
 def _open_clip_archs() -> dict[str, CLIPConfig]:
@@ -314,22 +308,22 @@ def _open_clip_archs() -> dict[str, CLIPConfig]:
     whose text towers are GELU there (OpenAI's released ResNets are QuickGELU: ``RN50-quickgelu``).
     """
     base: dict[str, CLIPConfig] = {
-        "RN50": _rn(1024, 224, (3, 4, 6, 3), 64, 512, _OC),
-        "RN101": _rn(512, 224, (3, 4, 23, 3), 64, 512, _OC),
-        "RN50x4": _rn(640, 288, (4, 6, 10, 6), 80, 640, _OC),
-        "RN50x16": _rn(768, 384, (6, 8, 18, 8), 96, 768, _OC),
-        "RN50x64": _rn(1024, 448, (3, 15, 36, 10), 128, 1024, _OC),
-        "ViT-B-32": _vit(512, 224, 12, 768, 32, 512, _OC),
-        "ViT-B-32-256": _vit(512, 256, 12, 768, 32, 512, _OC),
-        "ViT-B-16": _vit(512, 224, 12, 768, 16, 512, _OC),
-        "ViT-B-16-plus-240": _vit(640, 240, 12, 896, 16, 640, _OC),
-        "ViT-L-14": _vit(768, 224, 24, 1024, 14, 768, _OC),
-        "ViT-L-14-336": _vit(768, 336, 24, 1024, 14, 768, _OC),
-        "ViT-H-14": _vit(1024, 224, 32, 1280, 14, 1024, _OC, head_width=80, text_layers=24),
-        "ViT-H-14-378": _vit(1024, 378, 32, 1280, 14, 1024, _OC, head_width=80, text_layers=24),
-        "ViT-g-14": _vit(1024, 224, 40, 1408, 14, 1024, _OC, head_width=88, mlp_ratio=4.3637, text_layers=24),
-        "ViT-bigG-14": _vit(1280, 224, 48, 1664, 14, 1280, _OC, head_width=104, mlp_ratio=4.9231,
-                            text_layers=32),
+        "RN50": _clip(1024, 224, (3, 4, 6, 3), 64, None, 512, _OC),
+        "RN101": _clip(512, 224, (3, 4, 23, 3), 64, None, 512, _OC),
+        "RN50x4": _clip(640, 288, (4, 6, 10, 6), 80, None, 640, _OC),
+        "RN50x16": _clip(768, 384, (6, 8, 18, 8), 96, None, 768, _OC),
+        "RN50x64": _clip(1024, 448, (3, 15, 36, 10), 128, None, 1024, _OC),
+        "ViT-B-32": _clip(512, 224, 12, 768, 32, 512, _OC),
+        "ViT-B-32-256": _clip(512, 256, 12, 768, 32, 512, _OC),
+        "ViT-B-16": _clip(512, 224, 12, 768, 16, 512, _OC),
+        "ViT-B-16-plus-240": _clip(640, 240, 12, 896, 16, 640, _OC),
+        "ViT-L-14": _clip(768, 224, 24, 1024, 14, 768, _OC),
+        "ViT-L-14-336": _clip(768, 336, 24, 1024, 14, 768, _OC),
+        "ViT-H-14": _clip(1024, 224, 32, 1280, 14, 1024, _OC, head_width=80, text_layers=24),
+        "ViT-H-14-378": _clip(1024, 378, 32, 1280, 14, 1024, _OC, head_width=80, text_layers=24),
+        "ViT-g-14": _clip(1024, 224, 40, 1408, 14, 1024, _OC, head_width=88, mlp_ratio=4.3637, text_layers=24),
+        "ViT-bigG-14": _clip(1280, 224, 48, 1664, 14, 1280, _OC, head_width=104, mlp_ratio=4.9231,
+                             text_layers=32),
     }
     # The twins OpenCLIP ships as model configs (``<name>-quickgelu.json``).
     quick = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336",
@@ -365,27 +359,9 @@ PRESETS: dict[str, CLIPConfig] = {
     **_OPEN_CLIP,
     # Small presets that train on a 2-core CPU in minutes. Shapes follow the paper's scaling rules
     # (head width 64, MLP ratio 4, text width tied to embed size) shrunk to 32-64 px inputs.
-    "cpu-vit-32": CLIPConfig(
-        embed_dim=128,
-        vision=VisionConfig(image_size=32, layers=4, width=128, patch_size=4),
-        text=TextConfig(width=128, heads=2, layers=4),
-        activation="gelu",
-        source="small ViT for CPU training (paper Table 20 shape rules, scaled down)",
-    ),
-    "cpu-vit-64": CLIPConfig(
-        embed_dim=192,
-        vision=VisionConfig(image_size=64, layers=4, width=192, patch_size=8),
-        text=TextConfig(width=192, heads=3, layers=4),
-        activation="gelu",
-        source="small ViT for CPU training (paper Table 20 shape rules, scaled down)",
-    ),
-    "cpu-rn-64": CLIPConfig(
-        embed_dim=128,
-        vision=VisionConfig(image_size=64, layers=(1, 1, 1, 1), width=16, patch_size=None),
-        text=TextConfig(width=128, heads=2, layers=4),
-        activation="gelu",
-        source="small ModifiedResNet for CPU training (paper Table 19 shape rules, scaled down)",
-    ),
+    "cpu-vit-32": _clip(128, 32, 4, 128, 4, 128, _CPU_VIT, act="gelu", text_layers=4),
+    "cpu-vit-64": _clip(192, 64, 4, 192, 8, 192, _CPU_VIT, act="gelu", text_layers=4),
+    "cpu-rn-64": _clip(128, 64, (1, 1, 1, 1), 16, None, 128, _CPU_RN, act="gelu", text_layers=4),
 }
 
 # Other spellings users type: OpenAI's L/14@336 without the suffix, OpenCLIP's ``/`` form of a name.

@@ -10,11 +10,10 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli import CommandError, CommandParser, UsageError, add_overwrite, execute
+from .cli import CommandError, CommandParser, UsageError, add_overwrite, command
 from .embed.modelspec import add_model_arguments, spec_from_args
 
 __all__ = ["build_parser", "main"]
@@ -130,8 +129,7 @@ def _export(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return execute("torchclip export", argv, _export)
+main = command("torchclip export", _export)
 
 
 if __name__ == "__main__":

@@ -50,16 +50,22 @@ class CheckpointError(ValueError):
 _P = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
 
 
-def _block_rules(ours: str, theirs: str) -> list[tuple[str, str]]:
-    return [
-        (f"{ours}.{{i}}.norm1.{{p}}", f"{theirs}.{{i}}.ln_1.{{p}}"),
-        (f"{ours}.{{i}}.norm2.{{p}}", f"{theirs}.{{i}}.ln_2.{{p}}"),
-        (f"{ours}.{{i}}.attn.qkv.weight", f"{theirs}.{{i}}.attn.in_proj_weight"),
-        (f"{ours}.{{i}}.attn.qkv.bias", f"{theirs}.{{i}}.attn.in_proj_bias"),
-        (f"{ours}.{{i}}.attn.proj.{{p}}", f"{theirs}.{{i}}.attn.out_proj.{{p}}"),
-        (f"{ours}.{{i}}.mlp.fc1.{{p}}", f"{theirs}.{{i}}.mlp.c_fc.{{p}}"),
-        (f"{ours}.{{i}}.mlp.fc2.{{p}}", f"{theirs}.{{i}}.mlp.c_proj.{{p}}"),
-    ]
+# A transformer block's parameters by role, in each layout (HF keeps q/k/v apart: its converters split the
+# fused projection themselves).
+_BLOCK_KEYS: dict[str, dict[str, str]] = {
+    "torchclip": {"ln_1": "norm1.{p}", "ln_2": "norm2.{p}", "qkv_w": "attn.qkv.weight", "qkv_b": "attn.qkv.bias",
+                  "out": "attn.proj.{p}", "fc_1": "mlp.fc1.{p}", "fc_2": "mlp.fc2.{p}"},
+    "openai": {"ln_1": "ln_1.{p}", "ln_2": "ln_2.{p}", "qkv_w": "attn.in_proj_weight", "qkv_b": "attn.in_proj_bias",
+               "out": "attn.out_proj.{p}", "fc_1": "mlp.c_fc.{p}", "fc_2": "mlp.c_proj.{p}"},
+    "hf": {"ln_1": "layer_norm1.{p}", "ln_2": "layer_norm2.{p}", "out": "self_attn.out_proj.{p}",
+           "fc_1": "mlp.fc1.{p}", "fc_2": "mlp.fc2.{p}"},
+}
+
+
+def _block_rules(a: str, a_prefix: str, b: str, b_prefix: str) -> list[tuple[str, str]]:
+    """(layout ``a`` template, layout ``b`` template) for every block parameter both layouts name."""
+    ka, kb = _BLOCK_KEYS[a], _BLOCK_KEYS[b]
+    return [(f"{a_prefix}.{{i}}.{ka[role]}", f"{b_prefix}.{{i}}.{kb[role]}") for role in ka if role in kb]
 
 
 # (torchclip template, OpenAI template)
@@ -69,7 +75,7 @@ _OPENAI_RULES: list[tuple[str, str]] = [
     ("text.pos_embed", "positional_embedding"),
     ("text.norm_final.{p}", "ln_final.{p}"),
     ("text.proj", "text_projection"),
-    *_block_rules("text.transformer.blocks", "transformer.resblocks"),
+    *_block_rules("torchclip", "text.transformer.blocks", "openai", "transformer.resblocks"),
     # ViT
     ("visual.patch_embed.weight", "visual.conv1.weight"),
     ("visual.cls_token", "visual.class_embedding"),
@@ -77,7 +83,7 @@ _OPENAI_RULES: list[tuple[str, str]] = [
     ("visual.norm_pre.{p}", "visual.ln_pre.{p}"),
     ("visual.norm_post.{p}", "visual.ln_post.{p}"),
     ("visual.proj", "visual.proj"),
-    *_block_rules("visual.transformer.blocks", "visual.transformer.resblocks"),
+    *_block_rules("torchclip", "visual.transformer.blocks", "openai", "visual.transformer.resblocks"),
     # ModifiedResNet
     ("visual.stem.conv{n}.weight", "visual.conv{n}.weight"),
     ("visual.stem.bn{n}.{p}", "visual.bn{n}.{p}"),
@@ -215,31 +221,32 @@ def check_state_dict(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torc
 
 # ---------------------------------------------------------------- HF transformers CLIPModel (ViT only)
 
-def _hf_block_rules(hf: str, oa: str) -> list[tuple[str, str]]:
-    return [
-        (f"{hf}.{{i}}.layer_norm1.{{p}}", f"{oa}.{{i}}.ln_1.{{p}}"),
-        (f"{hf}.{{i}}.layer_norm2.{{p}}", f"{oa}.{{i}}.ln_2.{{p}}"),
-        (f"{hf}.{{i}}.self_attn.out_proj.{{p}}", f"{oa}.{{i}}.attn.out_proj.{{p}}"),
-        (f"{hf}.{{i}}.mlp.fc1.{{p}}", f"{oa}.{{i}}.mlp.c_fc.{{p}}"),
-        (f"{hf}.{{i}}.mlp.fc2.{{p}}", f"{oa}.{{i}}.mlp.c_proj.{{p}}"),
-    ]
-
-
 _HF_RULES: list[tuple[str, str]] = [
     ("logit_scale", "logit_scale"),
     ("text_model.embeddings.token_embedding.weight", "token_embedding.weight"),
     ("text_model.embeddings.position_embedding.weight", "positional_embedding"),
     ("text_model.final_layer_norm.{p}", "ln_final.{p}"),
-    *_hf_block_rules("text_model.encoder.layers", "transformer.resblocks"),
+    *_block_rules("hf", "text_model.encoder.layers", "openai", "transformer.resblocks"),
     ("vision_model.embeddings.patch_embedding.weight", "visual.conv1.weight"),
     ("vision_model.embeddings.class_embedding", "visual.class_embedding"),
     ("vision_model.embeddings.position_embedding.weight", "visual.positional_embedding"),
     ("vision_model.pre_layrnorm.{p}", "visual.ln_pre.{p}"),
     ("vision_model.post_layernorm.{p}", "visual.ln_post.{p}"),
-    *_hf_block_rules("vision_model.encoder.layers", "visual.transformer.resblocks"),
+    *_block_rules("hf", "vision_model.encoder.layers", "openai", "visual.transformer.resblocks"),
 ]
 _HF_COMPILED = [(_compile(a), b) for a, b in _HF_RULES]
 _HF_REVERSE = [(_compile(b), a) for a, b in _HF_RULES]
+
+
+def _apply_rules(rules: list[tuple[re.Pattern[str], str]], key: str) -> str | None:
+    """``key`` renamed by the first rule whose pattern matches it; None when none does."""
+    for rx, template in rules:
+        m = rx.fullmatch(key)
+        if m:
+            return template.format(**m.groupdict())
+    return None
+
+
 _HF_QKV = re.compile(r"(?P<tower>text_model|vision_model)\.encoder\.layers\.(?P<i>\d+)\.self_attn\.(?P<x>[qkv])_proj\.(?P<p>weight|bias)")
 _HF_IGNORED = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
 
@@ -263,13 +270,10 @@ def hf_to_openai(sd: Mapping[str, torch.Tensor], where: str = "checkpoint") -> d
             name = f"{base}.{m['i']}.attn.in_proj_{m['p']}"
             qkv.setdefault(name, {})[m["x"]] = t
             continue
-        for rx, template in _HF_COMPILED:
-            mm = rx.fullmatch(key)
-            if mm:
-                out[template.format(**mm.groupdict())] = t
-                break
-        else:
+        name = _apply_rules(_HF_COMPILED, key)
+        if name is None:
             raise CheckpointError(f"{where}: unexpected key {key!r} for an HF CLIPModel (ResNet CLIP has no HF form)")
+        out[name] = t
     for name, parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
             raise CheckpointError(f"{where}: {name} lacks {sorted({'q', 'k', 'v'} - set(parts))} projection(s)")
@@ -294,13 +298,10 @@ def openai_to_hf(sd: Mapping[str, torch.Tensor], where: str = "model") -> dict[s
             for x, chunk in zip("qkv", t.chunk(3, dim=0)):
                 out[f"{tower}.encoder.layers.{i}.self_attn.{x}_proj.{p}"] = chunk.contiguous()
         else:
-            for rx, template in _HF_REVERSE:
-                m = rx.fullmatch(key)
-                if m:
-                    out[template.format(**m.groupdict())] = t
-                    break
-            else:
+            name = _apply_rules(_HF_REVERSE, key)
+            if name is None:
                 raise CheckpointError(f"{where}: key {key!r} has no HF counterpart")
+            out[name] = t
     return out
 
 

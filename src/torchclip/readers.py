@@ -46,6 +46,7 @@ from .formats import (
     open_clip_preprocess_config,
     openai_to_torchclip,
 )
+from .jsonfile import JSONFileError, read_json_object
 
 __all__ = ["LoadedCheckpoint", "read_checkpoint", "find_vocabulary", "open_zip", "READERS", "TOKENIZER_FILES", "ArchitectureGuessWarning"]
 
@@ -89,12 +90,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     if path.stat().st_size > MAX_METADATA_BYTES:
         raise CheckpointError(f"{path}: {path.stat().st_size} bytes is too large for a config file")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(doc, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(doc).__name__}")
-    return doc
+        return read_json_object(path)
+    except JSONFileError as e:
+        raise CheckpointError(f"{path}: {e}") from e
 
 
 def open_zip(path: Path) -> zipfile.ZipFile | None:
@@ -413,10 +411,30 @@ class TorchclipReader(Reader):
         return loaded
 
 
-class OpenCLIPHubReader(Reader):
+class _FolderReader(Reader):
+    """A folder whose config files ``bundle`` reads, with its weights in the first of ``weights`` it holds."""
+
+    label = ""  # the folder's kind, for errors
+    weights: tuple[str, ...] = ()
+
+    def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
+        loaded = self.bundle(path, activation, config)
+        weights = _first_file(path, self.weights)
+        if weights is None:
+            raise CheckpointError(f"{path}: {self.label} folder has none of {', '.join(self.weights)}")
+        loaded.state_dict = self._convert(_read_weights(weights), weights, loaded.config)
+        return loaded
+
+    def _convert(self, sd: dict[str, torch.Tensor], weights: Path, config: CLIPConfig) -> dict[str, torch.Tensor]:
+        """The folder's state dict in torchclip's names."""
+        raise NotImplementedError
+
+
+class OpenCLIPHubReader(_FolderReader):
     """OpenCLIP's hub layout: ``open_clip_config.json`` ({model_cfg, preprocess_cfg}) + weights."""
 
     format = "open_clip-hub"
+    label = "OpenCLIP"
     weights = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
     def detect(self, path: Path) -> bool:
@@ -439,21 +457,16 @@ class OpenCLIPHubReader(Reader):
         tokenizer = _bundled_tokenizer(path, config.text)
         return LoadedCheckpoint(config, {}, self.format, path, preprocess, tokenizer)
 
-    def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
-        loaded = self.bundle(path, activation, config)
-        weights = _first_file(path, self.weights)
-        if weights is None:
-            raise CheckpointError(f"{path}: OpenCLIP folder has none of {', '.join(self.weights)}")
-        sd = {k.removeprefix("module."): v for k, v in _read_weights(weights).items()}
-        loaded.state_dict = _from_openai_layout(sd, weights, self.format, loaded.config.activation,
-                                                loaded.config).state_dict
-        return loaded
+    def _convert(self, sd: dict[str, torch.Tensor], weights: Path, config: CLIPConfig) -> dict[str, torch.Tensor]:
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+        return _from_openai_layout(sd, weights, self.format, config.activation, config).state_dict
 
 
-class HFReader(Reader):
+class HFReader(_FolderReader):
     """HF transformers ``CLIPModel`` folders (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``)."""
 
     format = "hf"
+    label = "HF"
     weights = ("model.safetensors", "pytorch_model.bin")
 
     def detect(self, path: Path) -> bool:
@@ -479,14 +492,8 @@ class HFReader(Reader):
         tokenizer = _bundled_tokenizer(path, config.text)
         return LoadedCheckpoint(config, {}, self.format, path, preprocess, tokenizer)
 
-    def read(self, path: Path, activation: str | None, config: CLIPConfig | None) -> LoadedCheckpoint:
-        loaded = self.bundle(path, activation, config)
-        weights = _first_file(path, self.weights)
-        if weights is None:
-            raise CheckpointError(f"{path}: HF folder has none of {', '.join(self.weights)}")
-        oa = hf_to_openai(_upcast(_read_weights(weights)), str(weights))
-        loaded.state_dict = openai_to_torchclip(oa, str(weights))
-        return loaded
+    def _convert(self, sd: dict[str, torch.Tensor], weights: Path, config: CLIPConfig) -> dict[str, torch.Tensor]:
+        return openai_to_torchclip(hf_to_openai(_upcast(sd), str(weights)), str(weights))
 
 
 class TorchScriptReader(Reader):

@@ -530,7 +530,10 @@ def read_range(url: str, offset: int, size: int, *, policy: RetryPolicy | None =
 
 
 class _Counting(io.RawIOBase):
-    """Counts the bytes read through it (the compressed side of a shard)."""
+    """Passes a stream through, counting the bytes read (the compressed side of a shard); subclasses also
+    look at each chunk in ``_seen``."""
+
+    chunk: int | None = None  # the most one read asks of ``f`` (None: what the caller asked)
 
     def __init__(self, f: BinaryIO) -> None:
         self.f, self.count = f, 0
@@ -539,58 +542,51 @@ class _Counting(io.RawIOBase):
         return True
 
     def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
-        data = self.f.read(len(b))
+        data = self.f.read(len(b) if self.chunk is None else min(len(b), self.chunk))
         b[: len(data)] = data
         self.count += len(data)
+        self._seen(data)
         return len(data)
 
+    def _seen(self, data: bytes) -> None:
+        pass
 
-class _Inflation(io.RawIOBase):
+
+class _Inflation(_Counting):
     """The decompressed side of a compressed shard, refusing to grow past ``MAX_INFLATION`` x its input."""
 
+    chunk = _CHUNK
+
     def __init__(self, url: str, f: BinaryIO, raw: _Counting, ratio: float, floor: int) -> None:
-        self.url, self.f, self.raw, self.ratio, self.floor = url, f, raw, ratio, floor
-        self.count = 0
+        super().__init__(f)
+        self.url, self.raw, self.ratio, self.floor = url, raw, ratio, floor
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
-        data = self.f.read(min(len(b), _CHUNK))
-        b[: len(data)] = data
-        self.count += len(data)
+    def _seen(self, data: bytes) -> None:
         if self.count > self.floor and self.count > self.ratio * max(self.raw.count, 1):
             raise ShardError(self.url, f"inflates to over {self.ratio:g}x its size ({self.count} bytes from "
                              f"{self.raw.count}): refused as a compression bomb")
-        return len(data)
 
 
-class _Tail(io.RawIOBase):
+class _Tail(_Counting):
     """Passes a stream through, keeping its last bytes so the block at the archive's end can be examined."""
 
     KEEP = 1 << 16
 
     def __init__(self, f: BinaryIO) -> None:
-        self.f, self.total, self.buf = f, 0, bytearray()
+        super().__init__(f)
+        self.buf = bytearray()
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
-        data = self.f.read(len(b))
-        b[: len(data)] = data
-        self.total += len(data)
+    def _seen(self, data: bytes) -> None:
         self.buf += data
         if len(self.buf) > 2 * self.KEEP:
             del self.buf[: len(self.buf) - self.KEEP]
-        return len(data)
 
     def get(self, offset: int, n: int) -> bytes:
         """Bytes ``[offset, offset + n)`` of the stream, reading on as needed (a short result at its end)."""
-        while self.total < offset + n:
+        while self.count < offset + n:
             if not self.read(max(n, tarfile.RECORDSIZE)):
                 break
-        start = self.total - len(self.buf)
+        start = self.count - len(self.buf)
         if offset < start:
             raise tarfile.ReadError(f"cannot re-read byte {offset}")
         return bytes(self.buf[offset - start : offset - start + n])

@@ -71,6 +71,9 @@ def load_image(
     *,
     name: str | None = None,
     max_pixels: int | None = MAX_IMAGE_PIXELS,
+    formats: tuple[str, ...] | None = None,
+    draft_size: int | None = None,
+    draft_factor: float = 2.0,
 ) -> Image.Image:
     """Open *and fully decode* an image file (a path, its bytes, or a binary file object).
 
@@ -78,7 +81,13 @@ def load_image(
     name. Decoding here makes every failure an :class:`ImageDecodeError` that names the file (``name``, else
     the path) and the reason. The pixel count is checked from the header before any pixel is decoded, so a
     small file claiming a huge canvas is refused in constant memory (``max_pixels=None``: no limit beyond
-    Pillow's own). A missing file or a permission problem is not a decoding problem and propagates unchanged.
+    Pillow's own). ``formats`` restricts the accepted Pillow formats. A missing file or a permission problem
+    is not a decoding problem and propagates unchanged.
+
+    ``draft_size``: the model resolution; when given and the file is a JPEG whose shorter side is at least
+    ``2 * draft_factor * draft_size``, it is decoded at the largest DCT reduction that still leaves a shorter
+    side of ``draft_factor * draft_size`` (None: exact decoding, the default everywhere). The DCT downscale is
+    not Pillow's antialiased bicubic, so it changes pixels: an opt-in for speed.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         label, fp = name or "<bytes>", io.BytesIO(source)
@@ -89,8 +98,10 @@ def load_image(
     else:
         raise TypeError(f"load_image takes a path, bytes or a binary file, got {type(source).__name__}")
     try:
-        with Image.open(fp) as img:
+        with Image.open(fp, formats=list(formats) if formats else None) as img:
             check_pixels(img, label, max_pixels)
+            if draft_size and img.format == "JPEG":
+                _apply_draft(img, draft_size, draft_factor)
             img.load()
             return img
     except (FileNotFoundError, IsADirectoryError, PermissionError, ImageDecodeError):
@@ -98,13 +109,24 @@ def load_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # a warning where warnings are errors
         raise ImageDecodeError(f"cannot load image {label}: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
-        raise ImageDecodeError(f"cannot load image {label}: not a recognised image format ({exc})") from exc
+        detail = f"accepted: {', '.join(formats)}" if formats else str(exc)
+        raise ImageDecodeError(f"cannot load image {label}: not a recognised image format ({detail})") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         # Pillow's plugins report broken data with any of these (OSError "image file is truncated",
         # SyntaxError "broken PNG file", EOFError, struct.error on short headers).
         raise ImageDecodeError(
             f"cannot load image {label}: corrupt or truncated data ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+def _apply_draft(img: Image.Image, size: int, factor: float) -> None:
+    w, h = img.size
+    target_short = max(1, int(round(size * factor)))
+    if min(w, h) < 2 * target_short:  # no DCT reduction (>= 2x) would be possible: decode exactly
+        return
+    scale = target_short / min(w, h)
+    # Pillow picks the largest 1/2^k reduction keeping both sides >= the requested size.
+    img.draft(None, (max(1, int(w * scale + 0.999)), max(1, int(h * scale + 0.999))))
 
 
 def check_pixels(img: Image.Image, label: str, max_pixels: int | None = MAX_IMAGE_PIXELS) -> None:

@@ -14,39 +14,24 @@ from .._lazy import attach
 
 # names imported on first use: the command line builds its parsers without importing torch
 _EXPORTS = {
-    "open_image": "decode",
-    "ModelSpec": "modelspec",
-    "EmbedResult": "runner",
-    "embed_source": "runner",
-    "encode_images": "runner",
-    "encode_texts": "runner",
-    "Item": "sources",
-    "Source": "sources",
-    "open_source": "sources",
-    "Embeddings": "store",
-    "ResumeError": "store",
-    "load_embeddings": "store",
+    "decode": ("open_image",),
+    "modelspec": ("ModelSpec",),
+    "runner": ("EmbedResult", "embed_source", "encode_images", "encode_texts"),
+    "sources": ("Item", "Source", "open_source"),
+    "store": ("Embeddings", "ResumeError", "load_embeddings"),
 }
-__getattr__, __dir__ = attach(__name__, _EXPORTS)
-
-__all__ = [
-    "EmbedResult",
-    "Embeddings",
-    "Item",
-    "ModelSpec",
-    "ResumeError",
-    "Source",
-    "embed_source",
-    "encode_images",
-    "encode_texts",
-    "load_embeddings",
-    "open_image",
-    "open_source",
-]
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
-    from .decode import open_image
-    from .modelspec import ModelSpec
-    from .runner import EmbedResult, embed_source, encode_images, encode_texts
-    from .sources import Item, Source, open_source
-    from .store import Embeddings, ResumeError, load_embeddings
+    from .decode import open_image as open_image
+    from .modelspec import ModelSpec as ModelSpec
+    from .runner import EmbedResult as EmbedResult
+    from .runner import embed_source as embed_source
+    from .runner import encode_images as encode_images
+    from .runner import encode_texts as encode_texts
+    from .sources import Item as Item
+    from .sources import Source as Source
+    from .sources import open_source as open_source
+    from .store import Embeddings as Embeddings
+    from .store import ResumeError as ResumeError
+    from .store import load_embeddings as load_embeddings

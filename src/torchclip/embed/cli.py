@@ -20,10 +20,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli import CommandParser, UsageError, add_overwrite, add_quiet, execute, nonnegative_int, positive_int
+from ..cli import CommandParser, UsageError, add_overwrite, add_quiet, command, nonnegative_int, positive_int
 from .modelspec import add_model_arguments, spec_from_args
 
 __all__ = ["build_parser", "main"]
@@ -107,8 +106,7 @@ def _embed(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return execute("torchclip embed", argv, _embed)
+main = command("torchclip embed", _embed)
 
 
 if __name__ == "__main__":  # torchrun -m torchclip.embed.cli ...

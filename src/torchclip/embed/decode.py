@@ -4,7 +4,7 @@ Workers return the *cropped uint8 pixels* (``[R, R, 3]``), not normalized float 
 bytes through the pipe, no torch in the workers, and the float conversion and normalization run batched in
 the parent with exactly the arithmetic of ``EvalTransform`` (so features equal ``image_transform``'s).
 
-Draft mode: a JPEG can be decoded at 1/2, 1/4 or 1/8 scale inside the DCT, which skips most of the
+Draft mode (``load_image``'s ``draft_size``): a JPEG can be decoded at 1/2, 1/4 or 1/8 scale inside the DCT, which skips most of the
 decoding work for photos much larger than the model input. It changes pixels (the DCT downscale is not
 Pillow's antialiased bicubic), so it is opt-in and keeps at least ``draft_factor`` x the model resolution
 on the shorter side before the exact bicubic resize.
@@ -12,10 +12,7 @@ on the shorter side before the exact bicubic resize.
 
 from __future__ import annotations
 
-import io
 import multiprocessing as mp
-import os
-import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -24,14 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..transforms import (
-    MAX_IMAGE_PIXELS,
-    OPENAI_MEAN,
-    OPENAI_STD,
-    ImageDecodeError,
-    check_pixels,
-    resize_center_crop,
-)
+from ..transforms import OPENAI_MEAN, OPENAI_STD, ImageDecodeError, load_image, resize_center_crop
 from .sources import Item
 
 __all__ = ["open_image", "prepare_pixels", "prepare_batch", "normalize_batch", "ordered_map", "Prepared"]
@@ -43,53 +33,8 @@ R = TypeVar("R")
 Prepared = tuple[np.ndarray | None, str | None]
 
 
-def open_image(
-    source: str | os.PathLike[str] | bytes,
-    *,
-    name: str | None = None,
-    draft_size: int | None = None,
-    draft_factor: float = 2.0,
-    formats: tuple[str, ...] | None = None,
-    max_pixels: int | None = MAX_IMAGE_PIXELS,
-) -> Image.Image:
-    """Open and fully decode an image file or bytes; every decoding failure is an ``ImageDecodeError``.
-
-    ``draft_size``: the model resolution; when given and the file is a JPEG whose shorter side is at least
-    ``2 * draft_factor * draft_size``, it is decoded at the largest DCT reduction that still leaves a shorter
-    side of ``draft_factor * draft_size`` (None: exact decoding, the default everywhere). ``formats``
-    restricts the accepted Pillow formats and ``max_pixels`` the image area, checked from the header before
-    any pixel is decoded (None: Pillow's own limit only). A missing file propagates as ``FileNotFoundError``.
-    """
-    label = name or (os.fspath(source) if not isinstance(source, bytes) else "<bytes>")
-    fp: Any = io.BytesIO(source) if isinstance(source, bytes) else source
-    try:
-        with Image.open(fp, formats=list(formats) if formats else None) as img:
-            check_pixels(img, label, max_pixels)
-            if draft_size and img.format == "JPEG":
-                _apply_draft(img, draft_size, draft_factor)
-            img.load()
-            return img
-    except (FileNotFoundError, IsADirectoryError, PermissionError, ImageDecodeError):
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # a warning where warnings are errors
-        raise ImageDecodeError(f"cannot load image {label}: {exc}") from exc
-    except Image.UnidentifiedImageError as exc:
-        allowed = f" (accepted: {', '.join(formats)})" if formats else ""
-        raise ImageDecodeError(f"cannot load image {label}: not a recognised image format{allowed}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        raise ImageDecodeError(
-            f"cannot load image {label}: corrupt or truncated data ({type(exc).__name__}: {exc})"
-        ) from exc
-
-
-def _apply_draft(img: Image.Image, size: int, factor: float) -> None:
-    w, h = img.size
-    target_short = max(1, int(round(size * factor)))
-    if min(w, h) < 2 * target_short:  # no DCT reduction (>= 2x) would be possible: decode exactly
-        return
-    scale = target_short / min(w, h)
-    # Pillow picks the largest 1/2^k reduction keeping both sides >= the requested size.
-    img.draft(None, (max(1, int(w * scale + 0.999)), max(1, int(h * scale + 0.999))))
+# The library's decoder under the name the embed API has always used (draft mode, formats, pixel bound).
+open_image = load_image
 
 
 def prepare_pixels(img: Image.Image, image_size: int) -> np.ndarray:

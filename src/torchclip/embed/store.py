@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ..jsonfile import JSONFileError, read_json_object
+
 __all__ = ["EmbeddingWriter", "Embeddings", "load_embeddings", "ResumeError", "STATE_VERSION", "RANKS_DIR",
            "ranks_dir", "rank_dir", "merge_ranks"]
 
@@ -323,11 +325,9 @@ def load_embeddings(path: str | os.PathLike[str], *, mmap: bool = False) -> Embe
             raise FileNotFoundError(f"{path} holds no finished embeddings (no meta.json){hint}")
         redo = "rerun torchclip embed with --overwrite"
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{meta_path} is damaged (not JSON: {e}); {redo}") from None
-        if not isinstance(meta, dict):
-            raise ValueError(f"{meta_path} is damaged (a JSON {type(meta).__name__}, not an object); {redo}")
+            meta = read_json_object(meta_path)
+        except JSONFileError as e:
+            raise ValueError(f"{meta_path} is damaged ({e}); {redo}") from None
         try:
             vectors = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None)
         except (ValueError, EOFError, OSError) as e:

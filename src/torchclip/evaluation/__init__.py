@@ -20,103 +20,54 @@ from .._lazy import attach
 
 # names imported on first use: the command line builds its parsers without importing torch
 _EXPORTS = {
-    "BenchmarkTokenizer": "clip_benchmark",
-    "benchmark_json": "clip_benchmark",
-    "load_torchclip": "clip_benchmark",
-    "register": "clip_benchmark",
-    "write_benchmark_json": "clip_benchmark",
-    "ImageDataset": "datasets",
-    "ImageRef": "datasets",
-    "load_csv": "datasets",
-    "load_image_folder": "datasets",
-    "load_webdataset": "datasets",
-    "open_dataset": "datasets",
-    "encode_texts": "features",
-    "extract_image_features": "features",
-    "model_fingerprint": "features",
-    "classification_metrics": "metrics",
-    "confusion_matrix": "metrics",
-    "mean_per_class_recall": "metrics",
-    "positives_from_index": "metrics",
-    "retrieval_recall": "metrics",
-    "topk_accuracy": "metrics",
-    "FewShotResult": "probe",
-    "ProbeResult": "probe",
-    "few_shot_probe": "probe",
-    "linear_probe": "probe",
-    "sweep_C": "probe",
-    "RetrievalResult": "retrieval",
-    "caption_gallery": "retrieval",
-    "evaluate_retrieval": "retrieval",
-    "TEMPLATE_SETS": "templates",
-    "load_classnames": "templates",
-    "load_templates": "templates",
-    "resolve_templates": "templates",
-    "ZeroShotResult": "zeroshot",
-    "build_classifier": "zeroshot",
-    "evaluate_zeroshot": "zeroshot",
-    "zeroshot_logits": "zeroshot",
+    "clip_benchmark": ("BenchmarkTokenizer", "benchmark_json", "load_torchclip", "register",
+                       "write_benchmark_json"),
+    "datasets": ("ImageDataset", "ImageRef", "load_csv", "load_image_folder", "load_webdataset",
+                 "open_dataset"),
+    "features": ("encode_texts", "extract_image_features", "model_fingerprint"),
+    "metrics": ("classification_metrics", "confusion_matrix", "mean_per_class_recall", "positives_from_index",
+                "retrieval_recall", "topk_accuracy"),
+    "probe": ("FewShotResult", "ProbeResult", "few_shot_probe", "linear_probe", "sweep_C"),
+    "retrieval": ("RetrievalResult", "caption_gallery", "evaluate_retrieval"),
+    "templates": ("TEMPLATE_SETS", "load_classnames", "load_templates", "resolve_templates"),
+    "zeroshot": ("ZeroShotResult", "build_classifier", "evaluate_zeroshot", "zeroshot_logits"),
 }
-__getattr__, __dir__ = attach(__name__, _EXPORTS)
-
-__all__ = [
-    "TEMPLATE_SETS",
-    "BenchmarkTokenizer",
-    "FewShotResult",
-    "ImageDataset",
-    "ImageRef",
-    "ProbeResult",
-    "RetrievalResult",
-    "ZeroShotResult",
-    "benchmark_json",
-    "build_classifier",
-    "caption_gallery",
-    "classification_metrics",
-    "confusion_matrix",
-    "encode_texts",
-    "evaluate_retrieval",
-    "evaluate_zeroshot",
-    "extract_image_features",
-    "few_shot_probe",
-    "linear_probe",
-    "load_classnames",
-    "load_csv",
-    "load_image_folder",
-    "load_templates",
-    "load_torchclip",
-    "load_webdataset",
-    "mean_per_class_recall",
-    "model_fingerprint",
-    "open_dataset",
-    "positives_from_index",
-    "register",
-    "resolve_templates",
-    "retrieval_recall",
-    "sweep_C",
-    "topk_accuracy",
-    "write_benchmark_json",
-    "zeroshot_logits",
-]
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
-    from .clip_benchmark import (
-        BenchmarkTokenizer,
-        benchmark_json,
-        load_torchclip,
-        register,
-        write_benchmark_json,
-    )
-    from .datasets import ImageDataset, ImageRef, load_csv, load_image_folder, load_webdataset, open_dataset
-    from .features import encode_texts, extract_image_features, model_fingerprint
-    from .metrics import (
-        classification_metrics,
-        confusion_matrix,
-        mean_per_class_recall,
-        positives_from_index,
-        retrieval_recall,
-        topk_accuracy,
-    )
-    from .probe import FewShotResult, ProbeResult, few_shot_probe, linear_probe, sweep_C
-    from .retrieval import RetrievalResult, caption_gallery, evaluate_retrieval
-    from .templates import TEMPLATE_SETS, load_classnames, load_templates, resolve_templates
-    from .zeroshot import ZeroShotResult, build_classifier, evaluate_zeroshot, zeroshot_logits
+    from .clip_benchmark import BenchmarkTokenizer as BenchmarkTokenizer
+    from .clip_benchmark import benchmark_json as benchmark_json
+    from .clip_benchmark import load_torchclip as load_torchclip
+    from .clip_benchmark import register as register
+    from .clip_benchmark import write_benchmark_json as write_benchmark_json
+    from .datasets import ImageDataset as ImageDataset
+    from .datasets import ImageRef as ImageRef
+    from .datasets import load_csv as load_csv
+    from .datasets import load_image_folder as load_image_folder
+    from .datasets import load_webdataset as load_webdataset
+    from .datasets import open_dataset as open_dataset
+    from .features import encode_texts as encode_texts
+    from .features import extract_image_features as extract_image_features
+    from .features import model_fingerprint as model_fingerprint
+    from .metrics import classification_metrics as classification_metrics
+    from .metrics import confusion_matrix as confusion_matrix
+    from .metrics import mean_per_class_recall as mean_per_class_recall
+    from .metrics import positives_from_index as positives_from_index
+    from .metrics import retrieval_recall as retrieval_recall
+    from .metrics import topk_accuracy as topk_accuracy
+    from .probe import FewShotResult as FewShotResult
+    from .probe import ProbeResult as ProbeResult
+    from .probe import few_shot_probe as few_shot_probe
+    from .probe import linear_probe as linear_probe
+    from .probe import sweep_C as sweep_C
+    from .retrieval import RetrievalResult as RetrievalResult
+    from .retrieval import caption_gallery as caption_gallery
+    from .retrieval import evaluate_retrieval as evaluate_retrieval
+    from .templates import TEMPLATE_SETS as TEMPLATE_SETS
+    from .templates import load_classnames as load_classnames
+    from .templates import load_templates as load_templates
+    from .templates import resolve_templates as resolve_templates
+    from .zeroshot import ZeroShotResult as ZeroShotResult
+    from .zeroshot import build_classifier as build_classifier
+    from .zeroshot import evaluate_zeroshot as evaluate_zeroshot
+    from .zeroshot import zeroshot_logits as zeroshot_logits

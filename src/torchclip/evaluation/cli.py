@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cli import CommandParser, add_quiet, execute, nonnegative_int, positive_int
+from ..cli import CommandParser, add_quiet, command, nonnegative_int, positive_int
 
 if TYPE_CHECKING:
     import torch
@@ -253,7 +252,4 @@ def _eval(argv: list[str]) -> int:
     return run(args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``torchclip eval``; returns the exit status. Errors in the inputs (unknown class
-    names, empty datasets, mismatched sizes, missing files) print one line instead of a traceback."""
-    return execute("torchclip eval", argv, _eval)
+main = command("torchclip eval", _eval)

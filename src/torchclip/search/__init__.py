@@ -12,33 +12,20 @@ from .._lazy import attach
 
 # names imported on first use: the command line builds its parsers without importing torch
 _EXPORTS = {
-    "AUTO_FLAT_MAX": "index",
-    "ClipIndex": "index",
-    "build_faiss_index": "index",
-    "measure_recall": "index",
-    "tune_search_param": "index",
-    "ZeroShotLabels": "labels",
-    "class_vectors": "labels",
-    "load_label_names": "labels",
-    "Hit": "query",
-    "Searcher": "query",
+    "index": ("AUTO_FLAT_MAX", "ClipIndex", "build_faiss_index", "measure_recall", "tune_search_param"),
+    "labels": ("ZeroShotLabels", "class_vectors", "load_label_names"),
+    "query": ("Hit", "Searcher"),
 }
-__getattr__, __dir__ = attach(__name__, _EXPORTS)
-
-__all__ = [
-    "AUTO_FLAT_MAX",
-    "ClipIndex",
-    "Hit",
-    "Searcher",
-    "ZeroShotLabels",
-    "build_faiss_index",
-    "class_vectors",
-    "load_label_names",
-    "measure_recall",
-    "tune_search_param",
-]
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
-    from .index import AUTO_FLAT_MAX, ClipIndex, build_faiss_index, measure_recall, tune_search_param
-    from .labels import ZeroShotLabels, class_vectors, load_label_names
-    from .query import Hit, Searcher
+    from .index import AUTO_FLAT_MAX as AUTO_FLAT_MAX
+    from .index import ClipIndex as ClipIndex
+    from .index import build_faiss_index as build_faiss_index
+    from .index import measure_recall as measure_recall
+    from .index import tune_search_param as tune_search_param
+    from .labels import ZeroShotLabels as ZeroShotLabels
+    from .labels import class_vectors as class_vectors
+    from .labels import load_label_names as load_label_names
+    from .query import Hit as Hit
+    from .query import Searcher as Searcher

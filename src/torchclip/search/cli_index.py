@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli import CommandParser, UsageError, add_overwrite, execute, positive_int
+from ..cli import CommandParser, UsageError, add_overwrite, command, positive_int
 from ..embed.modelspec import add_model_arguments, spec_from_args
 
 __all__ = ["build_parser", "main"]
@@ -94,5 +93,4 @@ def _index(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return execute("torchclip index", argv, _index)
+main = command("torchclip index", _index)

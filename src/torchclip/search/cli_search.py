@@ -13,32 +13,45 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..cli import CommandParser, UsageError, execute, positive_int
+from ..cli import CommandParser, UsageError, command, positive_int
 from ..embed.modelspec import add_model_arguments, spec_from_args
 
 if TYPE_CHECKING:
-    from .query import Hit
+    from .query import Hit, Searcher
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "add_searcher_arguments", "open_searcher"]
+
+
+def add_searcher_arguments(p: argparse.ArgumentParser, labelled: str) -> None:
+    """What :func:`open_searcher` opens: the index folder, its zero-shot labels for ``labelled`` (and their
+    templates), and the model options."""
+    p.add_argument("index", help="index folder written by torchclip index")
+    p.add_argument("--labels", help=f"zero-shot label set for {labelled} (overrides the index's)")
+    p.add_argument("--templates", help="prompt templates for the labels")
+    add_model_arguments(p, required=False)
+
+
+def open_searcher(args: argparse.Namespace) -> Searcher:
+    """The index and model that :func:`add_searcher_arguments`' options name."""
+    from .query import Searcher
+
+    return Searcher.open(args.index, spec=spec_from_args(args), device=args.device, labels=args.labels,
+                         templates=args.templates)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(prog="torchclip search", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("index", help="index folder written by torchclip index")
     q = p.add_argument_group("queries (repeatable, at least one)")
     q.add_argument("--text", action="append", default=[], help="text query")
     q.add_argument("--image", action="append", default=[], help="image file query")
     q.add_argument("--similar", action="append", default=[], help="id of an indexed item")
     p.add_argument("-k", type=positive_int, default=10, help="results per query (default 10)")
-    p.add_argument("--labels", help="zero-shot label set for image queries (overrides the index's)")
-    p.add_argument("--templates", help="prompt templates for the labels")
     p.add_argument("--top-labels", type=positive_int, default=5, help="labels shown per image query (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per query")
-    add_model_arguments(p, required=False)
+    add_searcher_arguments(p, "image queries")
     return p
 
 
@@ -60,7 +73,6 @@ def _search(argv: list[str]) -> int:
         raise UsageError("give at least one --text, --image or --similar query")
     from ..embed.decode import open_image
     from .labels import load_label_names, resolve_templates
-    from .query import Searcher
 
     try:
         if args.labels:
@@ -69,8 +81,7 @@ def _search(argv: list[str]) -> int:
             resolve_templates(args.templates)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
-    searcher = Searcher.open(args.index, spec=spec_from_args(args), device=args.device,
-                             labels=args.labels, templates=args.templates)
+    searcher = open_searcher(args)
     by_id = {str(r.get("id")): i for i, r in enumerate(searcher.index.records)} if args.similar else {}
     for text in args.text:
         _print({"text": text}, searcher.search_text(text, args.k), [], args.json)
@@ -88,5 +99,4 @@ def _search(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return execute("torchclip search", argv, _search)
+main = command("torchclip search", _search)

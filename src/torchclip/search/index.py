@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ..jsonfile import JSONFileError, read_json_object
+
 __all__ = [
     "AUTO_FLAT_MAX",
     "ClipIndex",
@@ -338,11 +340,9 @@ class ClipIndex:
         rebuild = "rebuild it with torchclip index ... --overwrite"
         meta_path = folder / "index.json"
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{meta_path} is damaged (not JSON: {e}); {rebuild}") from None
-        if not isinstance(meta, dict):
-            raise ValueError(f"{meta_path} is damaged (a JSON {type(meta).__name__}, not an object); {rebuild}")
+            meta = read_json_object(meta_path)
+        except JSONFileError as e:
+            raise ValueError(f"{meta_path} is damaged ({e}); {rebuild}") from None
         faiss_path = folder / "index.faiss"
         if not faiss_path.is_file():
             raise FileNotFoundError(f"{faiss_path} is missing; {rebuild}")

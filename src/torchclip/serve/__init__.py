@@ -8,13 +8,11 @@ from .._lazy import attach
 
 # names imported on first use: the command line builds its parsers without importing torch
 _EXPORTS = {
-    "ServeConfig": "app",
-    "create_server": "app",
-    "serve_in_thread": "app",
+    "app": ("ServeConfig", "create_server", "serve_in_thread"),
 }
-__getattr__, __dir__ = attach(__name__, _EXPORTS)
-
-__all__ = ["ServeConfig", "create_server", "serve_in_thread"]
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
-    from .app import ServeConfig, create_server, serve_in_thread
+    from .app import ServeConfig as ServeConfig
+    from .app import create_server as create_server
+    from .app import serve_in_thread as serve_in_thread

@@ -14,15 +14,13 @@ from .._lazy import attach
 
 # names imported on first use: the command line builds its parsers without importing torch
 _EXPORTS = {
-    "TrainConfig": "config",
-    "load_config": "config",
-    "accumulate_gradients": "loop",
-    "train": "loop",
+    "config": ("TrainConfig", "load_config"),
+    "loop": ("accumulate_gradients", "train"),
 }
-__getattr__, __dir__ = attach(__name__, _EXPORTS)
-
-__all__ = ["TrainConfig", "load_config", "train", "accumulate_gradients"]
+__getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
-    from .config import TrainConfig, load_config
-    from .loop import accumulate_gradients, train
+    from .config import TrainConfig as TrainConfig
+    from .config import load_config as load_config
+    from .loop import accumulate_gradients as accumulate_gradients
+    from .loop import train as train

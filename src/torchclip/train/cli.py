@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli import CommandError, CommandParser, UsageError, add_overwrite, add_quiet, execute
+from ..cli import CommandError, CommandParser, UsageError, add_overwrite, add_quiet, command
 from .config import load_config
 
 __all__ = ["build_parser", "main"]
@@ -81,8 +80,7 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return execute("torchclip train", argv, _train)
+main = command("torchclip train", _train)
 
 
 if __name__ == "__main__":

@@ -186,48 +186,26 @@ class TrainConfig:
         return max(1, math.ceil(self.optim.epochs * self.data.num_samples / global_batch))
 
 
-# (section, key) -> (low, high, low allowed, high allowed). Values a run cannot work with are refused when
-# the config is read, not hours later (or never: a NaN learning rate trains on silently).
+# (low, high, low allowed, high allowed) -> the "section.key"s it bounds. Values a run cannot work with are
+# refused when the config is read, not hours later (or never: a NaN learning rate trains on silently).
+_BOUNDS: dict[tuple[float, float, bool, bool], str] = {
+    (0, math.inf, False, True): "optim.lr optim.eps optim.epochs optim.max_logit_scale",
+    (0, math.inf, True, True): "optim.weight_decay optim.warmup optim.grad_clip data.num_workers "
+                               "run.keep_checkpoints run.max_nonfinite eval.every model.lock_text_unlocked_layers",
+    (1, math.inf, True, True): "optim.steps optim.accum_steps data.batch_size data.shuffle_buffer "
+                               "data.num_samples data.bpe_samples model.embed_dim model.image_size "
+                               "model.patch_size model.vision_width model.vision_layers model.text_width "
+                               "model.text_heads model.text_layers run.threads run.save_every run.log_every "
+                               "eval.batch_size dist.timeout_s",
+    (2, math.inf, True, True): "model.context_length",
+    (0, 1, True, False): "optim.beta1 optim.beta2",
+    (0, 1, True, True): "data.hflip data.tag_dropout data.name_dropout data.template_prob "
+                        "model.patch_dropout",
+}
+# (section, key) -> its bounds
 _RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
-    ("optim", "lr"): (0, math.inf, False, True),
-    ("optim", "weight_decay"): (0, math.inf, True, True),
-    ("optim", "beta1"): (0, 1, True, False),
-    ("optim", "beta2"): (0, 1, True, False),
-    ("optim", "eps"): (0, math.inf, False, True),
-    ("optim", "warmup"): (0, math.inf, True, True),
-    ("optim", "steps"): (1, math.inf, True, True),
-    ("optim", "epochs"): (0, math.inf, False, True),
-    ("optim", "grad_clip"): (0, math.inf, True, True),
-    ("optim", "accum_steps"): (1, math.inf, True, True),
-    ("optim", "max_logit_scale"): (0, math.inf, False, True),
-    ("data", "batch_size"): (1, math.inf, True, True),
-    ("data", "num_workers"): (0, math.inf, True, True),
-    ("data", "shuffle_buffer"): (1, math.inf, True, True),
-    ("data", "num_samples"): (1, math.inf, True, True),
-    ("data", "bpe_samples"): (1, math.inf, True, True),
-    ("data", "hflip"): (0, 1, True, True),
-    ("data", "tag_dropout"): (0, 1, True, True),
-    ("data", "name_dropout"): (0, 1, True, True),
-    ("data", "template_prob"): (0, 1, True, True),
-    ("model", "patch_dropout"): (0, 1, True, True),
-    ("model", "embed_dim"): (1, math.inf, True, True),
-    ("model", "image_size"): (1, math.inf, True, True),
-    ("model", "patch_size"): (1, math.inf, True, True),
-    ("model", "vision_width"): (1, math.inf, True, True),
-    ("model", "vision_layers"): (1, math.inf, True, True),
-    ("model", "text_width"): (1, math.inf, True, True),
-    ("model", "text_heads"): (1, math.inf, True, True),
-    ("model", "text_layers"): (1, math.inf, True, True),
-    ("model", "context_length"): (2, math.inf, True, True),
-    ("model", "lock_text_unlocked_layers"): (0, math.inf, True, True),
-    ("run", "threads"): (1, math.inf, True, True),
-    ("run", "save_every"): (1, math.inf, True, True),
-    ("run", "keep_checkpoints"): (0, math.inf, True, True),
-    ("run", "log_every"): (1, math.inf, True, True),
-    ("run", "max_nonfinite"): (0, math.inf, True, True),
-    ("eval", "every"): (0, math.inf, True, True),
-    ("eval", "batch_size"): (1, math.inf, True, True),
-    ("dist", "timeout_s"): (1, math.inf, True, True),
+    (section, name): bound
+    for bound, keys in _BOUNDS.items() for section, name in (key.split(".") for key in keys.split())
 }
 
 

@@ -5,7 +5,8 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 # The peers (openai/CLIP, OpenCLIP, transformers) in their own venv, for the tests against them and the
-# benchmarks: open_clip needs torchvision, whose PyPI wheels are CUDA builds matching torch 2.14.1 only.
+# benchmarks, on the project's torch. open_clip needs torchvision, whose PyPI wheel is a CUDA build that
+# does not load its ops next to the CPU torch: benchmarks/openclip_shim.py declares the two it registers.
 BENCH_VENV ?= .bench-venv
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
@@ -31,8 +32,8 @@ test: $(STAMP)
 $(BENCH_STAMP): pyproject.toml
 	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
-	$(BENCH_VENV)/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1" open_clip_torch openai-clip \
-		"setuptools<81" transformers pytest
+	$(BENCH_VENV)/bin/pip install -q "torch==2.13.0" "torchvision==0.28.0" open_clip_torch openai-clip \
+		"setuptools<81" transformers pytest webdataset pandas
 	$(BENCH_VENV)/bin/pip install -q -e .
 	touch $(BENCH_STAMP)
 

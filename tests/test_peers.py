@@ -1,8 +1,8 @@
 """The tests that need the peers themselves (openai/CLIP's ``clip``, OpenCLIP's ``open_clip``), run in their venv.
 
-open_clip needs torchvision, whose PyPI wheels are CUDA builds that do not import next to the CPU torch of
-the main test venv; so the peers live in their own venv (``make peers`` builds ``.bench-venv``, which the
-benchmarks use too) and this test runs the peer suites there: ``tests/test_peers_compat.py`` (the peers'
+The peers live in their own venv (``make peers`` builds ``.bench-venv``, which the benchmarks use too) and
+this test runs the peer suites there; where PyPI's CUDA torchvision cannot load its ops next to the CPU
+torch, through ``benchmarks/openclip_shim.py``, which declares them: ``tests/test_peers_compat.py`` (the peers'
 README quick-starts, OpenCLIP folders both ways, preprocessing modes) and ``tests/test_zoo.py``'s
 ``test_open_clip_*`` group (the registry against open_clip, state-dict parity).
 
@@ -23,20 +23,27 @@ REPO = Path(__file__).resolve().parents[1]
 SUITES = [("tests/test_peers_compat.py", None), ("tests/test_zoo.py", "open_clip")]
 
 
-def _peers_python() -> str:
+SHIM = REPO / "benchmarks" / "openclip_shim.py"
+
+
+def _peers_python() -> list[str]:
+    """The peers' interpreter, with the torchvision shim in front where its plain import fails."""
     py = os.environ.get("TORCHCLIP_PEERS_PYTHON") or str(REPO / ".bench-venv" / "bin" / "python")
     problem = None
     if not Path(py).exists():
         problem = f"no peers' interpreter at {py} (make peers, or set TORCHCLIP_PEERS_PYTHON)"
     else:
-        probe = subprocess.run([py, "-c", "import clip, open_clip"], capture_output=True, text=True)
+        plain = subprocess.run([py, "-c", "import torchvision"], capture_output=True).returncode == 0
+        launcher = [py] if plain else [py, str(SHIM)]  # the shim runs `-m MODULE` after declaring the ops
+        shim = "" if plain else f"import runpy; runpy.run_path({str(SHIM)!r}, run_name='shim'); "
+        probe = subprocess.run([py, "-c", shim + "import clip, open_clip"], capture_output=True, text=True)
         if probe.returncode != 0:
             problem = f"{py} cannot import clip and open_clip: {probe.stderr.strip().splitlines()[-1:]}"
     if problem:
         if os.environ.get("TORCHCLIP_REQUIRE_PEERS") == "1":
             pytest.fail(problem + "; TORCHCLIP_REQUIRE_PEERS=1 makes this a failure")
         pytest.skip(problem)
-    return py
+    return launcher
 
 
 @pytest.mark.slow
@@ -44,9 +51,9 @@ def _peers_python() -> str:
 def test_peer_suite_in_the_peers_venv(path: str, keyword: str | None) -> None:
     if importlib.util.find_spec("open_clip") is not None and importlib.util.find_spec("clip") is not None:
         pytest.skip("the peers are importable here: their suites run directly in this session")
-    py = _peers_python()
+    launcher = _peers_python()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])}
-    cmd = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", path]
+    cmd = [*launcher, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", path]
     if keyword:
         cmd += ["-k", keyword]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=1200)

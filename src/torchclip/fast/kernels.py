@@ -18,10 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import memory
-
 __all__ = ["ONEDNN", "ONEDNN_AVAILABLE", "ONEDNN_MAX_ROWS", "PACK_MAX_ROWS", "onednn_enabled", "onednn_eligible",
-           "uses_onednn", "inference_linear", "gemm", "gemm_into_residual", "packed_weight", "packs",
+           "uses_onednn", "inference_linear", "gemm_into_residual", "packed_weight", "packs",
            "same_dtype_no_autocast", "DerivedCache", "derived_cache", "tensor_key", "attend_one_query"]
 
 # TORCHCLIP_ONEDNN=0, or this attribute set to False, keeps torch's default kernels everywhere.
@@ -81,24 +79,12 @@ def gemm_into_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     counters know it (not ``addmm_``).
     """
     n = weight.shape[0]
-    out = memory.empty(residual.numel() // n, n, like=residual)  # [M, N]
+    out = torch.empty(residual.numel() // n, n, dtype=residual.dtype, device=residual.device)  # [M, N]
     if bias is None:
         out.copy_(residual.reshape(-1, n))
     else:
         torch.add(residual.reshape(-1, n), bias, out=out)
     return torch.addmm(out, x.reshape(-1, x.shape[-1]), weight.t(), alpha=alpha, out=out).view(residual.shape)
-
-
-def gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, alpha: float = 1.0) -> torch.Tensor:
-    """``alpha * x @ weight.T + bias`` on ``F.linear``'s own GEMM, into a ``memory.empty`` buffer
-    (``alpha``, free in BLAS, needs a bias)."""
-    x2 = x.reshape(-1, x.shape[-1])  # [M, K]
-    out = memory.empty(x2.shape[0], weight.shape[0], like=x2)  # [M, N]
-    if bias is None:
-        torch.mm(x2, weight.t(), out=out)
-    else:
-        torch.addmm(bias, x2, weight.t(), alpha=alpha, out=out)
-    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 class DerivedCache:
@@ -182,8 +168,6 @@ def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         operands = (x, weight) + (() if bias is None else (bias,))
         if residual is not None and same_dtype_no_autocast(*operands, residual):
             return gemm_into_residual(x, weight, bias, residual)
-        if residual is None and x.device.type == "cpu" and same_dtype_no_autocast(*operands):
-            return gemm(x, weight, bias)
         y = F.linear(x, weight, bias)
         return y if residual is None else y.add_(residual)
     lead, n = x.shape[:-1], weight.shape[0]

@@ -16,7 +16,6 @@ from torch import nn
 from ..reference.layers import MLP, Attention, Block, QuickGELU, Transformer
 from .kernels import (
     attend_one_query,
-    gemm,
     gemm_into_residual,
     inference_linear,
     onednn_weight,
@@ -130,7 +129,7 @@ def _mlp_quick_gelu_gemm(m: MLP, x: torch.Tensor, residual: torch.Tensor) -> tor
     if b1 is None:
         h = torch.mm(x2, m.fc1.weight.t()).mul_(1.702)  # [M, hidden]
     else:
-        h = gemm(x2, m.fc1.weight, b1 * 1.702, alpha=1.702)  # [M, hidden] = 1.702 fc1(x)
+        h = torch.addmm(b1 * 1.702, x2, m.fc1.weight.t(), alpha=1.702)  # [M, hidden] = 1.702 fc1(x)
     F.silu(h, inplace=True)  # 1.702 quick_gelu(fc1(x))
     return gemm_into_residual(h, m.fc2.weight, m.fc2.bias, residual, alpha=1 / 1.702)
 

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..reference.vision import Bottleneck, ModifiedResNet, VisionTransformer, check_pixels
-from . import memory
 from .kernels import attend_one_query, derived_cache, inference_linear, onednn_eligible, tensor_key
 from .transformer import stack_first_token
 
@@ -53,9 +52,8 @@ def embed_patches(v: VisionTransformer, pixels: torch.Tensor) -> torch.Tensor:
     b, c, h, wd = pixels.shape
     p = v.patch_size
     gh, gw = h // p, wd // p
-    patches = memory.empty(b * gh * gw, c * p * p, like=pixels)  # [B*gh*gw, 3*P*P]
-    patches.view(b, gh, gw, c, p, p).copy_(pixels.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5))
-    return inference_linear(patches.view(b, gh * gw, c * p * p), w.reshape(w.shape[0], -1), owner=v.patch_embed)
+    patches = pixels.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * p * p)
+    return inference_linear(patches, w.reshape(w.shape[0], -1), owner=v.patch_embed)  # [B, g*g, W]
 
 
 def encode_vit(v: VisionTransformer, pixels: torch.Tensor, projected: bool = True) -> torch.Tensor:

@@ -5,7 +5,7 @@ worth, so that a piece stays only where it pays.
    from memory as in a forward) at a given number of rows, through torch's GEMM (``F.linear``) and oneDNN
    (``mkldnn::_linear_pointwise``), in GFLOP/s.
 2. ``ablate``: the whole fast path against itself with one piece switched off (oneDNN kernels, packed
-   weights, batch chunks, packed text rows) and against the reference path, ViT-B/32 and RN50
+   weights, packed text rows) and against the reference path, ViT-B/32 and RN50
    images and ViT-B/32 text, in interleaved rounds (``harness.py``), with minor page faults per call.
 
     .venv/bin/python benchmarks/bench_inference_ab.py --out benchmarks/results_inference_ab.json
@@ -29,7 +29,6 @@ import torchclip
 from torchclip import fast
 from torchclip.fast import kernels
 from torchclip.fast import text as fast_text
-from torchclip.fast import vision as fast_vision
 
 SHAPES = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]  # ViT-B/32 projections, (in, out)
 
@@ -48,16 +47,9 @@ def setting(module: object, name: str, value: object) -> Iterator[None]:
 PIECES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "no oneDNN": lambda: fast.onednn_enabled(False),
     "no packed weights": lambda: setting(kernels, "PACK_MAX_ROWS", 0),
-    "no chunks": lambda: _no_chunks(),
     "no packed text rows": lambda: setting(fast_text, "PACK_MIN_PADDING", 2.0),
     "reference path": fast.plain_ops,
 }
-
-
-@contextlib.contextmanager
-def _no_chunks() -> Iterator[None]:
-    with setting(fast_vision, "VIT_CHUNK_BYTES", 1 << 50), setting(fast_vision, "RESNET_CHUNK_BYTES", 1 << 50):
-        yield
 
 
 def gemm(rows: list[int], rounds: int) -> dict:
@@ -131,7 +123,7 @@ def main() -> None:
     torch.set_num_threads(args.threads or harness.cores())
     if not kernels.ONEDNN:
         raise SystemExit("oneDNN kernels are off here (not x86, no MKL-DNN, or TORCHCLIP_ONEDNN=0)")
-    image_pieces = ["no oneDNN", "no packed weights", "no chunks", "reference path"]
+    image_pieces = ["no oneDNN", "no packed weights", "reference path"]
     results: dict = {"machine": harness.machine(), "rounds": args.rounds,
                      "gemm": gemm([int(m) for m in args.rows.split(",") if m], args.rounds)}
     for name in [m for m in args.models.split(",") if m]:

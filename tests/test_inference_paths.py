@@ -2,8 +2,8 @@
 ``fast.applies`` lets it.
 
 Inference packs text rows of different lengths, folds eval-mode BatchNorm into the convs (cached), runs
-the ResNet channels-last, embeds ViT patches with a matmul, splits large image batches, adds residuals
-inside the projections (oneDNN's on x86). None of it may change a feature beyond float rounding, a state
+the ResNet channels-last, embeds ViT patches with a matmul, adds residuals inside the projections
+(oneDNN's on x86). None of it may change a feature beyond float rounding, a state
 dict key, or what training sees.
 """
 
@@ -95,7 +95,7 @@ def test_text_backward_is_the_same_every_time_on_threads() -> None:
     assert all(torch.equal(grads[0], other) for other in grads[1:])
 
 
-def test_resnet_inference_path_equals_autograd_path(monkeypatch) -> None:
+def test_resnet_inference_path_equals_autograd_path() -> None:
     torch.manual_seed(0)
     cfg = tiny(True)
     model = CLIP(cfg).eval()
@@ -103,7 +103,6 @@ def test_resnet_inference_path_equals_autograd_path(monkeypatch) -> None:
     keys = set(model.state_dict())
     px = torch.randn(5, 3, 64, 64)
     ref = model.encode_image(px).detach()  # autograd on: plain conv -> BN -> ReLU, NCHW
-    monkeypatch.setattr(fast_vision, "RESNET_CHUNK_BYTES", 2 * 16 * 32 * 32 * 4)  # chunks of 2 images
     with torch.inference_mode():
         fast = model.encode_image(px)
     with torch.no_grad():
@@ -142,14 +141,13 @@ def test_vit_inference_path_equals_autograd_path(monkeypatch) -> None:
     before = px.clone()
     ref = model.encode_image(px).detach()  # conv patch embedding, one batch
     ref_pre = model.encode_image(px, projected=False).detach()
-    monkeypatch.setattr(fast_vision, "VIT_CHUNK_BYTES", 3 * 17 * 4 * 256)  # chunks of three images
     calls = []
     real = fast_vision.stack_first_token
     monkeypatch.setattr(fast_vision, "stack_first_token", lambda t, x: calls.append(len(x)) or real(t, x))
     with torch.inference_mode():
         out = model.encode_image(px)
         pre = model.encode_image(px, projected=False)
-    assert calls == [3, 3, 1] * 2
+    assert calls == [7, 7]  # the fast path ran, on the whole batch
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(pre, ref_pre, atol=1e-5, rtol=1e-5)
     assert torch.equal(px, before)  # the caller's pixels are never written
@@ -298,7 +296,6 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch, monkeypatch
     torch.manual_seed(0)
     model = CLIP(tiny(True)).eval()
     randomize_batchnorm(model)
-    monkeypatch.setattr(fast_vision, "RESNET_CHUNK_BYTES", 3 * 16 * 32 * 32 * 4)  # chunks of 3 images
     px = torch.randn(1, 3, 64, 64)
     ref = model.encode_image(px).detach()
     out, ops = {}, {}
@@ -313,13 +310,13 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch, monkeypatch
     cache = model.visual.stem.bn1.__dict__["_packed"]
     assert cache.entry[0] == ((1, 3, 64, 64),)
     with torch.no_grad():  # other batch sizes: packed for their own shape, same features per image
-        many = model.encode_image(px.expand(6, -1, -1, -1))  # two chunks of 3
+        many = model.encode_image(px.expand(6, -1, -1, -1))
         torch.testing.assert_close(many, out[True].expand(6, -1), atol=1e-5, rtol=1e-5)
-        assert cache.entry[0] == ((3, 3, 64, 64), (1, 3, 64, 64))  # the chunks' shape, then the last other
+        assert cache.entry[0] == ((6, 3, 64, 64), (1, 3, 64, 64))  # the newest shape, then the last other
         model.encode_image(px.expand(2, -1, -1, -1))  # a third shape evicts the oldest
-        assert cache.entry[0] == ((2, 3, 64, 64), (3, 3, 64, 64))
+        assert cache.entry[0] == ((2, 3, 64, 64), (6, 3, 64, 64))
         plain = model.encode_image(px.expand(2, -1, -1, -1))  # a hit reuses the pack, same numbers
-        assert cache.entry[0] == ((2, 3, 64, 64), (3, 3, 64, 64))
+        assert cache.entry[0] == ((2, 3, 64, 64), (6, 3, 64, 64))
         kernels.ONEDNN = False
         torch.testing.assert_close(model.encode_image(px.expand(2, -1, -1, -1)), plain, atol=1e-5, rtol=1e-5)
         kernels.ONEDNN = True
@@ -397,7 +394,6 @@ def test_packed_weights_match_plain_and_follow_the_parameters(onednn_switch, mon
     assert twin.visual.transformer.blocks[0].mlp.fc1.__dict__["_packed_linear"].entry == (None, ())
     torch.save(model, io.BytesIO())
     monkeypatch.setattr(kernels, "PACK_MAX_ROWS", 4)  # more rows than that: the plain weight, no new cache
-    monkeypatch.setattr(fast_vision, "VIT_CHUNK_BYTES", 1 << 40)
     with torch.inference_mode():
         twin.encode_image(px)
     assert twin.visual.transformer.blocks[0].mlp.fc1.__dict__["_packed_linear"].entry == (None, ())

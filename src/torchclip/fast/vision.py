@@ -4,14 +4,10 @@ ViT: patch embedding as one matmul over unfolded patches, the last block for the
 ResNet: channels-last layout, each eval-mode BatchNorm folded into the conv before it (cached, rebuilt
 whenever a weight or running statistic changes), on x86 the folded weights pre-packed for oneDNN per
 input shape with ReLU and residual adds fused, each block writing into its shortcut; the attention pool
-projects one query instead of every token. Both split large batches into chunks whose largest
-activation stays under glibc's mmap threshold, so the chunks reuse heap memory instead of page-faulting
-fresh maps on every call.
+projects one query instead of every token.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,27 +17,7 @@ from ..reference.vision import Bottleneck, ModifiedResNet, VisionTransformer, ch
 from .kernels import attend_one_query, derived_cache, inference_linear, onednn_eligible, tensor_key
 from .transformer import stack_first_token
 
-__all__ = ["encode_vit", "encode_resnet", "VIT_CHUNK_BYTES", "RESNET_CHUNK_BYTES"]
-
-# Largest activation per chunk: the ViT's MLP hidden layer, the ResNet's stem output. Below glibc's
-# largest mmap threshold (32 MiB), so a chunk's temporaries come from the heap it already faulted in.
-VIT_CHUNK_BYTES = 24 << 20
-RESNET_CHUNK_BYTES = 30 << 20
-
-
-def in_chunks(forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, chunk: int) -> torch.Tensor:
-    """``forward(pixels)`` over chunks of at most ``chunk`` images, all but the last of one size (images
-    never interact)."""
-    n = pixels.shape[0]
-    if n <= chunk:
-        return forward(pixels)
-    parts = -(-n // chunk)
-    return torch.cat([forward(p) for p in pixels.split(-(-n // parts))])
-
-
-def vit_chunk_images(v: VisionTransformer) -> int:
-    tokens, hidden = v.pos_embed.shape[0], v.transformer.blocks[0].mlp.fc1.out_features
-    return max(1, VIT_CHUNK_BYTES // (4 * hidden * tokens))
+__all__ = ["encode_vit", "encode_resnet"]
 
 
 def embed_patches(v: VisionTransformer, pixels: torch.Tensor) -> torch.Tensor:
@@ -59,15 +35,11 @@ def embed_patches(v: VisionTransformer, pixels: torch.Tensor) -> torch.Tensor:
 def encode_vit(v: VisionTransformer, pixels: torch.Tensor, projected: bool = True) -> torch.Tensor:
     """``v(pixels, projected)`` in eval mode without autograd."""
     check_pixels(pixels, v.image_size)
-
-    def forward(px: torch.Tensor) -> torch.Tensor:
-        x = embed_patches(v, px)  # [B, g*g, W]
-        cls = v.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, W]
-        x = v.norm_pre(torch.cat([cls, x], dim=1) + v.pos_embed.to(x.dtype))  # [B, 1+g*g, W]
-        x = v.norm_post(stack_first_token(v.transformer, x))  # [B, W]
-        return x @ v.proj.to(x.dtype) if projected else x
-
-    return in_chunks(forward, pixels, vit_chunk_images(v))
+    x = embed_patches(v, pixels)  # [B, g*g, W]
+    cls = v.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, W]
+    x = v.norm_pre(torch.cat([cls, x], dim=1) + v.pos_embed.to(x.dtype))  # [B, 1+g*g, W]
+    x = v.norm_post(stack_first_token(v.transformer, x))  # [B, W]
+    return x @ v.proj.to(x.dtype) if projected else x
 
 
 def _foldable(bn: nn.BatchNorm2d) -> bool:
@@ -99,7 +71,7 @@ def _packed(conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: torch.Tensor, x: torch.
     """The folded ``weight`` pre-packed for oneDNN for inputs shaped exactly like ``x``.
 
     A pack for one shape runs other shapes slower than the plain layout, so packs are per input shape,
-    batch included; the two most recent shapes are kept (a large batch's chunks and one other size).
+    batch included; the two most recent shapes are kept.
     """
     shape = tuple(x.shape)
     cache = derived_cache(bn, "_packed")
@@ -157,20 +129,15 @@ def encode_resnet(r: ModifiedResNet, pixels: torch.Tensor, projected: bool = Tru
     """``r(pixels, projected)`` in eval mode without autograd."""
     check_pixels(pixels, r.image_size)
     stem, pool = r.stem, r.attn_pool
-
-    def forward(px: torch.Tensor) -> torch.Tensor:
-        # oneDNN's convs are fastest on NHWC; every op below keeps the layout, the values are the same.
-        x = px.to(stem.conv1.weight.dtype).contiguous(memory_format=torch.channels_last)
-        x = conv_bn(stem.conv1, stem.bn1, x, relu=True)
-        x = conv_bn(stem.conv2, stem.bn2, x, relu=True)
-        x = stem.pool(conv_bn(stem.conv3, stem.bn3, x, relu=True))
-        for stage in r.stages:
-            for blk in stage:
-                x = bottleneck_(blk, x)  # x is the previous block's output, read by nobody else
-        x = pool.tokens(x)  # [B, 1+h*w, C]
-        q = F.linear(x[:, 0], pool.q_proj.weight, pool.q_proj.bias)  # [B, C]
-        y = attend_one_query(q, x, pool.k_proj.weight, pool.v_proj.weight, pool.v_proj.bias, pool.heads)
-        return F.linear(y, pool.out_proj.weight, pool.out_proj.bias) if projected else y  # [B, E]
-
-    per_image = stem.conv3.out_channels * (pixels.shape[-2] // 2) * (pixels.shape[-1] // 2) * pixels.element_size()
-    return in_chunks(forward, pixels, max(1, RESNET_CHUNK_BYTES // max(1, per_image)))
+    # oneDNN's convs are fastest on NHWC; every op below keeps the layout, the values are the same.
+    x = pixels.to(stem.conv1.weight.dtype).contiguous(memory_format=torch.channels_last)
+    x = conv_bn(stem.conv1, stem.bn1, x, relu=True)
+    x = conv_bn(stem.conv2, stem.bn2, x, relu=True)
+    x = stem.pool(conv_bn(stem.conv3, stem.bn3, x, relu=True))
+    for stage in r.stages:
+        for blk in stage:
+            x = bottleneck_(blk, x)  # x is the previous block's output, read by nobody else
+    x = pool.tokens(x)  # [B, 1+h*w, C]
+    q = F.linear(x[:, 0], pool.q_proj.weight, pool.q_proj.bias)  # [B, C]
+    y = attend_one_query(q, x, pool.k_proj.weight, pool.v_proj.weight, pool.v_proj.bias, pool.heads)
+    return F.linear(y, pool.out_proj.weight, pool.out_proj.bias) if projected else y  # [B, E]

@@ -21,7 +21,7 @@ from torchclip.fast.kernels import inference_linear
 from torchclip.fast.transformer import Packing
 from torchclip.fast.transformer import mlp as fast_mlp
 from torchclip.model import CLIP
-from torchclip.reference.layers import MLP, QuickGELU
+from torchclip.reference.layers import MLP
 
 
 def tiny(resnet: bool) -> CLIPConfig:
@@ -320,6 +320,16 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch, monkeypatch
         kernels.ONEDNN = False
         torch.testing.assert_close(model.encode_image(px.expand(2, -1, -1, -1)), plain, atol=1e-5, rtol=1e-5)
         kernels.ONEDNN = True
+        # Without packs oneDNN's convs take the folded weight as it is: same numbers, no pack built.
+        monkeypatch.setattr(fast_vision, "PACK_CONVS", False)
+        fresh = CLIP(tiny(True)).eval()
+        fresh.load_state_dict(model.state_dict())
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            unpacked = fresh.encode_image(px.expand(2, -1, -1, -1))
+        assert "mkldnn::_convolution_pointwise" in {e.key for e in prof.key_averages()}
+        torch.testing.assert_close(unpacked, plain, atol=1e-5, rtol=1e-5)
+        assert "_packed" not in fresh.visual.stem.bn1.__dict__ and "_folded" in fresh.visual.stem.bn1.__dict__
+        monkeypatch.undo()
 
     twin = copy.deepcopy(model)  # the packed cache is dropped, not copied
     buf = io.BytesIO()
@@ -354,55 +364,10 @@ def test_onednn_max_rows_sends_larger_products_to_torch_gemm(onednn_switch, monk
         torch.testing.assert_close(y, x @ w.t() + b, atol=1e-5, rtol=1e-5)
 
 
-@needs_onednn
-def test_packed_weights_match_plain_and_follow_the_parameters(onednn_switch, monkeypatch) -> None:
-    """Projections run on oneDNN-packed weights cached on their modules (fc1/fc2 of QuickGELU MLPs scaled
-    by 1.702 and 1/1.702): the plain-weight numbers, rebuilt when a weight changes in place or is
-    replaced, dropped by copies, never above ``PACK_MAX_ROWS``."""
-    import copy
-    import io
-
-    torch.manual_seed(0)
-    cfg = tiny(False)
-    model = CLIP(cfg).eval()
-    px, ids = torch.randn(2, 3, 32, 32), ids_batch(cfg, [1, 12])
-    fc1 = model.visual.transformer.blocks[0].mlp.fc1
-
-    def run() -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.inference_mode():
-            return model.encode_image(px), model.encode_text(ids)
-
-    monkeypatch.setattr(kernels, "PACK_MAX_ROWS", 0)  # never pack: the reference
-    plain = run()
-    assert "_packed_linear" not in fc1.__dict__
-    monkeypatch.setattr(kernels, "PACK_MAX_ROWS", None)  # the default: every product of 2 rows or more
-    packed = run()
-    entry = fc1.__dict__["_packed_linear"].entry
-    assert entry[1][0].is_mkldnn and entry[1][1] is fc1.weight
-    scale = 1.702 if isinstance(model.visual.transformer.blocks[0].mlp.act, QuickGELU) else 1.0
-    assert entry[0][1] == scale
-    for a, b in zip(packed, plain):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
-    with torch.no_grad():  # an in-place change (an optimizer step) is seen at once
-        fc1.weight.mul_(-1)
-    changed = run()
-    assert (changed[0] - packed[0]).abs().max() > 1e-3
-    assert fc1.__dict__["_packed_linear"].entry[0][0][1] == fc1.weight._version
-    fc1.weight = torch.nn.Parameter(fc1.weight.detach() * -1)  # a replaced parameter too
-    torch.testing.assert_close(run()[0], packed[0], atol=1e-6, rtol=1e-6)
-    twin = copy.deepcopy(model)  # the cache is dropped, not copied (oneDNN tensors cannot be)
-    assert twin.visual.transformer.blocks[0].mlp.fc1.__dict__["_packed_linear"].entry == (None, ())
-    torch.save(model, io.BytesIO())
-    monkeypatch.setattr(kernels, "PACK_MAX_ROWS", 4)  # more rows than that: the plain weight, no new cache
-    with torch.inference_mode():
-        twin.encode_image(px)
-    assert twin.visual.transformer.blocks[0].mlp.fc1.__dict__["_packed_linear"].entry == (None, ())
-
-
 @pytest.mark.parametrize("resnet", [False, True])
 def test_models_built_in_inference_mode_encode(resnet: bool) -> None:
     """Parameters created under ``torch.inference_mode()`` count no versions: nothing derived from them is
-    cached (packed weights, folded BatchNorm), and every path still gives the plain numbers."""
+    cached (folded BatchNorm, its packs), and every path still gives the plain numbers."""
     torch.manual_seed(0)
     with torch.inference_mode():
         model = CLIP(tiny(resnet)).eval()
@@ -507,16 +472,13 @@ def test_mlp_on_torch_gemm_folds_quick_gelu_into_silu(activation: str) -> None:
 
 
 @needs_onednn
-@pytest.mark.parametrize("pack", [True, False])
 @pytest.mark.parametrize(("activation", "approximate"), [("quick_gelu", None), ("gelu", "none"), ("gelu", "tanh")])
-def test_mlp_on_onednn_runs_the_activation_in_place(activation: str, approximate: str | None, pack: bool,
-                                                     monkeypatch) -> None:
+def test_mlp_on_onednn_runs_the_activation_in_place(activation: str, approximate: str | None) -> None:
     """oneDNN runs fc1 and fc2 without fused post-ops, the activation in place in between (QuickGELU as
-    one SiLU, its factors inside the packed weights): the plain module's numbers, for each activation,
-    with and without biases, packed or not."""
+    one SiLU, 1.702 on fc1's input, one pass dividing by it): the plain module's numbers, for each
+    activation, with and without biases."""
     from torch.profiler import ProfilerActivity, profile
 
-    monkeypatch.setattr(kernels, "PACK_MAX_ROWS", None if pack else 0)
     torch.manual_seed(0)
     mlp = MLP(24, 96, activation).eval()
     if approximate is not None:
@@ -536,10 +498,7 @@ def test_mlp_on_onednn_runs_the_activation_in_place(activation: str, approximate
         assert counts.get("aten::silu_", 0) == (activation == "quick_gelu")
         assert counts.get("aten::gelu_", 0) == (activation == "gelu")
         assert "aten::sigmoid" not in counts and "aten::gelu" not in counts  # no out-of-place temporaries
-        # packed: the 1.702 factors live in the packed weights, so nothing rescales the hidden layer
-        assert counts.get("aten::mul_", 0) == (activation == "quick_gelu" and not pack)
-        entry = mlp.fc1.__dict__.get("_packed_linear")
-        assert (entry is not None and entry.entry[0] is not None) == pack
+        assert counts.get("aten::mul_", 0) == (activation == "quick_gelu")  # the division by 1.702
     if approximate is not None:  # the approximation reaches the kernel: the other one is measurably off
         other = torch.nn.GELU(approximate="tanh" if approximate == "none" else "none")
         assert (mlp.fc2(other(mlp.fc1(x))) + res - out).abs().max() > 1e-5

@@ -14,10 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..reference.vision import Bottleneck, ModifiedResNet, VisionTransformer, check_pixels
-from .kernels import attend_one_query, derived_cache, inference_linear, onednn_eligible, tensor_key
+from .kernels import attend_one_query, inference_linear, onednn_eligible
 from .transformer import stack_first_token
 
-__all__ = ["encode_vit", "encode_resnet"]
+__all__ = ["encode_vit", "encode_resnet", "PACK_CONVS"]
+
+# False: oneDNN's convs take the folded weight as it is (reordered on every call), nothing packed is kept.
+PACK_CONVS: bool = True
 
 
 def embed_patches(v: VisionTransformer, pixels: torch.Tensor) -> torch.Tensor:
@@ -29,7 +32,7 @@ def embed_patches(v: VisionTransformer, pixels: torch.Tensor) -> torch.Tensor:
     p = v.patch_size
     gh, gw = h // p, wd // p
     patches = pixels.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * p * p)
-    return inference_linear(patches, w.reshape(w.shape[0], -1), owner=v.patch_embed)  # [B, g*g, W]
+    return inference_linear(patches, w.reshape(w.shape[0], -1))  # [B, g*g, W]
 
 
 def encode_vit(v: VisionTransformer, pixels: torch.Tensor, projected: bool = True) -> torch.Tensor:
@@ -40,6 +43,44 @@ def encode_vit(v: VisionTransformer, pixels: torch.Tensor, projected: bool = Tru
     x = v.norm_pre(torch.cat([cls, x], dim=1) + v.pos_embed.to(x.dtype))  # [B, 1+g*g, W]
     x = v.norm_post(stack_first_token(v.transformer, x))  # [B, W]
     return x @ v.proj.to(x.dtype) if projected else x
+
+
+class DerivedCache:
+    """A module's derived inference tensors: never state, dropped by copies and pickling (oneDNN's
+    packed tensors can be neither deep-copied nor pickled, and a copy would rebuild them anyway)."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self) -> None:
+        # (key, tensors), replaced as one object: a concurrent caller (the web app answers requests on
+        # threads) never pairs a new key with the old tensors.
+        self.entry: tuple[tuple | None, tuple] = (None, ())
+
+    def __deepcopy__(self, memo: dict) -> DerivedCache:
+        return DerivedCache()
+
+    def __reduce__(self) -> tuple:
+        return (DerivedCache, ())
+
+
+def derived_cache(module: nn.Module, slot: str) -> DerivedCache:
+    """The ``DerivedCache`` named ``slot`` on ``module`` (a plain attribute: not state, not a buffer)."""
+    cache = module.__dict__.get(slot)
+    if cache is None:
+        cache = module.__dict__[slot] = DerivedCache()
+    return cache
+
+
+def tensor_key(t: torch.Tensor) -> tuple | None:
+    """What identifies ``t``'s current values for a cache derived from it, or None if nothing can.
+
+    Address, version counter (bumped by every in-place change: an optimizer step, ``load_state_dict``),
+    shape, strides, dtype and device. Inference tensors count no versions, so nothing may be derived
+    from them.
+    """
+    if t.is_inference():
+        return None
+    return (t.data_ptr(), t._version, tuple(t.shape), t.stride(), t.dtype, t.device)
 
 
 def _foldable(bn: nn.BatchNorm2d) -> bool:
@@ -71,8 +112,10 @@ def _packed(conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: torch.Tensor, x: torch.
     """The folded ``weight`` pre-packed for oneDNN for inputs shaped exactly like ``x``.
 
     A pack for one shape runs other shapes slower than the plain layout, so packs are per input shape,
-    batch included; the two most recent shapes are kept.
+    batch included; the two most recent shapes are kept. Without ``PACK_CONVS``: ``weight`` itself.
     """
+    if not PACK_CONVS:
+        return weight
     shape = tuple(x.shape)
     cache = derived_cache(bn, "_packed")
     _, entries = cache.entry  # ((shape, packed, weight), ...), most recent first
@@ -95,7 +138,7 @@ def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, relu: bool = F
         y = bn(conv(x))
         return F.relu(y) if relu else y
     weight, bias = _folded(conv, bn)
-    if onednn_eligible(x, weight):  # pre-packed weight, ReLU fused into the conv
+    if onednn_eligible(x, weight):  # ReLU fused into the conv
         return torch.ops.mkldnn._convolution_pointwise(
             x.contiguous(memory_format=torch.channels_last), _packed(conv, bn, weight, x), bias,
             list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, "relu" if relu else "none",

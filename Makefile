@@ -12,12 +12,14 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 
 .PHONY: venv demo test lint clean peers
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints/test.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	# torch 2.13.0 resolves to the CPU wheel on these machines; a newer pin pulls a multi-GB CUDA build.
 	$(VPY) -m pip install -q "torch==2.13.0"
-	$(VPY) -m pip install -q -e ".[test]"
+	# constraints/test.txt pins the versions the suite passed on: without it pip's resolver backtracks
+	# (moto, playwright, transformers) past its depth limit and gives up.
+	$(VPY) -m pip install -q -c constraints/test.txt -e ".[test]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,12 +31,12 @@ test: $(STAMP)
 	$(VPY) -m ruff check src tests benchmarks
 	$(VPY) -m pytest -q -n 2 tests
 
-$(BENCH_STAMP): pyproject.toml
+$(BENCH_STAMP): pyproject.toml constraints/peers.txt
 	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
-	$(BENCH_VENV)/bin/pip install -q "torch==2.13.0" "torchvision==0.28.0" open_clip_torch openai-clip \
-		"setuptools<81" transformers pytest webdataset pandas
-	$(BENCH_VENV)/bin/pip install -q -e .
+	$(BENCH_VENV)/bin/pip install -q -c constraints/peers.txt "torch==2.13.0" "torchvision==0.28.0" \
+		open_clip_torch openai-clip "setuptools<81" transformers pytest webdataset pandas
+	$(BENCH_VENV)/bin/pip install -q -c constraints/peers.txt -e .
 	touch $(BENCH_STAMP)
 
 peers: $(BENCH_STAMP)

@@ -6,8 +6,8 @@ for oneDNN), start-up included, next to the fast path, the reference path and th
 
 For each model (ViT-B/32, RN50) and batch size (1, 8, 64): every implementation is built fresh and its
 first call timed (start-up: Inductor's compilation for the compiled tower, cold, in a fresh cache
-directory; weight packing and BatchNorm folding for the fast path), then the implementations are timed
-in interleaved rounds (``harness.py``). A compiled graph is specialised to its batch size
+directory; the first forward, with the ResNet's BatchNorm folding and conv packing, for the fast path),
+then the implementations are timed in interleaved rounds (``harness.py``). A compiled graph is specialised to its batch size
 (``dynamic=False``), so each batch size compiles its own. Everything runs under ``torch.no_grad()``
 (freezing applies to inference graphs only). Reported: start-up seconds, images/s, and how many images
 a run must encode before the compiled tower's total time (start-up included) drops below the fast path's.
@@ -49,7 +49,7 @@ def implementations(name: str, args: argparse.Namespace) -> dict[str, Callable[[
     base = torchclip.create_model(name).eval()
 
     def fast_path() -> Callable[[torch.Tensor], object]:
-        return copy.deepcopy(base).encode_image  # a copy holds no packed or folded weights yet
+        return copy.deepcopy(base).encode_image  # a copy holds no folded or packed weights yet
 
     def reference() -> Callable[[torch.Tensor], object]:
         model = copy.deepcopy(base)
@@ -122,8 +122,8 @@ def main() -> None:
 
 {harness.command("bench_compile.py")}
 
-Start-up: the first call's seconds on a freshly built model (compilation for `torch.compile`, weight
-packing and BatchNorm folding for the fast path). Images/s: median over rounds. "vs fast path" and
+Start-up: the first call's seconds on a freshly built model (compilation for `torch.compile`, the first
+forward, with the ResNet's BatchNorm folding and conv packing, for the fast path). Images/s: median over rounds. "vs fast path" and
 "vs faster peer": per-round speed ratios, median (range). Break-even: images encoded before the compiled
 tower's total time, start-up included, falls below the fast path's ("never": the fast path is faster).
 

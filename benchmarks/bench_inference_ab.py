@@ -4,8 +4,8 @@ worth, so that a piece stays only where it pays.
 1. ``gemm``: the 12 layers of ViT-B/32 projections (qkv, proj, fc1, fc2; distinct weights, so they stream
    from memory as in a forward) at a given number of rows, through torch's GEMM (``F.linear``) and oneDNN
    (``mkldnn::_linear_pointwise``), in GFLOP/s.
-2. ``ablate``: the whole fast path against itself with one piece switched off (oneDNN kernels, packed
-   weights, batch chunks, huge pages, packed text rows) and against the reference path, ViT-B/32 and RN50
+2. ``ablate``: the whole fast path against itself with one piece switched off (oneDNN kernels, the
+   ResNet's per-shape conv packs, packed text rows) and against the reference path, ViT-B/32 and RN50
    images and ViT-B/32 text, in interleaved rounds (``harness.py``), with minor page faults per call.
 
     .venv/bin/python benchmarks/bench_inference_ab.py --out benchmarks/results_inference_ab.json
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 import torchclip
 from torchclip import fast
-from torchclip.fast import kernels, memory
+from torchclip.fast import kernels
 from torchclip.fast import text as fast_text
 from torchclip.fast import vision as fast_vision
 
@@ -47,18 +47,10 @@ def setting(module: object, name: str, value: object) -> Iterator[None]:
 # Each piece and the switch that turns it off.
 PIECES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "no oneDNN": lambda: fast.onednn_enabled(False),
-    "no packed weights": lambda: setting(kernels, "PACK_MAX_ROWS", 0),
-    "no chunks": lambda: _no_chunks(),
-    "no huge pages": lambda: setting(memory, "ENABLED", False),
+    "no conv packs": lambda: setting(fast_vision, "PACK_CONVS", False),
     "no packed text rows": lambda: setting(fast_text, "PACK_MIN_PADDING", 2.0),
     "reference path": fast.plain_ops,
 }
-
-
-@contextlib.contextmanager
-def _no_chunks() -> Iterator[None]:
-    with setting(fast_vision, "VIT_CHUNK_BYTES", 1 << 50), setting(fast_vision, "RESNET_CHUNK_BYTES", 1 << 50):
-        yield
 
 
 def gemm(rows: list[int], rounds: int) -> dict:
@@ -132,15 +124,14 @@ def main() -> None:
     torch.set_num_threads(args.threads or harness.cores())
     if not kernels.ONEDNN:
         raise SystemExit("oneDNN kernels are off here (not x86, no MKL-DNN, or TORCHCLIP_ONEDNN=0)")
-    image_pieces = ["no oneDNN", "no packed weights", "no chunks", "no huge pages", "reference path"]
     results: dict = {"machine": harness.machine(), "rounds": args.rounds,
                      "gemm": gemm([int(m) for m in args.rows.split(",") if m], args.rounds)}
     for name in [m for m in args.models.split(",") if m]:
+        pieces = ["no oneDNN", *([] if name.startswith("ViT") else ["no conv packs"]), "reference path"]
         for b in [int(b) for b in args.batches.split(",") if b]:
-            results[f"{name} image b{b}"] = ablate(name, "image", b, image_pieces, args.rounds)
+            results[f"{name} image b{b}"] = ablate(name, "image", b, pieces, args.rounds)
     results[f"ViT-B/32 text b{args.text_batch}"] = ablate(
-        "ViT-B/32", "text", args.text_batch, ["no oneDNN", "no packed weights", "no packed text rows", "reference path"],
-        args.rounds)
+        "ViT-B/32", "text", args.text_batch, ["no oneDNN", "no packed text rows", "reference path"], args.rounds)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
 

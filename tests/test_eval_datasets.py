@@ -205,3 +205,19 @@ def test_webdataset_roundtrip_property(tmp_path: Path, samples: list[tuple[str, 
     assert ds.classnames == sorted({c for c, _ in samples})
     keep = np.arange(len(ds))[::2]
     assert ImageDataset.concat([ds.subset(keep), ds.subset(keep)]).labels.tolist() == ds.labels[keep].tolist() * 2
+
+
+def test_webdataset_over_http_equals_local(tmp_path: Path, served: tuple[Path, str]) -> None:
+    """`torchclip eval` reads shards through the one shard opener: a URL gives what the local file gives."""
+    import shutil
+
+    root, url = served
+    shard = color_shard(tmp_path / "s.tar", per_class=2)
+    shutil.copy(shard, root / "s.tar")
+    local = load_webdataset(shard, label_key="json:category")
+    remote = load_webdataset(f"{url}/s.tar", label_key="json:category")
+    assert remote.labels.tolist() == local.labels.tolist() and remote.captions == local.captions
+    for i in range(len(local)):
+        assert np.array_equal(np.asarray(remote[i][0]), np.asarray(local[i][0]))
+    with pytest.raises(FileNotFoundError, match="s-missing.tar"):
+        load_webdataset(f"{url}/s-missing.tar", label_key="json:category")

@@ -2,8 +2,8 @@
 ``fast.applies`` lets it.
 
 Inference packs text rows of different lengths, folds eval-mode BatchNorm into the convs (cached), runs
-the ResNet channels-last, embeds ViT patches with a matmul, splits large image batches, adds residuals
-inside the projections (oneDNN's on x86). None of it may change a feature beyond float rounding, a state
+the ResNet channels-last, embeds ViT patches with a matmul, adds residuals inside the projections
+(oneDNN's on x86). None of it may change a feature beyond float rounding, a state
 dict key, or what training sees.
 """
 
@@ -21,7 +21,7 @@ from torchclip.fast.kernels import inference_linear
 from torchclip.fast.transformer import Packing
 from torchclip.fast.transformer import mlp as fast_mlp
 from torchclip.model import CLIP
-from torchclip.reference.layers import MLP, QuickGELU
+from torchclip.reference.layers import MLP
 
 
 def tiny(resnet: bool) -> CLIPConfig:
@@ -95,7 +95,7 @@ def test_text_backward_is_the_same_every_time_on_threads() -> None:
     assert all(torch.equal(grads[0], other) for other in grads[1:])
 
 
-def test_resnet_inference_path_equals_autograd_path(monkeypatch) -> None:
+def test_resnet_inference_path_equals_autograd_path() -> None:
     torch.manual_seed(0)
     cfg = tiny(True)
     model = CLIP(cfg).eval()
@@ -103,7 +103,6 @@ def test_resnet_inference_path_equals_autograd_path(monkeypatch) -> None:
     keys = set(model.state_dict())
     px = torch.randn(5, 3, 64, 64)
     ref = model.encode_image(px).detach()  # autograd on: plain conv -> BN -> ReLU, NCHW
-    monkeypatch.setattr(fast_vision, "RESNET_CHUNK_BYTES", 2 * 16 * 32 * 32 * 4)  # chunks of 2 images
     with torch.inference_mode():
         fast = model.encode_image(px)
     with torch.no_grad():
@@ -142,14 +141,13 @@ def test_vit_inference_path_equals_autograd_path(monkeypatch) -> None:
     before = px.clone()
     ref = model.encode_image(px).detach()  # conv patch embedding, one batch
     ref_pre = model.encode_image(px, projected=False).detach()
-    monkeypatch.setattr(fast_vision, "VIT_CHUNK_BYTES", 3 * 17 * 4 * 256)  # chunks of three images
     calls = []
     real = fast_vision.stack_first_token
     monkeypatch.setattr(fast_vision, "stack_first_token", lambda t, x: calls.append(len(x)) or real(t, x))
     with torch.inference_mode():
         out = model.encode_image(px)
         pre = model.encode_image(px, projected=False)
-    assert calls == [3, 3, 1] * 2
+    assert calls == [7, 7]  # the fast path ran, on the whole batch
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(pre, ref_pre, atol=1e-5, rtol=1e-5)
     assert torch.equal(px, before)  # the caller's pixels are never written
@@ -298,7 +296,6 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch, monkeypatch
     torch.manual_seed(0)
     model = CLIP(tiny(True)).eval()
     randomize_batchnorm(model)
-    monkeypatch.setattr(fast_vision, "RESNET_CHUNK_BYTES", 3 * 16 * 32 * 32 * 4)  # chunks of 3 images
     px = torch.randn(1, 3, 64, 64)
     ref = model.encode_image(px).detach()
     out, ops = {}, {}
@@ -313,16 +310,26 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch, monkeypatch
     cache = model.visual.stem.bn1.__dict__["_packed"]
     assert cache.entry[0] == ((1, 3, 64, 64),)
     with torch.no_grad():  # other batch sizes: packed for their own shape, same features per image
-        many = model.encode_image(px.expand(6, -1, -1, -1))  # two chunks of 3
+        many = model.encode_image(px.expand(6, -1, -1, -1))
         torch.testing.assert_close(many, out[True].expand(6, -1), atol=1e-5, rtol=1e-5)
-        assert cache.entry[0] == ((3, 3, 64, 64), (1, 3, 64, 64))  # the chunks' shape, then the last other
+        assert cache.entry[0] == ((6, 3, 64, 64), (1, 3, 64, 64))  # the newest shape, then the last other
         model.encode_image(px.expand(2, -1, -1, -1))  # a third shape evicts the oldest
-        assert cache.entry[0] == ((2, 3, 64, 64), (3, 3, 64, 64))
+        assert cache.entry[0] == ((2, 3, 64, 64), (6, 3, 64, 64))
         plain = model.encode_image(px.expand(2, -1, -1, -1))  # a hit reuses the pack, same numbers
-        assert cache.entry[0] == ((2, 3, 64, 64), (3, 3, 64, 64))
+        assert cache.entry[0] == ((2, 3, 64, 64), (6, 3, 64, 64))
         kernels.ONEDNN = False
         torch.testing.assert_close(model.encode_image(px.expand(2, -1, -1, -1)), plain, atol=1e-5, rtol=1e-5)
         kernels.ONEDNN = True
+        # Without packs oneDNN's convs take the folded weight as it is: same numbers, no pack built.
+        monkeypatch.setattr(fast_vision, "PACK_CONVS", False)
+        fresh = CLIP(tiny(True)).eval()
+        fresh.load_state_dict(model.state_dict())
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            unpacked = fresh.encode_image(px.expand(2, -1, -1, -1))
+        assert "mkldnn::_convolution_pointwise" in {e.key for e in prof.key_averages()}
+        torch.testing.assert_close(unpacked, plain, atol=1e-5, rtol=1e-5)
+        assert "_packed" not in fresh.visual.stem.bn1.__dict__ and "_folded" in fresh.visual.stem.bn1.__dict__
+        monkeypatch.undo()
 
     twin = copy.deepcopy(model)  # the packed cache is dropped, not copied
     buf = io.BytesIO()
@@ -357,56 +364,10 @@ def test_onednn_max_rows_sends_larger_products_to_torch_gemm(onednn_switch, monk
         torch.testing.assert_close(y, x @ w.t() + b, atol=1e-5, rtol=1e-5)
 
 
-@needs_onednn
-def test_packed_weights_match_plain_and_follow_the_parameters(onednn_switch, monkeypatch) -> None:
-    """Projections run on oneDNN-packed weights cached on their modules (fc1/fc2 of QuickGELU MLPs scaled
-    by 1.702 and 1/1.702): the plain-weight numbers, rebuilt when a weight changes in place or is
-    replaced, dropped by copies, never above ``PACK_MAX_ROWS``."""
-    import copy
-    import io
-
-    torch.manual_seed(0)
-    cfg = tiny(False)
-    model = CLIP(cfg).eval()
-    px, ids = torch.randn(2, 3, 32, 32), ids_batch(cfg, [1, 12])
-    fc1 = model.visual.transformer.blocks[0].mlp.fc1
-
-    def run() -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.inference_mode():
-            return model.encode_image(px), model.encode_text(ids)
-
-    monkeypatch.setattr(kernels, "PACK_MAX_ROWS", 0)  # never pack: the reference
-    plain = run()
-    assert "_packed_linear" not in fc1.__dict__
-    monkeypatch.setattr(kernels, "PACK_MAX_ROWS", None)  # the default: every product of 2 rows or more
-    packed = run()
-    entry = fc1.__dict__["_packed_linear"].entry
-    assert entry[1][0].is_mkldnn and entry[1][1] is fc1.weight
-    scale = 1.702 if isinstance(model.visual.transformer.blocks[0].mlp.act, QuickGELU) else 1.0
-    assert entry[0][1] == scale
-    for a, b in zip(packed, plain):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
-    with torch.no_grad():  # an in-place change (an optimizer step) is seen at once
-        fc1.weight.mul_(-1)
-    changed = run()
-    assert (changed[0] - packed[0]).abs().max() > 1e-3
-    assert fc1.__dict__["_packed_linear"].entry[0][0][1] == fc1.weight._version
-    fc1.weight = torch.nn.Parameter(fc1.weight.detach() * -1)  # a replaced parameter too
-    torch.testing.assert_close(run()[0], packed[0], atol=1e-6, rtol=1e-6)
-    twin = copy.deepcopy(model)  # the cache is dropped, not copied (oneDNN tensors cannot be)
-    assert twin.visual.transformer.blocks[0].mlp.fc1.__dict__["_packed_linear"].entry == (None, ())
-    torch.save(model, io.BytesIO())
-    monkeypatch.setattr(kernels, "PACK_MAX_ROWS", 4)  # more rows than that: the plain weight, no new cache
-    monkeypatch.setattr(fast_vision, "VIT_CHUNK_BYTES", 1 << 40)
-    with torch.inference_mode():
-        twin.encode_image(px)
-    assert twin.visual.transformer.blocks[0].mlp.fc1.__dict__["_packed_linear"].entry == (None, ())
-
-
 @pytest.mark.parametrize("resnet", [False, True])
 def test_models_built_in_inference_mode_encode(resnet: bool) -> None:
     """Parameters created under ``torch.inference_mode()`` count no versions: nothing derived from them is
-    cached (packed weights, folded BatchNorm), and every path still gives the plain numbers."""
+    cached (folded BatchNorm, its packs), and every path still gives the plain numbers."""
     torch.manual_seed(0)
     with torch.inference_mode():
         model = CLIP(tiny(resnet)).eval()
@@ -511,16 +472,13 @@ def test_mlp_on_torch_gemm_folds_quick_gelu_into_silu(activation: str) -> None:
 
 
 @needs_onednn
-@pytest.mark.parametrize("pack", [True, False])
 @pytest.mark.parametrize(("activation", "approximate"), [("quick_gelu", None), ("gelu", "none"), ("gelu", "tanh")])
-def test_mlp_on_onednn_runs_the_activation_in_place(activation: str, approximate: str | None, pack: bool,
-                                                     monkeypatch) -> None:
+def test_mlp_on_onednn_runs_the_activation_in_place(activation: str, approximate: str | None) -> None:
     """oneDNN runs fc1 and fc2 without fused post-ops, the activation in place in between (QuickGELU as
-    one SiLU, its factors inside the packed weights): the plain module's numbers, for each activation,
-    with and without biases, packed or not."""
+    one SiLU, 1.702 on fc1's input, one pass dividing by it): the plain module's numbers, for each
+    activation, with and without biases."""
     from torch.profiler import ProfilerActivity, profile
 
-    monkeypatch.setattr(kernels, "PACK_MAX_ROWS", None if pack else 0)
     torch.manual_seed(0)
     mlp = MLP(24, 96, activation).eval()
     if approximate is not None:
@@ -540,10 +498,7 @@ def test_mlp_on_onednn_runs_the_activation_in_place(activation: str, approximate
         assert counts.get("aten::silu_", 0) == (activation == "quick_gelu")
         assert counts.get("aten::gelu_", 0) == (activation == "gelu")
         assert "aten::sigmoid" not in counts and "aten::gelu" not in counts  # no out-of-place temporaries
-        # packed: the 1.702 factors live in the packed weights, so nothing rescales the hidden layer
-        assert counts.get("aten::mul_", 0) == (activation == "quick_gelu" and not pack)
-        entry = mlp.fc1.__dict__.get("_packed_linear")
-        assert (entry is not None and entry.entry[0] is not None) == pack
+        assert counts.get("aten::mul_", 0) == (activation == "quick_gelu")  # the division by 1.702
     if approximate is not None:  # the approximation reaches the kernel: the other one is measurably off
         other = torch.nn.GELU(approximate="tanh" if approximate == "none" else "none")
         assert (mlp.fc2(other(mlp.fc1(x))) + res - out).abs().max() > 1e-5

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from . import fast, reference
-from .config import CLIPConfig, HFTextConfig
 from .reference import CLIPOutput
 
 __all__ = ["CLIP", "CLIPOutput"]
@@ -20,14 +19,6 @@ __all__ = ["CLIP", "CLIPOutput"]
 
 class CLIP(reference.CLIP):
     __doc__ = reference.CLIP.__doc__
-
-    def __init__(self, config: CLIPConfig) -> None:
-        text = None
-        if isinstance(config.text, HFTextConfig):  # a pretrained language model as the text tower (LiT)
-            from .hf_text import HFTextTower
-
-            text = HFTextTower(config)
-        super().__init__(config, text)
 
     def run_tower(self, tower: nn.Module, x: torch.Tensor, projected: bool) -> torch.Tensor:
         """The fast path where ``fast.applies``, else the reference tower."""

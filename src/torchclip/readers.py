@@ -52,7 +52,7 @@ __all__ = ["LoadedCheckpoint", "read_checkpoint", "find_vocabulary", "open_zip",
 
 # Bounds that no real checkpoint comes near; beyond them a file is hostile or broken.
 MAX_ZIP_MEMBERS = 100_000
-MAX_COMPRESSION_RATIO = 50  # torch.save stores members uncompressed; deflate on weights gains ~1.1x
+MAX_COMPRESSION_RATIO = 50  # torch.save stores members uncompressed, and weights barely deflate
 MAX_METADATA_BYTES = 64 << 20  # a config or vocabulary embedded in metadata or a JSON file
 
 # Vocabulary files that travel with a model, in the order they are looked for.

@@ -49,10 +49,9 @@ def decode_image(ref: ImageRef) -> Image.Image:
     """The decoded image; any decoding failure is an ``ImageDecodeError`` naming the file (and member)."""
     if not ref.member:
         return load_image(ref.path)
-    with open(ref.path, "rb") as f:
-        f.seek(ref.offset)
-        data = f.read(ref.size)
-    return load_image(data, name=str(ref))  # the pixel count checked before decoding
+    from ..shards import read_range
+
+    return load_image(read_range(ref.path, ref.offset, ref.size), name=str(ref))  # local or remote shard
 
 
 @dataclass
@@ -275,11 +274,19 @@ def load_webdataset(shards: str | os.PathLike[str] | Sequence[str | os.PathLike[
     metas: list[dict[str, Any]] = []
     where: list[str] = []
     exts = {e.lower() for e in image_exts}
+    from ..shards import ShardError, is_local, local_path, open_shard
+
     for shard in map(str, shards):
-        if not os.path.isfile(shard):
+        if is_local(shard) and not os.path.isfile(local_path(shard)):
             raise FileNotFoundError(f"shard {shard} does not exist")
         samples: dict[str, dict[str, Any]] = {}
-        with tarfile.open(shard, "r:") as tar:
+        # One streaming pass (local files, http(s), s3://, ...): members are read in order, images only
+        # located; they are fetched by offset when decoded.
+        try:
+            stream = open_shard(shard)
+        except ShardError as e:
+            raise FileNotFoundError(str(e)) from e
+        with stream, tarfile.open(fileobj=stream, mode="r|") as tar:
             for m in tar:
                 if not m.isfile():
                     continue

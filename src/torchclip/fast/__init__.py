@@ -2,7 +2,7 @@
 memory passes and oneDNN's kernels on x86.
 
 It reads the parameters of ``torchclip.reference`` modules and never changes them; derived tensors
-(packed weights, folded BatchNorm) are cached on the modules as plain attributes, keyed by the source
+(folded BatchNorm, its oneDNN packs) are cached on the modules as plain attributes, keyed by the source
 tensors' versions, and are no state. ``applies`` says when it may run: ``torchclip.model.CLIP`` asks it
 once per call, the only place the two paths meet.
 """

@@ -1,8 +1,7 @@
-"""Inference products: oneDNN's fp32 kernels on pre-packed weights, torch's GEMM into fresh or residual
-buffers, and attention for a single query without projecting keys or values.
+"""Inference products: oneDNN's fp32 kernels, torch's GEMM accumulating into the residual, and attention
+for a single query without projecting keys or values.
 
-On x86 builds with MKL-DNN, fp32 CPU projections go through ``mkldnn::_linear_pointwise`` on copies of
-their weights packed in oneDNN's blocked layout, cached on the module that owns the weight. Elsewhere
+On x86 builds with MKL-DNN, fp32 CPU projections go through ``mkldnn::_linear_pointwise``. Elsewhere
 (other dtypes, devices, autocast) they go through torch's GEMM. Same maths, another summation order:
 results move by float rounding. Everything here is inference only (no autograd formulas).
 """
@@ -16,13 +15,9 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from . import memory
-
-__all__ = ["ONEDNN", "ONEDNN_AVAILABLE", "ONEDNN_MAX_ROWS", "PACK_MAX_ROWS", "onednn_enabled", "onednn_eligible",
-           "uses_onednn", "inference_linear", "gemm", "gemm_into_residual", "packed_weight", "packs",
-           "same_dtype_no_autocast", "DerivedCache", "derived_cache", "tensor_key", "attend_one_query"]
+__all__ = ["ONEDNN", "ONEDNN_AVAILABLE", "ONEDNN_MAX_ROWS", "onednn_enabled", "onednn_eligible", "uses_onednn",
+           "inference_linear", "gemm_into_residual", "same_dtype_no_autocast", "attend_one_query"]
 
 # TORCHCLIP_ONEDNN=0, or this attribute set to False, keeps torch's default kernels everywhere.
 ONEDNN_AVAILABLE: bool = (platform.machine().lower() in ("x86_64", "amd64")
@@ -31,10 +26,6 @@ ONEDNN_AVAILABLE: bool = (platform.machine().lower() in ("x86_64", "amd64")
 ONEDNN: bool = ONEDNN_AVAILABLE and os.environ.get("TORCHCLIP_ONEDNN", "1") != "0"
 # Products with more rows than this run on torch's GEMM instead; None: no limit.
 ONEDNN_MAX_ROWS: int | None = None
-# Products of 2 rows or more (up to this many; None: no limit) use a weight pre-packed for oneDNN, which
-# saves the per-call reorder but keeps a second copy of each weight; 0 never packs. One row is faster on
-# the plain weight.
-PACK_MAX_ROWS: int | None = None
 
 
 @contextlib.contextmanager
@@ -81,7 +72,7 @@ def gemm_into_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     counters know it (not ``addmm_``).
     """
     n = weight.shape[0]
-    out = memory.empty(residual.numel() // n, n, like=residual)  # [M, N]
+    out = torch.empty(residual.numel() // n, n, dtype=residual.dtype, device=residual.device)  # [M, N]
     if bias is None:
         out.copy_(residual.reshape(-1, n))
     else:
@@ -89,106 +80,21 @@ def gemm_into_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return torch.addmm(out, x.reshape(-1, x.shape[-1]), weight.t(), alpha=alpha, out=out).view(residual.shape)
 
 
-def gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, alpha: float = 1.0) -> torch.Tensor:
-    """``alpha * x @ weight.T + bias`` on ``F.linear``'s own GEMM, into a ``memory.empty`` buffer
-    (``alpha``, free in BLAS, needs a bias)."""
-    x2 = x.reshape(-1, x.shape[-1])  # [M, K]
-    out = memory.empty(x2.shape[0], weight.shape[0], like=x2)  # [M, N]
-    if bias is None:
-        torch.mm(x2, weight.t(), out=out)
-    else:
-        torch.addmm(bias, x2, weight.t(), alpha=alpha, out=out)
-    return out.view(*x.shape[:-1], weight.shape[0])
-
-
-class DerivedCache:
-    """A module's derived inference tensors: never state, dropped by copies and pickling (oneDNN's
-    packed tensors can be neither deep-copied nor pickled, and a copy would rebuild them anyway)."""
-
-    __slots__ = ("entry",)
-
-    def __init__(self) -> None:
-        # (key, tensors), replaced as one object: a concurrent caller (the web app answers requests on
-        # threads) never pairs a new key with the old tensors.
-        self.entry: tuple[tuple | None, tuple] = (None, ())
-
-    def __deepcopy__(self, memo: dict) -> DerivedCache:
-        return DerivedCache()
-
-    def __reduce__(self) -> tuple:
-        return (DerivedCache, ())
-
-
-def derived_cache(module: nn.Module, slot: str) -> DerivedCache:
-    """The ``DerivedCache`` named ``slot`` on ``module`` (a plain attribute: not state, not a buffer)."""
-    cache = module.__dict__.get(slot)
-    if cache is None:
-        cache = module.__dict__[slot] = DerivedCache()
-    return cache
-
-
-def tensor_key(t: torch.Tensor) -> tuple | None:
-    """What identifies ``t``'s current values for a cache derived from it, or None if nothing can.
-
-    Address, version counter (bumped by every in-place change: an optimizer step, ``load_state_dict``),
-    shape, strides, dtype and device. Inference tensors count no versions, so nothing may be derived
-    from them.
-    """
-    if t.is_inference():
-        return None
-    return (t.data_ptr(), t._version, tuple(t.shape), t.stride(), t.dtype, t.device)
-
-
-def packed_weight(owner: nn.Module, weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor | None:
-    """``scale * weight`` (fp32, [N, K], owned by ``owner``) in oneDNN's blocked layout, cached; None if it
-    cannot be cached (an inference tensor).
-
-    Keyed by ``tensor_key`` and ``scale``; the entry holds the weight itself, so its memory cannot be
-    reused by another tensor while cached. ``scale`` folds a constant factor into the copy for free.
-    """
-    key = tensor_key(weight)
-    if key is None:
-        return None
-    key = (key, scale)
-    cache = derived_cache(owner, "_packed_linear")
-    cached_key, cached = cache.entry
-    if cached_key != key:
-        with torch.no_grad():
-            plain = weight.contiguous() if scale == 1.0 else weight * scale
-            cached = (torch.ops.mkldnn._reorder_linear_weight(plain), weight)
-        cache.entry = (key, cached)
-    return cached[0]
-
-
-def packs(x2: torch.Tensor, owner: nn.Module | None) -> bool:
-    """Whether a product over the rows of ``x2`` ([M, K]) uses a weight pre-packed on ``owner``."""
-    return owner is not None and 2 <= x2.shape[0] and (PACK_MAX_ROWS is None or x2.shape[0] <= PACK_MAX_ROWS)
-
-
-def onednn_weight(x2: torch.Tensor, weight: torch.Tensor, owner: nn.Module | None) -> torch.Tensor:
-    """The weight to hand oneDNN for the rows of ``x2`` ([M, K]): pre-packed where ``packs`` says so."""
-    packed = packed_weight(owner, weight) if packs(x2, owner) else None
-    return weight.contiguous() if packed is None else packed
-
-
 def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                     residual: torch.Tensor | None = None, owner: nn.Module | None = None) -> torch.Tensor:
+                     residual: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias) + residual`` (``residual`` optional, shaped like the output).
 
-    ``owner``, the module that holds ``weight`` (one weight per owner), lets oneDNN reuse a pre-packed
-    copy cached on it. The fallback adds the residual in place into the fresh output.
+    oneDNN adds the residual in place into its fresh output; torch's GEMM accumulates into it.
     """
     if not uses_onednn(x, weight):
         operands = (x, weight) + (() if bias is None else (bias,))
         if residual is not None and same_dtype_no_autocast(*operands, residual):
             return gemm_into_residual(x, weight, bias, residual)
-        if residual is None and x.device.type == "cpu" and same_dtype_no_autocast(*operands):
-            return gemm(x, weight, bias)
         y = F.linear(x, weight, bias)
         return y if residual is None else y.add_(residual)
     lead, n = x.shape[:-1], weight.shape[0]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()  # [M, K]
-    y = torch.ops.mkldnn._linear_pointwise(x2, onednn_weight(x2, weight, owner), bias, "none", [], "")  # [M, N]
+    y = torch.ops.mkldnn._linear_pointwise(x2, weight.contiguous(), bias, "none", [], "")  # [M, N]
     if residual is not None:  # (x W^T + b) + residual, in that order
         y.add_(residual.reshape(-1, n))
     return y.view(*lead, n)  # [..., N]

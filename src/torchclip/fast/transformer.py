@@ -16,12 +16,8 @@ from torch import nn
 from ..reference.layers import MLP, Attention, Block, QuickGELU, Transformer
 from .kernels import (
     attend_one_query,
-    gemm,
     gemm_into_residual,
     inference_linear,
-    onednn_weight,
-    packed_weight,
-    packs,
     same_dtype_no_autocast,
     uses_onednn,
 )
@@ -59,7 +55,7 @@ class Packing:
 def attention(attn: Attention, x: torch.Tensor, residual: torch.Tensor, causal: bool = False,
               packing: Packing | None = None) -> torch.Tensor:
     """``residual + attn(x)``; ``x``: [B, N, D], or packed [T, D] rows described by ``packing`` (causal)."""
-    qkv = inference_linear(x, attn.qkv.weight, attn.qkv.bias, owner=attn.qkv)
+    qkv = inference_linear(x, attn.qkv.weight, attn.qkv.bias)
     if packing is None:
         b, n, d = x.shape  # [B, N, D]
     else:
@@ -71,7 +67,7 @@ def attention(attn: Attention, x: torch.Tensor, residual: torch.Tensor, causal: 
     y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, N, Dh]
     y = y.transpose(1, 2)  # [B, N, H, Dh]: SDPA's CPU kernels already lay it out this way, so no copy
     y = y.reshape(b, n, d) if packing is None else y.reshape(b * n, d).index_select(0, packing.scatter)
-    return inference_linear(y, attn.proj.weight, attn.proj.bias, residual, owner=attn.proj)  # like x
+    return inference_linear(y, attn.proj.weight, attn.proj.bias, residual)  # like x
 
 
 def attention_first_query(attn: Attention, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -81,7 +77,7 @@ def attention_first_query(attn: Attention, x: torch.Tensor, residual: torch.Tens
     w, bias = attn.qkv.weight, attn.qkv.bias
     q = inference_linear(x[:, 0], w[:d], None if bias is None else bias[:d])  # [B, D]
     y = attend_one_query(q, x, w[d:2 * d], w[2 * d:], None if bias is None else bias[2 * d:], attn.heads)
-    return inference_linear(y, attn.proj.weight, attn.proj.bias, residual, owner=attn.proj)
+    return inference_linear(y, attn.proj.weight, attn.proj.bias, residual)
 
 
 def mlp(m: MLP, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -90,37 +86,31 @@ def mlp(m: MLP, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return _mlp_onednn(m, x, residual)
     if isinstance(m.act, QuickGELU) and same_dtype_no_autocast(x, m.fc1.weight, residual):
         return _mlp_quick_gelu_gemm(m, x, residual)
-    h = m.act(inference_linear(x, m.fc1.weight, m.fc1.bias, owner=m.fc1))  # [..., hidden]
-    return inference_linear(h, m.fc2.weight, m.fc2.bias, residual, owner=m.fc2)
+    h = m.act(inference_linear(x, m.fc1.weight, m.fc1.bias))  # [..., hidden]
+    return inference_linear(h, m.fc2.weight, m.fc2.bias, residual)
 
 
 def _mlp_onednn(m: MLP, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """fc1 on oneDNN, the activation in place on its output (oneDNN's fused post-ops were slower), fc2
     adding the residual.
 
-    QuickGELU runs as one in-place SiLU: ``silu(1.702 h) = 1.702 quick_gelu(h)``, so with packed weights
-    fc1's copy is scaled by 1.702 and fc2's by 1/1.702 (free); without them the input side is scaled and
-    one more pass divides.
+    QuickGELU runs as one in-place SiLU: ``silu(1.702 h) = 1.702 quick_gelu(h)``, so fc1's input and bias
+    are scaled by 1.702 (the input is narrower than the hidden layer) and one pass divides.
     """
     x2, b1 = x.reshape(-1, x.shape[-1]).contiguous(), m.fc1.bias  # [M, D]
-    res2 = residual.reshape(-1, residual.shape[-1])  # [M, D]
+    w1 = m.fc1.weight.contiguous()
     pointwise = torch.ops.mkldnn._linear_pointwise
     if isinstance(m.act, QuickGELU):
-        w1 = packed_weight(m.fc1, m.fc1.weight, 1.702) if packs(x2, m.fc1) else None
-        w2 = packed_weight(m.fc2, m.fc2.weight, 1 / 1.702) if w1 is not None else None
-        b1s = None if b1 is None else b1 * 1.702
-        if w1 is not None and w2 is not None:
-            h = F.silu(pointwise(x2, w1, b1s, "none", [], ""), inplace=True)  # [M, hidden] 1.702 qgelu
-            return pointwise(h, w2, m.fc2.bias, "none", [], "").add_(res2).view(residual.shape)
-        h = F.silu(pointwise(x2 * 1.702, m.fc1.weight.contiguous(), b1s, "none", [], ""), inplace=True)
-        h.mul_(1 / 1.702)  # quick_gelu(fc1(x)), [M, hidden]
+        h = pointwise(x2 * 1.702, w1, None if b1 is None else b1 * 1.702, "none", [], "")  # [M, hidden]
+        F.silu(h, inplace=True).mul_(1 / 1.702)  # quick_gelu(fc1(x))
     else:
-        h = pointwise(x2, onednn_weight(x2, m.fc1.weight, m.fc1), b1, "none", [], "")  # [M, hidden]
+        h = pointwise(x2, w1, b1, "none", [], "")  # [M, hidden]
         if isinstance(m.act, nn.GELU):
             torch.ops.aten.gelu_(h, approximate=m.act.approximate)
         else:
             h = m.act(h)
-    return inference_linear(h, m.fc2.weight, m.fc2.bias, res2, owner=m.fc2).view(residual.shape)
+    res2 = residual.reshape(-1, residual.shape[-1])  # [M, D]
+    return inference_linear(h, m.fc2.weight, m.fc2.bias, res2).view(residual.shape)
 
 
 def _mlp_quick_gelu_gemm(m: MLP, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -130,7 +120,7 @@ def _mlp_quick_gelu_gemm(m: MLP, x: torch.Tensor, residual: torch.Tensor) -> tor
     if b1 is None:
         h = torch.mm(x2, m.fc1.weight.t()).mul_(1.702)  # [M, hidden]
     else:
-        h = gemm(x2, m.fc1.weight, b1 * 1.702, alpha=1.702)  # [M, hidden] = 1.702 fc1(x)
+        h = torch.addmm(b1 * 1.702, x2, m.fc1.weight.t(), alpha=1.702)  # [M, hidden] = 1.702 fc1(x)
     F.silu(h, inplace=True)  # 1.702 quick_gelu(fc1(x))
     return gemm_into_residual(h, m.fc2.weight, m.fc2.bias, residual, alpha=1 / 1.702)
 

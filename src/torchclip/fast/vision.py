@@ -4,45 +4,23 @@ ViT: patch embedding as one matmul over unfolded patches, the last block for the
 ResNet: channels-last layout, each eval-mode BatchNorm folded into the conv before it (cached, rebuilt
 whenever a weight or running statistic changes), on x86 the folded weights pre-packed for oneDNN per
 input shape with ReLU and residual adds fused, each block writing into its shortcut; the attention pool
-projects one query instead of every token. Both split large batches into chunks whose largest
-activation stays under glibc's mmap threshold, so the chunks reuse heap memory instead of page-faulting
-fresh maps on every call.
+projects one query instead of every token.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..reference.vision import Bottleneck, ModifiedResNet, VisionTransformer, check_pixels
-from . import memory
-from .kernels import attend_one_query, derived_cache, inference_linear, onednn_eligible, tensor_key
+from .kernels import attend_one_query, inference_linear, onednn_eligible
 from .transformer import stack_first_token
 
-__all__ = ["encode_vit", "encode_resnet", "VIT_CHUNK_BYTES", "RESNET_CHUNK_BYTES"]
+__all__ = ["encode_vit", "encode_resnet", "PACK_CONVS"]
 
-# Largest activation per chunk: the ViT's MLP hidden layer, the ResNet's stem output. Below glibc's
-# largest mmap threshold (32 MiB), so a chunk's temporaries come from the heap it already faulted in.
-VIT_CHUNK_BYTES = 24 << 20
-RESNET_CHUNK_BYTES = 30 << 20
-
-
-def in_chunks(forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, chunk: int) -> torch.Tensor:
-    """``forward(pixels)`` over chunks of at most ``chunk`` images, all but the last of one size (images
-    never interact)."""
-    n = pixels.shape[0]
-    if n <= chunk:
-        return forward(pixels)
-    parts = -(-n // chunk)
-    return torch.cat([forward(p) for p in pixels.split(-(-n // parts))])
-
-
-def vit_chunk_images(v: VisionTransformer) -> int:
-    tokens, hidden = v.pos_embed.shape[0], v.transformer.blocks[0].mlp.fc1.out_features
-    return max(1, VIT_CHUNK_BYTES // (4 * hidden * tokens))
+# False: oneDNN's convs take the folded weight as it is (reordered on every call), nothing packed is kept.
+PACK_CONVS: bool = True
 
 
 def embed_patches(v: VisionTransformer, pixels: torch.Tensor) -> torch.Tensor:
@@ -53,23 +31,56 @@ def embed_patches(v: VisionTransformer, pixels: torch.Tensor) -> torch.Tensor:
     b, c, h, wd = pixels.shape
     p = v.patch_size
     gh, gw = h // p, wd // p
-    patches = memory.empty(b * gh * gw, c * p * p, like=pixels)  # [B*gh*gw, 3*P*P]
-    patches.view(b, gh, gw, c, p, p).copy_(pixels.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5))
-    return inference_linear(patches.view(b, gh * gw, c * p * p), w.reshape(w.shape[0], -1), owner=v.patch_embed)
+    patches = pixels.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * p * p)
+    return inference_linear(patches, w.reshape(w.shape[0], -1))  # [B, g*g, W]
 
 
 def encode_vit(v: VisionTransformer, pixels: torch.Tensor, projected: bool = True) -> torch.Tensor:
     """``v(pixels, projected)`` in eval mode without autograd."""
     check_pixels(pixels, v.image_size)
+    x = embed_patches(v, pixels)  # [B, g*g, W]
+    cls = v.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, W]
+    x = v.norm_pre(torch.cat([cls, x], dim=1) + v.pos_embed.to(x.dtype))  # [B, 1+g*g, W]
+    x = v.norm_post(stack_first_token(v.transformer, x))  # [B, W]
+    return x @ v.proj.to(x.dtype) if projected else x
 
-    def forward(px: torch.Tensor) -> torch.Tensor:
-        x = embed_patches(v, px)  # [B, g*g, W]
-        cls = v.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, W]
-        x = v.norm_pre(torch.cat([cls, x], dim=1) + v.pos_embed.to(x.dtype))  # [B, 1+g*g, W]
-        x = v.norm_post(stack_first_token(v.transformer, x))  # [B, W]
-        return x @ v.proj.to(x.dtype) if projected else x
 
-    return in_chunks(forward, pixels, vit_chunk_images(v))
+class DerivedCache:
+    """A module's derived inference tensors: never state, dropped by copies and pickling (oneDNN's
+    packed tensors can be neither deep-copied nor pickled, and a copy would rebuild them anyway)."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self) -> None:
+        # (key, tensors), replaced as one object: a concurrent caller (the web app answers requests on
+        # threads) never pairs a new key with the old tensors.
+        self.entry: tuple[tuple | None, tuple] = (None, ())
+
+    def __deepcopy__(self, memo: dict) -> DerivedCache:
+        return DerivedCache()
+
+    def __reduce__(self) -> tuple:
+        return (DerivedCache, ())
+
+
+def derived_cache(module: nn.Module, slot: str) -> DerivedCache:
+    """The ``DerivedCache`` named ``slot`` on ``module`` (a plain attribute: not state, not a buffer)."""
+    cache = module.__dict__.get(slot)
+    if cache is None:
+        cache = module.__dict__[slot] = DerivedCache()
+    return cache
+
+
+def tensor_key(t: torch.Tensor) -> tuple | None:
+    """What identifies ``t``'s current values for a cache derived from it, or None if nothing can.
+
+    Address, version counter (bumped by every in-place change: an optimizer step, ``load_state_dict``),
+    shape, strides, dtype and device. Inference tensors count no versions, so nothing may be derived
+    from them.
+    """
+    if t.is_inference():
+        return None
+    return (t.data_ptr(), t._version, tuple(t.shape), t.stride(), t.dtype, t.device)
 
 
 def _foldable(bn: nn.BatchNorm2d) -> bool:
@@ -101,8 +112,10 @@ def _packed(conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: torch.Tensor, x: torch.
     """The folded ``weight`` pre-packed for oneDNN for inputs shaped exactly like ``x``.
 
     A pack for one shape runs other shapes slower than the plain layout, so packs are per input shape,
-    batch included; the two most recent shapes are kept (a large batch's chunks and one other size).
+    batch included; the two most recent shapes are kept. Without ``PACK_CONVS``: ``weight`` itself.
     """
+    if not PACK_CONVS:
+        return weight
     shape = tuple(x.shape)
     cache = derived_cache(bn, "_packed")
     _, entries = cache.entry  # ((shape, packed, weight), ...), most recent first
@@ -125,7 +138,7 @@ def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, relu: bool = F
         y = bn(conv(x))
         return F.relu(y) if relu else y
     weight, bias = _folded(conv, bn)
-    if onednn_eligible(x, weight):  # pre-packed weight, ReLU fused into the conv
+    if onednn_eligible(x, weight):  # ReLU fused into the conv
         return torch.ops.mkldnn._convolution_pointwise(
             x.contiguous(memory_format=torch.channels_last), _packed(conv, bn, weight, x), bias,
             list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, "relu" if relu else "none",
@@ -159,20 +172,15 @@ def encode_resnet(r: ModifiedResNet, pixels: torch.Tensor, projected: bool = Tru
     """``r(pixels, projected)`` in eval mode without autograd."""
     check_pixels(pixels, r.image_size)
     stem, pool = r.stem, r.attn_pool
-
-    def forward(px: torch.Tensor) -> torch.Tensor:
-        # oneDNN's convs are fastest on NHWC; every op below keeps the layout, the values are the same.
-        x = px.to(stem.conv1.weight.dtype).contiguous(memory_format=torch.channels_last)
-        x = conv_bn(stem.conv1, stem.bn1, x, relu=True)
-        x = conv_bn(stem.conv2, stem.bn2, x, relu=True)
-        x = stem.pool(conv_bn(stem.conv3, stem.bn3, x, relu=True))
-        for stage in r.stages:
-            for blk in stage:
-                x = bottleneck_(blk, x)  # x is the previous block's output, read by nobody else
-        x = pool.tokens(x)  # [B, 1+h*w, C]
-        q = F.linear(x[:, 0], pool.q_proj.weight, pool.q_proj.bias)  # [B, C]
-        y = attend_one_query(q, x, pool.k_proj.weight, pool.v_proj.weight, pool.v_proj.bias, pool.heads)
-        return F.linear(y, pool.out_proj.weight, pool.out_proj.bias) if projected else y  # [B, E]
-
-    per_image = stem.conv3.out_channels * (pixels.shape[-2] // 2) * (pixels.shape[-1] // 2) * pixels.element_size()
-    return in_chunks(forward, pixels, max(1, RESNET_CHUNK_BYTES // max(1, per_image)))
+    # oneDNN's convs are fastest on NHWC; every op below keeps the layout, the values are the same.
+    x = pixels.to(stem.conv1.weight.dtype).contiguous(memory_format=torch.channels_last)
+    x = conv_bn(stem.conv1, stem.bn1, x, relu=True)
+    x = conv_bn(stem.conv2, stem.bn2, x, relu=True)
+    x = stem.pool(conv_bn(stem.conv3, stem.bn3, x, relu=True))
+    for stage in r.stages:
+        for blk in stage:
+            x = bottleneck_(blk, x)  # x is the previous block's output, read by nobody else
+    x = pool.tokens(x)  # [B, 1+h*w, C]
+    q = F.linear(x[:, 0], pool.q_proj.weight, pool.q_proj.bias)  # [B, C]
+    y = attend_one_query(q, x, pool.k_proj.weight, pool.v_proj.weight, pool.v_proj.bias, pool.heads)
+    return F.linear(y, pool.out_proj.weight, pool.out_proj.bias) if projected else y  # [B, E]

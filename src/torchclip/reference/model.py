@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CLIPConfig
+from ..config import CLIPConfig, HFTextConfig
 from .text import TextTransformer
 from .vision import build_vision
 
@@ -34,12 +34,16 @@ class CLIP(nn.Module):
     embeddings and logits scaled by exp(logit_scale), never clamped here (the trainer clamps the parameter).
     """
 
-    def __init__(self, config: CLIPConfig, text: nn.Module | None = None) -> None:
-        """``text``: another text tower (``torchclip.hf_text``) taking ``(ids, projected)`` as CLIP's does."""
+    def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
         self.config = config
         self.visual = build_vision(config)
-        self.text = TextTransformer(config) if text is None else text
+        if isinstance(config.text, HFTextConfig):  # a pretrained language model (LiT): transformers' maths
+            from .hf_text import HFTextTower
+
+            self.text: nn.Module = HFTextTower(config)
+        else:
+            self.text = TextTransformer(config)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
 
     @property

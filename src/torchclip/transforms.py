@@ -109,8 +109,9 @@ def load_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # a warning where warnings are errors
         raise ImageDecodeError(f"cannot load image {label}: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
-        detail = f"accepted: {', '.join(formats)}" if formats else str(exc)
-        raise ImageDecodeError(f"cannot load image {label}: not a recognised image format ({detail})") from exc
+        # Pillow's own text names the file object's address, which differs per process: say what was allowed.
+        detail = f" (accepted: {', '.join(formats)})" if formats else ""
+        raise ImageDecodeError(f"cannot load image {label}: not a recognised image format{detail}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         # Pillow's plugins report broken data with any of these (OSError "image file is truncated",
         # SyntaxError "broken PNG file", EOFError, struct.error on short headers).

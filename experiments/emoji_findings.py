@@ -117,16 +117,22 @@ def setup_lines(res: dict, json_path: Path) -> list[str]:
     cfg = st["config"]
     v, t = cfg["vision"], cfg["text"]
     ckpt = Path(st["checkpoint"])
+    if "encoder" in t:  # a pretrained language model as the text tower (LiT)
+        enc = json.loads(t["encoder"])
+        text = (f"text tower {t.get('source') or enc.get('model_type', 'a transformers encoder')} "
+                f"({enc.get('hidden_size')} wide, {enc.get('num_hidden_layers')} layers, {t['pooling']} pooling, "
+                f"{t['proj']} head) with its own {t['vocab_size']}-token tokenizer")
+    else:
+        text = f"text width {t['width']}, {t['layers']} layers, its own {t['vocab_size']}-token BPE vocabulary"
     lines = [f"Model: ViT image {v['image_size']}, patch {v['patch_size']}, width {v['width']}, {v['layers']} "
-             f"layers; text width {t['width']}, {t['layers']} layers, its own {t['vocab_size']}-token BPE "
-             f"vocabulary; embedding {cfg['embed_dim']}"
+             f"layers; {text}; embedding {cfg['embed_dim']}"
              + (f"; {st['n_params'] / 1e6:.1f}M parameters." if st.get("n_params") else ".")]
     run = st.get("train_config") or {}
     steps = run.get("optim", {}).get("steps")
     batch = run.get("data", {}).get("batch_size")
     minutes = st["train_seconds"] / 60 if st.get("train_seconds") else st.get("train_minutes")
     how = (f"`{st['train_command']}`" if st.get("train_command")
-           else "`torchclip train --config configs/emoji.yaml`" + (f" (run config `{_rel(_config_path(REPO / ckpt))}`)"
+           else f"`torchclip train --config configs/{'emoji-lit' if 'encoder' in t else 'emoji'}.yaml`" + (f" (run config `{_rel(_config_path(REPO / ckpt))}`)"
                                                                  if _config_path(REPO / ckpt) else ""))
     lines.append(f"Trained on google-train + twitter-train (2,648 pairs) by {how}"
                  + (f", {steps} steps of batch {batch}" if steps and batch else "")
@@ -192,10 +198,10 @@ def main(argv: list[str] | None = None) -> int:
                     "train_config": _run_config(checkpoint)}
     plots = make_plots(res, args.plots)
     json_path = args.out.with_suffix(".json")
-    md = render_markdown(res, plots, args.out.parent, setup=setup_lines(res, json_path))
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(res, indent=1, default=float) + "\n")  # first: a report error loses nothing
+    md = render_markdown(res, plots, args.out.parent, setup=setup_lines(res, json_path))
     args.out.write_text(md)
-    json_path.write_text(json.dumps(res, indent=1, default=float) + "\n")
     print(md)
     print(f"wrote {args.out}, {json_path} and {len(plots)} plots in {args.plots}")
     return 0

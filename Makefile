@@ -35,7 +35,10 @@ $(BENCH_STAMP): pyproject.toml constraints/peers.txt
 	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
 	$(BENCH_VENV)/bin/pip install -q -c constraints/peers.txt "torch==2.13.0" "torchvision==0.28.0" \
-		open_clip_torch openai-clip "setuptools<81" transformers pytest webdataset pandas
+		open_clip_torch openai-clip "setuptools<81" transformers pytest webdataset pandas \
+		clip_benchmark requests "numpy<2.4"
+	# clip_benchmark imports requests without declaring it, and its accuracy() converts 1-element arrays
+	# with float(), which numpy 2.4 refuses.
 	$(BENCH_VENV)/bin/pip install -q -c constraints/peers.txt -e .
 	touch $(BENCH_STAMP)
 

@@ -347,12 +347,13 @@ def test_resnet_packed_convs_match_and_survive_copies(onednn_switch, monkeypatch
 
 @needs_onednn
 def test_onednn_max_rows_sends_larger_products_to_torch_gemm(onednn_switch, monkeypatch) -> None:
-    """Above ``ONEDNN_MAX_ROWS`` rows torch's GEMM runs, with the same result; by default there is no limit."""
-    assert kernels.ONEDNN_MAX_ROWS is None
-    x, w = torch.randn(5000, 5), torch.randn(6, 5)
-    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        inference_linear(x, w)
-    assert "mkldnn::_linear_pointwise" in {e.key for e in prof.key_averages()}
+    """Above ``ONEDNN_MAX_ROWS`` rows torch's GEMM runs, with the same result (512 by default)."""
+    assert kernels.ONEDNN_MAX_ROWS == 512
+    w = torch.randn(6, 5)
+    for rows, expect in ((512, True), (513, False), (5000, False)):
+        with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            inference_linear(torch.randn(rows, 5), w)
+        assert ("mkldnn::_linear_pointwise" in {e.key for e in prof.key_averages()}) == expect
     monkeypatch.setattr(kernels, "ONEDNN_MAX_ROWS", 4)
     g = torch.Generator().manual_seed(0)
     w, b = torch.randn(6, 5, generator=g), torch.randn(6, generator=g)

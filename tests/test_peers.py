@@ -4,7 +4,8 @@ The peers live in their own venv (``make peers`` builds ``.bench-venv``, which t
 this test runs the peer suites there; where PyPI's CUDA torchvision cannot load its ops next to the CPU
 torch, through ``benchmarks/openclip_shim.py``, which declares them: ``tests/test_peers_compat.py`` (the peers'
 README quick-starts, OpenCLIP folders both ways, preprocessing modes) and ``tests/test_zoo.py``'s
-``test_open_clip_*`` group (the registry against open_clip, state-dict parity).
+``test_open_clip_*`` group (the registry against open_clip, state-dict parity), and
+``tests/test_clip_benchmark_interop.py`` (the real CLIP_benchmark command line on a torchclip checkpoint).
 
 ``$TORCHCLIP_PEERS_PYTHON`` names the interpreter (default ``.bench-venv/bin/python``). Without one the test
 skips with a reason; CI sets ``TORCHCLIP_REQUIRE_PEERS=1``, which makes that a failure.
@@ -20,7 +21,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SUITES = [("tests/test_peers_compat.py", None), ("tests/test_zoo.py", "open_clip")]
+SUITES = [("tests/test_peers_compat.py", None), ("tests/test_zoo.py", "open_clip"),
+          ("tests/test_clip_benchmark_interop.py", None)]
 
 
 SHIM = REPO / "benchmarks" / "openclip_shim.py"

@@ -24,8 +24,9 @@ ONEDNN_AVAILABLE: bool = (platform.machine().lower() in ("x86_64", "amd64")
                           and torch.backends.mkldnn.is_available()
                           and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 ONEDNN: bool = ONEDNN_AVAILABLE and os.environ.get("TORCHCLIP_ONEDNN", "1") != "0"
-# Products with more rows than this run on torch's GEMM instead; None: no limit.
-ONEDNN_MAX_ROWS: int | None = None
+# Products with more rows than this run on torch's GEMM, which is the faster of the two on plain (unpacked)
+# weights there; None: no limit.
+ONEDNN_MAX_ROWS: int | None = 512
 
 
 @contextlib.contextmanager

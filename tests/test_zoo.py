@@ -37,7 +37,7 @@ HAVE_OPEN_CLIP = importlib.util.find_spec("open_clip") is not None
 needs_open_clip = pytest.mark.skipif(
     not HAVE_OPEN_CLIP,
     reason="open_clip_torch is not installed here (not in the test extra: PyPI's torchvision is a CUDA build); "
-           "test_open_clip_checks_in_the_peers_venv runs these in an interpreter that has it",
+           "tests/test_peers.py runs these in the peers' venv",
 )
 TOL = 1e-4
 

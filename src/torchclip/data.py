@@ -177,19 +177,28 @@ def _image_bytes(raw: Raw) -> bytes:
 
 @dataclass(frozen=True)
 class ImageAugment:
-    """Random resized crop (area ``scale``, aspect ``ratio``) and an optional horizontal flip."""
+    """Random resized crop (area ``scale``, aspect ``ratio``), an optional horizontal flip, and colour
+    augmentation: with probability 0.8 a colour jitter of strength ``color_jitter`` (brightness, contrast and
+    saturation factors in [1 - 0.8s, 1 + 0.8s], hue turned by up to 0.2s of the circle, in random order as in
+    SimCLR), then grayscale with probability ``grayscale``."""
 
     scale: tuple[float, float] = (0.9, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.0
+    color_jitter: float = 0.0
+    grayscale: float = 0.0
 
     def build(self, image_size: int) -> Callable[[Image.Image, torch.Generator], torch.Tensor]:
         from .transforms import TrainTransform
 
         tf = TrainTransform(image_size, scale=tuple(self.scale), ratio=tuple(self.ratio))
-        hflip = float(self.hflip)
+        hflip, jitter, gray = float(self.hflip), float(self.color_jitter), float(self.grayscale)
 
         def apply(img: Image.Image, g: torch.Generator) -> torch.Tensor:
+            if jitter > 0 and float(torch.rand((), generator=g)) < 0.8:
+                img = color_jitter(img.convert("RGB"), jitter, g)
+            if gray > 0 and float(torch.rand((), generator=g)) < gray:
+                img = img.convert("L").convert("RGB")
             tf.generator = g  # per-sample generator: reproducible crops whatever worker runs them
             x = tf(img)  # [3, R, R]
             if hflip > 0 and float(torch.rand((), generator=g)) < hflip:
@@ -197,6 +206,30 @@ class ImageAugment:
             return x
 
         return apply
+
+
+def color_jitter(img: Image.Image, strength: float, g: torch.Generator) -> Image.Image:
+    """Brightness, contrast, saturation and hue changed by random amounts that scale with ``strength``."""
+    from PIL import ImageEnhance
+
+    def factor() -> float:
+        return 1.0 + 0.8 * strength * (2 * float(torch.rand((), generator=g)) - 1)
+
+    ops = ["brightness", "contrast", "saturation", "hue"]
+    for i in torch.randperm(4, generator=g).tolist():
+        op = ops[i]
+        if op == "brightness":
+            img = ImageEnhance.Brightness(img).enhance(factor())
+        elif op == "contrast":
+            img = ImageEnhance.Contrast(img).enhance(factor())
+        elif op == "saturation":
+            img = ImageEnhance.Color(img).enhance(factor())
+        else:
+            shift = int(round(255 * 0.2 * strength * (2 * float(torch.rand((), generator=g)) - 1)))
+            h, sat, v = img.convert("HSV").split()
+            h = h.point([(x + shift) % 256 for x in range(256)])  # a lookup table: hue wraps around
+            img = Image.merge("HSV", (h, sat, v)).convert("RGB")
+    return img
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,8 @@ class DataSection:
     crop_scale: tuple[float, float] = (0.9, 1.0)
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)
     hflip: float = 0.0
+    color_jitter: float = 0.0  # strength of a SimCLR-style colour jitter, applied to 80% of the images
+    grayscale: float = 0.0  # probability of turning an image gray
     tag_dropout: float = 0.0
     name_dropout: float = 0.0  # drop the first tag (the name) too, when other tags remain
     shuffle_tags: bool = False
@@ -200,7 +202,7 @@ _BOUNDS: dict[tuple[float, float, bool, bool], str] = {
     (2, math.inf, True, True): "model.context_length",
     (0, 1, True, False): "optim.beta1 optim.beta2",
     (0, 1, True, True): "data.hflip data.tag_dropout data.name_dropout data.template_prob "
-                        "model.patch_dropout",
+                        "data.color_jitter data.grayscale model.patch_dropout",
 }
 # (section, key) -> its bounds
 _RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {

@@ -18,7 +18,8 @@ score() { $PY experiments/emoji_protocol.py score "$1" --sets $2 --label "$3" --
 # 1. selection: candidates on the fit concepts, scored on the held-out train concepts (select)
 train sel-lit-locked & train sel-lit-unlock2 & wait
 train sel-lit-mlp & train sel-scratch & wait
-for n in sel-lit-locked sel-lit-unlock2 sel-lit-mlp sel-scratch; do score runs/protocol/$n select $n; done
+train sel-lit-color  # colour jitter + grayscale, added after the first choice (BENCHMARKS.md)
+for n in sel-lit-locked sel-lit-unlock2 sel-lit-mlp sel-scratch sel-lit-color; do score runs/protocol/$n select $n; done
 # the rule, fixed before any run: the LiT candidate with the highest mean of in-style, openmoji and
 # fluent-flat category top-1 and in-style name R@1 on the select concepts
 chosen=$($PY - <<'PYEOF'

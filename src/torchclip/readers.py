@@ -285,9 +285,7 @@ def find_vocabulary(checkpoint: str | os.PathLike[str]) -> Path | None:
     """The vocabulary stored with a checkpoint, else None (OpenAI's): an HF ``vocab.json`` + ``merges.txt``
     folder or a merges file (``TOKENIZER_FILES``), in the checkpoint's folder (or a ``tokenizer/`` inside
     it), or in the run folder above ``checkpoints/`` (``torchclip train``'s layout)."""
-    p = Path(checkpoint)
-    folder = p if p.is_dir() else p.parent
-    for f in [folder] + ([folder.parent] if folder.name == "checkpoints" else []):
+    for f in _vocabulary_folders(checkpoint):
         for d in (f, f / "tokenizer"):
             if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
                 return d
@@ -295,6 +293,13 @@ def find_vocabulary(checkpoint: str | os.PathLike[str]) -> Path | None:
         if found is not None:
             return found
     return None
+
+
+def _vocabulary_folders(checkpoint: str | os.PathLike[str]) -> list[Path]:
+    """Where a checkpoint's vocabulary may sit: its own folder, and the run folder above ``checkpoints/``."""
+    p = Path(checkpoint)
+    folder = p if p.is_dir() else p.parent
+    return [folder] + ([folder.parent] if folder.name == "checkpoints" else [])
 
 
 def _bundled_tokenizer(checkpoint: Path, text: TextConfig | HFTextConfig) -> Any:
@@ -306,9 +311,7 @@ def _bundled_tokenizer(checkpoint: Path, text: TextConfig | HFTextConfig) -> Any
     if isinstance(text, HFTextConfig):
         from .hf_text import HFTokenizer
 
-        p = Path(checkpoint)
-        folder = p if p.is_dir() else p.parent
-        for f in [folder] + ([folder.parent] if folder.name == "checkpoints" else []):
+        for f in _vocabulary_folders(checkpoint):
             for d in (f, f / "tokenizer"):
                 if (d / "tokenizer.json").is_file():
                     return HFTokenizer.from_folder(d, context_length=ctx)

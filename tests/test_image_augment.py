@@ -1,4 +1,4 @@
-"""Training-time image augmentation: crops and flips as before, colour jitter and grayscale when asked."""
+"""Training-time image augmentation: crops and flips as before; colour jitter, grayscale, flat colours and outlines when asked."""
 
 from __future__ import annotations
 
@@ -56,3 +56,57 @@ def test_jitter_strength_scales_the_change() -> None:
 def test_config_rejects_out_of_range(key: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"data.{key}"):
         load_config(None, [f"--data.{key}={value}"])
+
+
+def _artwork() -> Image.Image:
+    """A shaded disc on white: a smooth gradient (many colours) with one clear edge."""
+    yy, xx = np.mgrid[0:40, 0:40]
+    inside = (yy - 20) ** 2 + (xx - 20) ** 2 < 14**2
+    shade = (80 + 4 * xx).clip(0, 255)
+    rgb = np.where(inside[..., None], np.stack([shade, shade // 2, 255 - shade], -1), 255).astype(np.uint8)
+    return Image.fromarray(rgb)
+
+
+def test_flatten_cuts_the_colours_and_keeps_the_picture() -> None:
+    from torchclip.data import flatten_colours
+
+    img = _artwork()
+    before = len(img.getcolors(4096))
+    for seed in range(5):
+        flat = flatten_colours(img, torch.Generator().manual_seed(seed))
+        assert len(flat.getcolors(4096)) <= 12 < before  # negative control: the original has more colours
+        diff = np.abs(np.asarray(flat, dtype=float) - np.asarray(img, dtype=float)).mean()
+        assert diff < 20  # the same picture, not noise
+
+
+def test_outlines_darken_edges_only() -> None:
+    from torchclip.data import draw_outlines
+
+    img = _artwork()
+    out = np.asarray(draw_outlines(img, torch.Generator().manual_seed(0)), dtype=int)
+    src = np.asarray(img, dtype=int)
+    changed = (out != src).any(-1)
+    assert changed.sum() > 20  # the disc's rim became a line
+    assert changed[18:22, 18:22].sum() == 0 and changed[:3, :3].sum() == 0  # not inside, not the frame
+    assert (out[changed] <= 60).all()  # dark ink
+    blank = Image.new("RGB", (40, 40), "white")  # negative control: no edges, nothing drawn
+    assert np.array_equal(np.asarray(draw_outlines(blank, torch.Generator().manual_seed(0))), np.asarray(blank))
+
+
+def test_style_changes_only_when_asked_and_reproducible() -> None:
+    plain, styled = ImageAugment(**FULL), ImageAugment(**FULL, flatten=0.5, outline=0.5)
+    img = _artwork()
+
+    def run(aug: ImageAugment, seed: int) -> torch.Tensor:
+        return aug.build(32)(img, torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run(styled, 4), run(styled, 4))
+    changed = [not torch.allclose(run(plain, s), run(styled, s), atol=1e-3) for s in range(20)]
+    assert 8 <= sum(changed) < 20  # about 75% of draws change, never all
+
+
+@pytest.mark.parametrize("key", ["flatten", "outline"])
+def test_style_options_range_checked(key: str) -> None:
+    with pytest.raises(ValueError, match=f"data.{key}"):
+        load_config(None, [f"--data.{key}=1.2"])
+    assert getattr(load_config(None, [f"--data.{key}=0.3"]).data, key) == 0.3

@@ -180,21 +180,30 @@ class ImageAugment:
     """Random resized crop (area ``scale``, aspect ``ratio``), an optional horizontal flip, and colour
     augmentation: with probability 0.8 a colour jitter of strength ``color_jitter`` (brightness, contrast and
     saturation factors in [1 - 0.8s, 1 + 0.8s], hue turned by up to 0.2s of the circle, in random order as in
-    SimCLR), then grayscale with probability ``grayscale``."""
+    SimCLR), then grayscale with probability ``grayscale``. Two drawing-style changes for artwork: with
+    probability ``flatten`` the colours are cut to a few flat ones (no shading), and with probability
+    ``outline`` the edges between regions are drawn as dark lines."""
 
     scale: tuple[float, float] = (0.9, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.0
     color_jitter: float = 0.0
     grayscale: float = 0.0
+    flatten: float = 0.0
+    outline: float = 0.0
 
     def build(self, image_size: int) -> Callable[[Image.Image, torch.Generator], torch.Tensor]:
         from .transforms import TrainTransform
 
         tf = TrainTransform(image_size, scale=tuple(self.scale), ratio=tuple(self.ratio))
         hflip, jitter, gray = float(self.hflip), float(self.color_jitter), float(self.grayscale)
+        flat, line = float(self.flatten), float(self.outline)
 
         def apply(img: Image.Image, g: torch.Generator) -> torch.Tensor:
+            if flat > 0 and float(torch.rand((), generator=g)) < flat:
+                img = flatten_colours(img.convert("RGB"), g)
+            if line > 0 and float(torch.rand((), generator=g)) < line:
+                img = draw_outlines(img.convert("RGB"), g)
             if jitter > 0 and float(torch.rand((), generator=g)) < 0.8:
                 img = color_jitter(img.convert("RGB"), jitter, g)
             if gray > 0 and float(torch.rand((), generator=g)) < gray:
@@ -206,6 +215,30 @@ class ImageAugment:
             return x
 
         return apply
+
+
+def _uniform_int(lo: int, hi: int, g: torch.Generator) -> int:
+    return int(torch.randint(lo, hi + 1, (), generator=g))
+
+
+def flatten_colours(img: Image.Image, g: torch.Generator) -> Image.Image:
+    """The image in 4 to 12 colours (median cut, no dithering): flat regions instead of shading."""
+    colours = _uniform_int(4, 12, g)
+    return img.quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).convert("RGB")
+
+
+def draw_outlines(img: Image.Image, g: torch.Generator) -> Image.Image:
+    """Edges between regions (and against the background) drawn in a dark gray, 1 or 2 px wide."""
+    from PIL import ImageDraw, ImageFilter
+
+    edges = img.convert("L").filter(ImageFilter.FIND_EDGES)
+    threshold = _uniform_int(48, 96, g)
+    mask = edges.point(lambda v: 255 if v > threshold else 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, mask.width - 1, mask.height - 1), outline=0)  # the filter's frame
+    if float(torch.rand((), generator=g)) < 0.3:
+        mask = mask.filter(ImageFilter.MaxFilter(3))
+    ink = _uniform_int(0, 60, g)
+    return Image.composite(Image.new("RGB", img.size, (ink, ink, ink)), img, mask)
 
 
 def color_jitter(img: Image.Image, strength: float, g: torch.Generator) -> Image.Image:

@@ -81,6 +81,8 @@ class DataSection:
     hflip: float = 0.0
     color_jitter: float = 0.0  # strength of a SimCLR-style colour jitter, applied to 80% of the images
     grayscale: float = 0.0  # probability of turning an image gray
+    flatten: float = 0.0  # probability of cutting an image to a few flat colours
+    outline: float = 0.0  # probability of drawing an image's edges as dark lines
     tag_dropout: float = 0.0
     name_dropout: float = 0.0  # drop the first tag (the name) too, when other tags remain
     shuffle_tags: bool = False
@@ -202,7 +204,7 @@ _BOUNDS: dict[tuple[float, float, bool, bool], str] = {
     (2, math.inf, True, True): "model.context_length",
     (0, 1, True, False): "optim.beta1 optim.beta2",
     (0, 1, True, True): "data.hflip data.tag_dropout data.name_dropout data.template_prob "
-                        "data.color_jitter data.grayscale model.patch_dropout",
+                        "data.color_jitter data.grayscale data.flatten data.outline model.patch_dropout",
 }
 # (section, key) -> its bounds
 _RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {

@@ -105,6 +105,7 @@ class OptimSection:
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     accum_steps: int = 1  # micro-batches per step; exact for the contrastive loss (features cached)
     max_logit_scale: float = math.log(100)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, which eval and the saved model use; 0: off
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ _BOUNDS: dict[tuple[float, float, bool, bool], str] = {
                                "model.text_heads model.text_layers run.threads run.save_every run.log_every "
                                "eval.batch_size dist.timeout_s",
     (2, math.inf, True, True): "model.context_length",
-    (0, 1, True, False): "optim.beta1 optim.beta2",
+    (0, 1, True, False): "optim.beta1 optim.beta2 optim.ema",
     (0, 1, True, True): "data.hflip data.tag_dropout data.name_dropout data.template_prob "
                         "data.color_jitter data.grayscale data.flatten data.outline model.patch_dropout",
 }
@@ -252,6 +253,8 @@ def _check_values(cfg: TrainConfig) -> None:
                          "own tokenizer (leave data.vocab unset)")
     if m.text_tower and m.pretrained:
         raise ValueError("model.text_tower builds a new model; model.pretrained loads one: give one of them")
+    if cfg.optim.ema and cfg.dist.strategy == "fsdp":
+        raise ValueError("optim.ema keeps a full copy of the weights, which dist.strategy=fsdp shards: use ddp")
     if m.lock_text_unlocked_layers and not m.lock_text:
         raise ValueError("model.lock_text_unlocked_layers needs model.lock_text")
     vocab = cfg.data.vocab

@@ -311,8 +311,9 @@ def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor,
 
 def _state_dict(cfg: TrainConfig, step: int, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
                 scaler: Any, data_pos: dict[str, Any], skips: dict[str, int], nonfinite: int,
-                world: int) -> dict[str, Any]:
+                world: int, ema: nn.Module | None) -> dict[str, Any]:
     return {
+        "ema": None if ema is None else ema.state_dict(),
         "step": step,
         "torchclip_config": D.unwrap(model).clip.config.to_dict(),
         "model": D.model_state_dict(model),
@@ -351,6 +352,8 @@ def _check_resumable(state: dict[str, Any], cfg: TrainConfig, path: Path) -> Non
              for sec in ("model", "data") for key, value in now[sec].items()
              if (sec == "model" or key == "vocab") and (sec, key) not in ignored
              and (saved.get(sec) or {}).get(key, value) != value]
+    if bool(state.get("ema")) != bool(cfg.optim.ema):
+        diffs.append(f"{'a' if state.get('ema') else 'no'} weight average (this config: optim.ema={cfg.optim.ema})")
     if diffs:
         raise RunFolderError(f"checkpoint {path} was trained with {', '.join(diffs)}: resume with the run's own "
                              f"config (--config {Path(cfg.run.output_dir) / 'config.json'}), or start a new run "
@@ -427,6 +430,9 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
                             betas=(o.beta1, o.beta2 or (0.98 if vit else 0.999)), eps=o.eps or (1e-6 if vit else 1e-8))
     sched = cosine_schedule(opt, min(o.warmup, total), total)
     scaler = torch.amp.GradScaler(info.device.type, enabled=amp == torch.float16)
+    # the weights' moving average (a copy of the model), updated after every optimizer step
+    ema = (torch.optim.swa_utils.AveragedModel(clip, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(o.ema),
+                                               use_buffers=True) if o.ema else None)
 
     # resume: weights, optimizer, schedule, scaler, RNG and the data position
     step, batches_seen, cursors, skips, nonfinite = 0, 0, {}, {}, 0
@@ -435,6 +441,8 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
         D.load_optimizer_state(model, opt, state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
         step, skips, nonfinite = int(state["step"]), dict(state["skips"]), int(state["nonfinite"])
         batches_seen = int(state["data"]["batches"])
@@ -479,7 +487,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
         if fsdp:
             model.unshard()
         with autocast():
-            res = evaluate_sets(clip, tokenizer, eval_sets, cfg.eval.label_keys, cfg.eval.templates,
+            res = evaluate_sets(clip if ema is None else ema.module, tokenizer, eval_sets, cfg.eval.label_keys, cfg.eval.templates,
                                 cfg.eval.exclude, cfg.eval.batch_size)
         if fsdp:
             model.reshard()
@@ -527,6 +535,8 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
                 clamp_logit_scale_(clip.logit_scale, o.max_logit_scale)
+                if ema is not None:
+                    ema.update_parameters(clip)
             sched.step()
             step += 1
             n_log += 1
@@ -551,7 +561,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
             if step % cfg.run.save_every == 0 or step == total:
                 data_pos = {"batches": batches_seen, "cursors": _gather_cursors(cursors)}
                 state = _state_dict(cfg, step, model, opt, sched, scaler, data_pos, skips, nonfinite,
-                                    info.world_size)
+                                    info.world_size, ema)
                 if info.is_main:
                     try:
                         save_checkpoint(ckpt_dir, step, state, keep=cfg.run.keep_checkpoints)
@@ -564,7 +574,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
     finally:
         logger.close()
         del batches, loader
-    final = D.model_state_dict(model)  # gathered from shards under FSDP
+    final = D.model_state_dict(model) if ema is None else ema.module.state_dict()  # gathered under FSDP
     if info.is_main:
         from ..checkpoints import save
 

@@ -48,7 +48,6 @@ def setting(module: object, name: str, value: object) -> Iterator[None]:
 PIECES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "no oneDNN": lambda: fast.onednn_enabled(False),
     "no conv packs": lambda: setting(fast_vision, "PACK_CONVS", False),
-    "no projection packs": lambda: setting(kernels, "PACK_PROJECTIONS", False),
     "no packed text rows": lambda: setting(fast_text, "PACK_MIN_PADDING", 2.0),
     "reference path": fast.plain_ops,
 }
@@ -128,7 +127,7 @@ def main() -> None:
     results: dict = {"machine": harness.machine(), "rounds": args.rounds,
                      "gemm": gemm([int(m) for m in args.rows.split(",") if m], args.rounds)}
     for name in [m for m in args.models.split(",") if m]:
-        pieces = ["no oneDNN", "no projection packs" if name.startswith("ViT") else "no conv packs", "reference path"]
+        pieces = ["no oneDNN", *([] if name.startswith("ViT") else ["no conv packs"]), "reference path"]
         for b in [int(b) for b in args.batches.split(",") if b]:
             results[f"{name} image b{b}"] = ablate(name, "image", b, pieces, args.rounds)
     results[f"ViT-B/32 text b{args.text_batch}"] = ablate(

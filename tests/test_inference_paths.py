@@ -287,49 +287,6 @@ def test_half_precision_models_use_their_own_gemm() -> None:
 
 
 @needs_onednn
-def test_vit_packed_projections_match_and_follow_the_weights(onednn_switch, monkeypatch) -> None:
-    """Projections on oneDNN take their weight packed per row count (two kept, rebuilt when the weight
-    changes in place), with the unpacked features; copies and pickles drop the packs."""
-    import copy
-    import io
-
-    torch.manual_seed(0)
-    model = CLIP(tiny(False)).eval()
-    px = torch.randn(1, 3, 32, 32)
-    ref = model.encode_image(px).detach()  # the autograd (reference) path
-    fc1 = model.visual.transformer.blocks[0].mlp.fc1
-    with torch.no_grad():
-        out = model.encode_image(px)
-        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-        rows = 1 + (32 // 8) ** 2  # one image: class token + 16 patches
-        assert fc1.__dict__["_packed"].entry[1][0][0] == rows
-        assert fc1.__dict__["_packed"].entry[1][0][1].is_mkldnn  # the kernel took a pack
-        many = model.encode_image(px.expand(3, -1, -1, -1))
-        torch.testing.assert_close(many, out.expand(3, -1), atol=1e-5, rtol=1e-5)
-        model.encode_image(px.expand(2, -1, -1, -1))  # a third row count evicts the oldest
-        assert [e[0] for e in fc1.__dict__["_packed"].entry[1]] == [2 * rows, 3 * rows]
-        monkeypatch.setattr(kernels, "PACK_PROJECTIONS", False)  # unpacked: same numbers, nothing packed
-        fresh = CLIP(tiny(False)).eval()
-        fresh.load_state_dict(model.state_dict())
-        torch.testing.assert_close(fresh.encode_image(px), out, atol=1e-5, rtol=1e-5)
-        assert "_packed" not in fresh.visual.transformer.blocks[0].mlp.fc1.__dict__
-        monkeypatch.undo()
-
-        twin = copy.deepcopy(model)
-        assert "_packed" not in twin.visual.transformer.blocks[0].mlp.fc1.__dict__ or \
-            twin.visual.transformer.blocks[0].mlp.fc1.__dict__["_packed"].entry == (None, ())
-        torch.save(model, io.BytesIO())
-        torch.testing.assert_close(twin.encode_image(px), out, atol=0, rtol=0)
-        for blk in twin.visual.transformer.blocks:  # an in-place change must reach the packs
-            blk.mlp.fc1.weight.mul_(-1)
-            blk.attn.qkv.weight.mul_(0.5)
-        changed = twin.encode_image(px)
-        kernels.ONEDNN = False
-        torch.testing.assert_close(changed, twin.encode_image(px), atol=1e-5, rtol=1e-5)
-        assert (changed - out).abs().max() > 1e-3  # negative control: stale packs would give `out`
-
-
-@needs_onednn
 def test_resnet_packed_convs_match_and_survive_copies(onednn_switch, monkeypatch) -> None:
     """Pre-packed oneDNN convs give the plain features at every batch size, packed per input shape (two
     kept); a model holding them still copies and pickles."""

@@ -15,11 +15,9 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-__all__ = ["ONEDNN", "ONEDNN_AVAILABLE", "ONEDNN_MAX_ROWS", "PACK_PROJECTIONS", "onednn_enabled", "onednn_eligible",
-           "uses_onednn", "inference_linear", "gemm_into_residual", "same_dtype_no_autocast", "attend_one_query",
-           "packed_weight", "DerivedCache", "derived_cache", "tensor_key"]
+__all__ = ["ONEDNN", "ONEDNN_AVAILABLE", "ONEDNN_MAX_ROWS", "onednn_enabled", "onednn_eligible", "uses_onednn",
+           "inference_linear", "gemm_into_residual", "same_dtype_no_autocast", "attend_one_query"]
 
 # TORCHCLIP_ONEDNN=0, or this attribute set to False, keeps torch's default kernels everywhere.
 ONEDNN_AVAILABLE: bool = (platform.machine().lower() in ("x86_64", "amd64")
@@ -29,46 +27,6 @@ ONEDNN: bool = ONEDNN_AVAILABLE and os.environ.get("TORCHCLIP_ONEDNN", "1") != "
 # Products with more rows than this run on torch's GEMM, which is the faster of the two on plain (unpacked)
 # weights there; None: no limit.
 ONEDNN_MAX_ROWS: int | None = 512
-# False: oneDNN's projections take the weight as it is (reordered on every call), nothing packed is kept.
-PACK_PROJECTIONS: bool = True
-
-
-class DerivedCache:
-    """A module's derived inference tensors: never state, dropped by copies and pickling (oneDNN's
-    packed tensors can be neither deep-copied nor pickled, and a copy would rebuild them anyway)."""
-
-    __slots__ = ("entry",)
-
-    def __init__(self) -> None:
-        # (key, tensors), replaced as one object: a concurrent caller (the web app answers requests on
-        # threads) never pairs a new key with the old tensors.
-        self.entry: tuple[tuple | None, tuple] = (None, ())
-
-    def __deepcopy__(self, memo: dict) -> DerivedCache:
-        return DerivedCache()
-
-    def __reduce__(self) -> tuple:
-        return (DerivedCache, ())
-
-
-def derived_cache(module: nn.Module, slot: str) -> DerivedCache:
-    """The ``DerivedCache`` named ``slot`` on ``module`` (a plain attribute: not state, not a buffer)."""
-    cache = module.__dict__.get(slot)
-    if cache is None:
-        cache = module.__dict__[slot] = DerivedCache()
-    return cache
-
-
-def tensor_key(t: torch.Tensor) -> tuple | None:
-    """What identifies ``t``'s current values for a cache derived from it, or None if nothing can.
-
-    Address, version counter (bumped by every in-place change: an optimizer step, ``load_state_dict``),
-    shape, strides, dtype and device. Inference tensors count no versions, so nothing may be derived
-    from them.
-    """
-    if t.is_inference():
-        return None
-    return (t.data_ptr(), t._version, tuple(t.shape), t.stride(), t.dtype, t.device)
 
 
 @contextlib.contextmanager
@@ -123,33 +81,11 @@ def gemm_into_residual(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return torch.addmm(out, x.reshape(-1, x.shape[-1]), weight.t(), alpha=alpha, out=out).view(residual.shape)
 
 
-def packed_weight(owner: nn.Module, weight: torch.Tensor, rows: int) -> torch.Tensor:
-    """``weight`` (``owner``'s) laid out by oneDNN for products with ``rows`` rows, cached on ``owner``.
-
-    A pack for one row count runs others slower than the plain layout, so packs are per row count; the
-    two most recent are kept. Without ``PACK_PROJECTIONS``, or for inference tensors: ``weight`` itself.
-    """
-    key = tensor_key(weight)
-    if not PACK_PROJECTIONS or key is None:
-        return weight
-    cache = derived_cache(owner, "_packed")
-    cached_key, entries = cache.entry  # key: the weight's; entries: ((rows, packed), ...), most recent first
-    entries = entries if cached_key == key else ()
-    hit = next((e for e in entries if e[0] == rows), None)
-    if hit is None:
-        with torch.no_grad():
-            hit = (rows, torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows))
-    if not entries or entries[0] is not hit:
-        cache.entry = (key, (hit,) + tuple(e for e in entries if e is not hit)[:1])
-    return hit[1]
-
-
 def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                     residual: torch.Tensor | None = None, owner: nn.Module | None = None) -> torch.Tensor:
+                     residual: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias) + residual`` (``residual`` optional, shaped like the output).
 
-    oneDNN adds the residual in place into its fresh output; torch's GEMM accumulates into it. ``owner``:
-    the module ``weight`` belongs to, where oneDNN's packs of it are cached (none without).
+    oneDNN adds the residual in place into its fresh output; torch's GEMM accumulates into it.
     """
     if not uses_onednn(x, weight):
         operands = (x, weight) + (() if bias is None else (bias,))
@@ -159,8 +95,7 @@ def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         return y if residual is None else y.add_(residual)
     lead, n = x.shape[:-1], weight.shape[0]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()  # [M, K]
-    w = weight.contiguous() if owner is None else packed_weight(owner, weight, x2.shape[0])
-    y = torch.ops.mkldnn._linear_pointwise(x2, w, bias, "none", [], "")  # [M, N]
+    y = torch.ops.mkldnn._linear_pointwise(x2, weight.contiguous(), bias, "none", [], "")  # [M, N]
     if residual is not None:  # (x W^T + b) + residual, in that order
         y.add_(residual.reshape(-1, n))
     return y.view(*lead, n)  # [..., N]

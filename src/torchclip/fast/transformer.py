@@ -18,7 +18,6 @@ from .kernels import (
     attend_one_query,
     gemm_into_residual,
     inference_linear,
-    packed_weight,
     same_dtype_no_autocast,
     uses_onednn,
 )
@@ -56,7 +55,7 @@ class Packing:
 def attention(attn: Attention, x: torch.Tensor, residual: torch.Tensor, causal: bool = False,
               packing: Packing | None = None) -> torch.Tensor:
     """``residual + attn(x)``; ``x``: [B, N, D], or packed [T, D] rows described by ``packing`` (causal)."""
-    qkv = inference_linear(x, attn.qkv.weight, attn.qkv.bias, owner=attn.qkv)
+    qkv = inference_linear(x, attn.qkv.weight, attn.qkv.bias)
     if packing is None:
         b, n, d = x.shape  # [B, N, D]
     else:
@@ -68,7 +67,7 @@ def attention(attn: Attention, x: torch.Tensor, residual: torch.Tensor, causal: 
     y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, N, Dh]
     y = y.transpose(1, 2)  # [B, N, H, Dh]: SDPA's CPU kernels already lay it out this way, so no copy
     y = y.reshape(b, n, d) if packing is None else y.reshape(b * n, d).index_select(0, packing.scatter)
-    return inference_linear(y, attn.proj.weight, attn.proj.bias, residual, owner=attn.proj)  # like x
+    return inference_linear(y, attn.proj.weight, attn.proj.bias, residual)  # like x
 
 
 def attention_first_query(attn: Attention, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -78,7 +77,7 @@ def attention_first_query(attn: Attention, x: torch.Tensor, residual: torch.Tens
     w, bias = attn.qkv.weight, attn.qkv.bias
     q = inference_linear(x[:, 0], w[:d], None if bias is None else bias[:d])  # [B, D]
     y = attend_one_query(q, x, w[d:2 * d], w[2 * d:], None if bias is None else bias[2 * d:], attn.heads)
-    return inference_linear(y, attn.proj.weight, attn.proj.bias, residual, owner=attn.proj)
+    return inference_linear(y, attn.proj.weight, attn.proj.bias, residual)
 
 
 def mlp(m: MLP, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -87,8 +86,8 @@ def mlp(m: MLP, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return _mlp_onednn(m, x, residual)
     if isinstance(m.act, QuickGELU) and same_dtype_no_autocast(x, m.fc1.weight, residual):
         return _mlp_quick_gelu_gemm(m, x, residual)
-    h = m.act(inference_linear(x, m.fc1.weight, m.fc1.bias, owner=m.fc1))  # [..., hidden]
-    return inference_linear(h, m.fc2.weight, m.fc2.bias, residual, owner=m.fc2)
+    h = m.act(inference_linear(x, m.fc1.weight, m.fc1.bias))  # [..., hidden]
+    return inference_linear(h, m.fc2.weight, m.fc2.bias, residual)
 
 
 def _mlp_onednn(m: MLP, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -99,7 +98,7 @@ def _mlp_onednn(m: MLP, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor
     are scaled by 1.702 (the input is narrower than the hidden layer) and one pass divides.
     """
     x2, b1 = x.reshape(-1, x.shape[-1]).contiguous(), m.fc1.bias  # [M, D]
-    w1 = packed_weight(m.fc1, m.fc1.weight, x2.shape[0])
+    w1 = m.fc1.weight.contiguous()
     pointwise = torch.ops.mkldnn._linear_pointwise
     if isinstance(m.act, QuickGELU):
         h = pointwise(x2 * 1.702, w1, None if b1 is None else b1 * 1.702, "none", [], "")  # [M, hidden]
@@ -111,7 +110,7 @@ def _mlp_onednn(m: MLP, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor
         else:
             h = m.act(h)
     res2 = residual.reshape(-1, residual.shape[-1])  # [M, D]
-    return inference_linear(h, m.fc2.weight, m.fc2.bias, res2, owner=m.fc2).view(residual.shape)
+    return inference_linear(h, m.fc2.weight, m.fc2.bias, res2).view(residual.shape)
 
 
 def _mlp_quick_gelu_gemm(m: MLP, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

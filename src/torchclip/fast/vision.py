@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..reference.vision import Bottleneck, ModifiedResNet, VisionTransformer, check_pixels
-from .kernels import attend_one_query, derived_cache, inference_linear, onednn_eligible, tensor_key
+from .kernels import attend_one_query, inference_linear, onednn_eligible
 from .transformer import stack_first_token
 
 __all__ = ["encode_vit", "encode_resnet", "PACK_CONVS"]
@@ -43,6 +43,44 @@ def encode_vit(v: VisionTransformer, pixels: torch.Tensor, projected: bool = Tru
     x = v.norm_pre(torch.cat([cls, x], dim=1) + v.pos_embed.to(x.dtype))  # [B, 1+g*g, W]
     x = v.norm_post(stack_first_token(v.transformer, x))  # [B, W]
     return x @ v.proj.to(x.dtype) if projected else x
+
+
+class DerivedCache:
+    """A module's derived inference tensors: never state, dropped by copies and pickling (oneDNN's
+    packed tensors can be neither deep-copied nor pickled, and a copy would rebuild them anyway)."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self) -> None:
+        # (key, tensors), replaced as one object: a concurrent caller (the web app answers requests on
+        # threads) never pairs a new key with the old tensors.
+        self.entry: tuple[tuple | None, tuple] = (None, ())
+
+    def __deepcopy__(self, memo: dict) -> DerivedCache:
+        return DerivedCache()
+
+    def __reduce__(self) -> tuple:
+        return (DerivedCache, ())
+
+
+def derived_cache(module: nn.Module, slot: str) -> DerivedCache:
+    """The ``DerivedCache`` named ``slot`` on ``module`` (a plain attribute: not state, not a buffer)."""
+    cache = module.__dict__.get(slot)
+    if cache is None:
+        cache = module.__dict__[slot] = DerivedCache()
+    return cache
+
+
+def tensor_key(t: torch.Tensor) -> tuple | None:
+    """What identifies ``t``'s current values for a cache derived from it, or None if nothing can.
+
+    Address, version counter (bumped by every in-place change: an optimizer step, ``load_state_dict``),
+    shape, strides, dtype and device. Inference tensors count no versions, so nothing may be derived
+    from them.
+    """
+    if t.is_inference():
+        return None
+    return (t.data_ptr(), t._version, tuple(t.shape), t.stride(), t.dtype, t.device)
 
 
 def _foldable(bn: nn.BatchNorm2d) -> bool:

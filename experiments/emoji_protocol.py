@@ -123,6 +123,21 @@ def summary(results: dict[str, dict[str, float]], prefix: str | None = None) -> 
     return "\n".join(lines)
 
 
+RULE_KEYS = ("in-style/category/acc1", "openmoji/category/acc1", "fluent-flat/category/acc1", "in-style/name/acc1")
+
+
+def choose(results: dict[str, dict[str, float]], prefix: str = "sel-lit") -> tuple[str, dict[str, float]]:
+    """The rule, fixed before any run: the candidate (label up to '-seed') whose mean over ``RULE_KEYS``,
+    averaged over its seeds, is highest on the select concepts. Returns it and every candidate's value."""
+    groups: dict[str, list[float]] = {}
+    for label, metrics in results.items():
+        if label.startswith(prefix):
+            value = 100 * statistics.fmean(metrics[k] for k in RULE_KEYS)
+            groups.setdefault(label.split("-seed")[0], []).append(value)
+    values = {name: statistics.fmean(v) for name, v in groups.items()}
+    return max(values, key=values.__getitem__), values
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -141,7 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("summary")
     m.add_argument("json", type=Path)
     m.add_argument("--prefix")
+    k = sub.add_parser("choose", help="print the candidate the rule picks from a select.json (values on stderr)")
+    k.add_argument("json", type=Path)
     args = p.parse_args(argv)
+    if args.cmd == "choose":
+        chosen, values = choose(json.loads(args.json.read_text()))
+        for name, v in sorted(values.items(), key=lambda kv: -kv[1]):
+            print(f"{name}: {v:.1f}", file=sys.stderr)
+        print(chosen)
+        return 0
     if args.cmd == "split":
         for name, n in split(args.out, args.data).items():
             print(f"wrote {args.out / name} ({n} samples)")

@@ -110,3 +110,28 @@ def test_style_options_range_checked(key: str) -> None:
     with pytest.raises(ValueError, match=f"data.{key}"):
         load_config(None, [f"--data.{key}=1.2"])
     assert getattr(load_config(None, [f"--data.{key}=0.3"]).data, key) == 0.3
+
+
+def test_random_conv_changes_texture_not_layout() -> None:
+    from torchclip.data import random_conv
+
+    x = _run(ImageAugment(**FULL), 0)  # [3, 32, 32], normalized
+    outs = [random_conv(x, torch.Generator().manual_seed(s)) for s in range(12)]
+    assert all(o.shape == x.shape and torch.isfinite(o).all() for o in outs)
+    assert torch.equal(outs[3], random_conv(x, torch.Generator().manual_seed(3)))  # reproducible per generator
+    assert sum(not torch.allclose(o, x, atol=1e-3) for o in outs) >= 10  # changed on nearly every draw
+    # the scale stays the input's (weights with variance 1/fan-in), not blown up or washed out
+    ratios = torch.tensor([float(o.std() / x.std()) for o in outs])
+    assert 0.2 < float(ratios.median()) < 2.0
+    flat = torch.ones(3, 32, 32)  # an even image stays even away from the border: no new structure invented
+    y = random_conv(flat, torch.Generator().manual_seed(1))
+    assert float(y[:, 4:-4, 4:-4].std(dim=(1, 2)).max()) < 1e-5
+
+
+def test_random_conv_only_when_asked() -> None:
+    plain, mixed = ImageAugment(**FULL), ImageAugment(**FULL, random_conv=0.5)
+    assert torch.equal(_run(mixed, 2), _run(mixed, 2))
+    changed = [not torch.allclose(_run(plain, s), _run(mixed, s), atol=1e-3) for s in range(20)]
+    assert 4 <= sum(changed) < 20  # about half the draws
+    with pytest.raises(ValueError, match="data.random_conv"):
+        load_config(None, ["--data.random_conv=2"])

@@ -30,7 +30,7 @@ $PY experiments/emoji_protocol.py split --out runs/emoji-protocol/data >> $logs/
 
 # 1. candidates train on the other train concepts and are scored on the select concepts (val is never read)
 sel=(sel-lit-locked sel-lit-unlock2 sel-lit-mlp sel-scratch sel-lit-color sel-lit-style sel-lit-locked-seed1
-     sel-lit-style-seed1 sel-lit-ema sel-lit-ema-seed1)
+     sel-lit-style-seed1 sel-lit-ema sel-lit-ema-seed1 sel-lit-rconv sel-lit-rconv-seed1)
 for ((i = 0; i < ${#sel[@]}; i += 2)); do
   train ${sel[i]} $P/${sel[i]}.yaml &
   if ((i + 1 < ${#sel[@]})); then train ${sel[i+1]} $P/${sel[i+1]}.yaml & fi

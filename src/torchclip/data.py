@@ -182,7 +182,9 @@ class ImageAugment:
     saturation factors in [1 - 0.8s, 1 + 0.8s], hue turned by up to 0.2s of the circle, in random order as in
     SimCLR), then grayscale with probability ``grayscale``. Two drawing-style changes for artwork: with
     probability ``flatten`` the colours are cut to a few flat ones (no shading), and with probability
-    ``outline`` the edges between regions are drawn as dark lines."""
+    ``outline`` the edges between regions are drawn as dark lines. With probability ``random_conv`` the
+    normalized pixels go through a random convolution mixed with the original (RandConv, Xu et al. 2021):
+    local texture and colour change, shapes stay."""
 
     scale: tuple[float, float] = (0.9, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -191,13 +193,14 @@ class ImageAugment:
     grayscale: float = 0.0
     flatten: float = 0.0
     outline: float = 0.0
+    random_conv: float = 0.0
 
     def build(self, image_size: int) -> Callable[[Image.Image, torch.Generator], torch.Tensor]:
         from .transforms import TrainTransform
 
         tf = TrainTransform(image_size, scale=tuple(self.scale), ratio=tuple(self.ratio))
         hflip, jitter, gray = float(self.hflip), float(self.color_jitter), float(self.grayscale)
-        flat, line = float(self.flatten), float(self.outline)
+        flat, line, rconv = float(self.flatten), float(self.outline), float(self.random_conv)
 
         def apply(img: Image.Image, g: torch.Generator) -> torch.Tensor:
             if flat > 0 and float(torch.rand((), generator=g)) < flat:
@@ -212,6 +215,8 @@ class ImageAugment:
             x = tf(img)  # [3, R, R]
             if hflip > 0 and float(torch.rand((), generator=g)) < hflip:
                 x = x.flip(-1)
+            if rconv > 0 and float(torch.rand((), generator=g)) < rconv:
+                x = random_conv(x, g)
             return x
 
         return apply
@@ -239,6 +244,16 @@ def draw_outlines(img: Image.Image, g: torch.Generator) -> Image.Image:
         mask = mask.filter(ImageFilter.MaxFilter(3))
     ink = _uniform_int(0, 60, g)
     return Image.composite(Image.new("RGB", img.size, (ink, ink, ink)), img, mask)
+
+
+def random_conv(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """``x`` ([3, R, R]) mixed with itself through a random 3->3 convolution: kernel 1, 3, 5 or 7, weights
+    drawn with variance 1/fan-in (the output keeps the input's scale), mixing weight uniform in [0, 1]."""
+    k = (1, 3, 5, 7)[int(torch.randint(4, (), generator=g))]
+    w = torch.randn(3, 3, k, k, generator=g) / (3 * k * k) ** 0.5
+    y = torch.nn.functional.conv2d(x[None], w.to(x.dtype), padding=k // 2)[0]  # [3, R, R]
+    a = float(torch.rand((), generator=g))
+    return a * x + (1 - a) * y
 
 
 def color_jitter(img: Image.Image, strength: float, g: torch.Generator) -> Image.Image:

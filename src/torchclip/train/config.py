@@ -83,6 +83,7 @@ class DataSection:
     grayscale: float = 0.0  # probability of turning an image gray
     flatten: float = 0.0  # probability of cutting an image to a few flat colours
     outline: float = 0.0  # probability of drawing an image's edges as dark lines
+    random_conv: float = 0.0  # probability of mixing an image with a random convolution of itself (RandConv)
     tag_dropout: float = 0.0
     name_dropout: float = 0.0  # drop the first tag (the name) too, when other tags remain
     shuffle_tags: bool = False
@@ -205,7 +206,7 @@ _BOUNDS: dict[tuple[float, float, bool, bool], str] = {
     (2, math.inf, True, True): "model.context_length",
     (0, 1, True, False): "optim.beta1 optim.beta2 optim.ema",
     (0, 1, True, True): "data.hflip data.tag_dropout data.name_dropout data.template_prob "
-                        "data.color_jitter data.grayscale data.flatten data.outline model.patch_dropout",
+                        "data.color_jitter data.grayscale data.flatten data.outline data.random_conv model.patch_dropout",
 }
 # (section, key) -> its bounds
 _RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {

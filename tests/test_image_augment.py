@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from torchclip.data import ImageAugment
+from torchclip.data import ImageAugment, StyleAugment
 from torchclip.train.config import load_config
 
 
@@ -94,7 +94,7 @@ def test_outlines_darken_edges_only() -> None:
 
 
 def test_style_changes_only_when_asked_and_reproducible() -> None:
-    plain, styled = ImageAugment(**FULL), ImageAugment(**FULL, flatten=0.5, outline=0.5)
+    plain, styled = ImageAugment(**FULL), ImageAugment(**FULL, style=StyleAugment(flatten=0.5, outline=0.5))
     img = _artwork()
 
     def run(aug: ImageAugment, seed: int) -> torch.Tensor:
@@ -129,9 +129,34 @@ def test_random_conv_changes_texture_not_layout() -> None:
 
 
 def test_random_conv_only_when_asked() -> None:
-    plain, mixed = ImageAugment(**FULL), ImageAugment(**FULL, random_conv=0.5)
+    plain, mixed = ImageAugment(**FULL), ImageAugment(**FULL, style=StyleAugment(random_conv=0.5))
     assert torch.equal(_run(mixed, 2), _run(mixed, 2))
     changed = [not torch.allclose(_run(plain, s), _run(mixed, s), atol=1e-3) for s in range(20)]
     assert 4 <= sum(changed) < 20  # about half the draws
     with pytest.raises(ValueError, match="data.random_conv"):
         load_config(None, ["--data.random_conv=2"])
+
+
+def test_training_passes_every_image_option_to_the_stream(tmp_path, monkeypatch) -> None:
+    from trainkit import make_shards, tiny_overrides
+
+    from torchclip.train import loop
+    from torchclip.train.config import TrainConfig
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(loop, "ContrastiveStream", capture)
+    shards = make_shards(tmp_path / "shards", n_shards=1, per_shard=8)
+    data = {"color_jitter": 0.1, "grayscale": 0.2, "flatten": 0.3, "outline": 0.4, "random_conv": 0.5, "hflip": 0.6}
+    with pytest.raises(Stop):
+        loop.train(TrainConfig.from_dict(tiny_overrides(shards, tmp_path / "run", data=data)))
+    aug = seen["image_augment"]
+    assert (aug.color_jitter, aug.grayscale, aug.hflip) == (0.1, 0.2, 0.6)
+    assert aug.style == StyleAugment(flatten=0.3, outline=0.4, random_conv=0.5)

@@ -46,6 +46,7 @@ __all__ = [
     "IMAGE_EXTS",
     "CaptionAugment",
     "ImageAugment",
+    "StyleAugment",
     "Batch",
     "ContrastiveStream",
     "SkipSample",
@@ -176,31 +177,37 @@ def _image_bytes(raw: Raw) -> bytes:
 
 
 @dataclass(frozen=True)
+class StyleAugment:
+    """Drawing-style changes for artwork, each with its probability: ``flatten`` cuts the colours to a few
+    flat ones (no shading), ``outline`` draws the edges between regions as dark lines, and ``random_conv``
+    mixes the normalized pixels with a random convolution of themselves (RandConv, Xu et al. 2021): local
+    texture and colour change, shapes stay."""
+
+    flatten: float = 0.0
+    outline: float = 0.0
+    random_conv: float = 0.0
+
+
+@dataclass(frozen=True)
 class ImageAugment:
     """Random resized crop (area ``scale``, aspect ``ratio``), an optional horizontal flip, and colour
     augmentation: with probability 0.8 a colour jitter of strength ``color_jitter`` (brightness, contrast and
     saturation factors in [1 - 0.8s, 1 + 0.8s], hue turned by up to 0.2s of the circle, in random order as in
-    SimCLR), then grayscale with probability ``grayscale``. Two drawing-style changes for artwork: with
-    probability ``flatten`` the colours are cut to a few flat ones (no shading), and with probability
-    ``outline`` the edges between regions are drawn as dark lines. With probability ``random_conv`` the
-    normalized pixels go through a random convolution mixed with the original (RandConv, Xu et al. 2021):
-    local texture and colour change, shapes stay."""
+    SimCLR), then grayscale with probability ``grayscale``; drawing-style changes as ``style`` says."""
 
     scale: tuple[float, float] = (0.9, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.0
     color_jitter: float = 0.0
     grayscale: float = 0.0
-    flatten: float = 0.0
-    outline: float = 0.0
-    random_conv: float = 0.0
+    style: StyleAugment = StyleAugment()
 
     def build(self, image_size: int) -> Callable[[Image.Image, torch.Generator], torch.Tensor]:
         from .transforms import TrainTransform
 
         tf = TrainTransform(image_size, scale=tuple(self.scale), ratio=tuple(self.ratio))
         hflip, jitter, gray = float(self.hflip), float(self.color_jitter), float(self.grayscale)
-        flat, line, rconv = float(self.flatten), float(self.outline), float(self.random_conv)
+        flat, line, rconv = float(self.style.flatten), float(self.style.outline), float(self.style.random_conv)
 
         def apply(img: Image.Image, g: torch.Generator) -> torch.Tensor:
             if flat > 0 and float(torch.rand((), generator=g)) < flat:

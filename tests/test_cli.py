@@ -66,6 +66,17 @@ def test_help_and_version_do_not_import_torch(control: bool) -> None:
     assert r.stdout.split() == ["False", "True" if control else "False"]
 
 
+def test_python_dash_m_torchclip_is_the_command() -> None:
+    """``python -m torchclip`` (what scripts without the console script use) runs the same CLI."""
+    full = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    r = subprocess.run([sys.executable, "-m", "torchclip", "--version"], capture_output=True, text=True,
+                       env=full, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("torchclip "), r.stderr
+    bad = subprocess.run([sys.executable, "-m", "torchclip", "nope"], capture_output=True, text=True, env=full,
+                         timeout=300)
+    assert bad.returncode == 2 and "nope" in bad.stderr  # the exit status comes through
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     import torchclip
 

@@ -1,4 +1,5 @@
-"""Training-time image augmentation: crops and flips as before; colour jitter, grayscale, flat colours and outlines when asked."""
+"""Training-time image augmentation: crops and flips as before; colour jitter, grayscale, flat colours, outlines,
+random convolutions and zooming out when asked."""
 
 from __future__ import annotations
 
@@ -154,9 +155,55 @@ def test_training_passes_every_image_option_to_the_stream(tmp_path, monkeypatch)
 
     monkeypatch.setattr(loop, "ContrastiveStream", capture)
     shards = make_shards(tmp_path / "shards", n_shards=1, per_shard=8)
-    data = {"color_jitter": 0.1, "grayscale": 0.2, "flatten": 0.3, "outline": 0.4, "random_conv": 0.5, "hflip": 0.6}
+    data = {"color_jitter": 0.1, "grayscale": 0.2, "flatten": 0.3, "outline": 0.4, "random_conv": 0.5, "hflip": 0.6,
+            "zoom_out": 0.7, "zoom_out_scale": [0.5, 0.9]}
     with pytest.raises(Stop):
         loop.train(TrainConfig.from_dict(tiny_overrides(shards, tmp_path / "run", data=data)))
     aug = seen["image_augment"]
     assert (aug.color_jitter, aug.grayscale, aug.hflip) == (0.1, 0.2, 0.6)
     assert aug.style == StyleAugment(flatten=0.3, outline=0.4, random_conv=0.5)
+    assert (aug.zoom_out, tuple(aug.zoom_out_scale)) == (0.7, (0.5, 0.9))
+
+
+def _ink(img: Image.Image) -> np.ndarray:
+    return (np.asarray(img, dtype=int) < 250).any(-1)  # [H, W]: not background white
+
+
+def test_zoom_out_draws_the_picture_smaller_on_its_background() -> None:
+    from torchclip.data import zoom_out
+
+    img = _artwork()
+    area = _ink(img).sum()
+    for seed in range(6):
+        out = zoom_out(img, (0.5, 0.7), torch.Generator().manual_seed(seed))
+        assert out.size == img.size
+        ink = _ink(out)
+        assert 0.2 * area < ink.sum() < 0.55 * area  # side factor 0.5-0.7: a quarter to half the area
+        ys, xs = ink.nonzero()
+        assert ys.max() - ys.min() < 0.75 * 28 and xs.max() - xs.min() < 0.75 * 28  # the disc is 28 px wide
+    a = zoom_out(img, (0.5, 0.7), torch.Generator().manual_seed(3))
+    assert np.array_equal(np.asarray(a), np.asarray(zoom_out(img, (0.5, 0.7), torch.Generator().manual_seed(3))))
+    whole = zoom_out(img, (1.0, 1.0), torch.Generator().manual_seed(0))  # control: factor 1 is the picture
+    assert np.array_equal(np.asarray(whole), np.asarray(img))
+    dark = Image.fromarray(np.where(_ink(img)[..., None], np.asarray(img), 10).astype(np.uint8))  # [40, 40, 3]
+    filled = np.asarray(zoom_out(dark, (0.5, 0.5), torch.Generator().manual_seed(0)))
+    assert (filled[0, 0] == 10).all()  # the canvas takes the picture's own background, not white
+
+
+def test_zoom_out_only_when_asked_and_range_checked() -> None:
+    plain, zoomed = ImageAugment(**FULL), ImageAugment(**FULL, zoom_out=0.5, zoom_out_scale=(0.5, 0.8))
+    img = _artwork()
+
+    def run(aug: ImageAugment, seed: int) -> torch.Tensor:
+        return aug.build(32)(img, torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run(zoomed, 5), run(zoomed, 5))
+    changed = [not torch.allclose(run(plain, s), run(zoomed, s), atol=1e-3) for s in range(20)]
+    assert 4 <= sum(changed) < 20  # about half the draws
+    assert all(torch.equal(run(plain, 0), run(ImageAugment(**FULL, zoom_out_scale=(0.5, 0.8)), s)) for s in range(5))
+    for bad, key in [("--data.zoom_out=1.5", "data.zoom_out"), ("--data.zoom_out_scale=[0,0.5]", "data.zoom_out_scale"),
+                     ("--data.zoom_out_scale=[0.9,0.5]", "data.zoom_out_scale"),
+                     ("--data.zoom_out_scale=[0.5,1.2]", "data.zoom_out_scale")]:
+        with pytest.raises(ValueError, match=key):
+            load_config(None, [bad])
+    assert load_config(None, ["--data.zoom_out_scale=[0.5,0.9]"]).data.zoom_out_scale == (0.5, 0.9)

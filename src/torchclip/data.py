@@ -193,7 +193,9 @@ class ImageAugment:
     """Random resized crop (area ``scale``, aspect ``ratio``), an optional horizontal flip, and colour
     augmentation: with probability 0.8 a colour jitter of strength ``color_jitter`` (brightness, contrast and
     saturation factors in [1 - 0.8s, 1 + 0.8s], hue turned by up to 0.2s of the circle, in random order as in
-    SimCLR), then grayscale with probability ``grayscale``; drawing-style changes as ``style`` says."""
+    SimCLR), then grayscale with probability ``grayscale``; drawing-style changes as ``style`` says. With
+    probability ``zoom_out`` the picture first shrinks to a side factor in ``zoom_out_scale`` on its own
+    background colour (SSD's "expand"): the same subject drawn smaller, as other artists draw it."""
 
     scale: tuple[float, float] = (0.9, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -201,6 +203,8 @@ class ImageAugment:
     color_jitter: float = 0.0
     grayscale: float = 0.0
     style: StyleAugment = StyleAugment()
+    zoom_out: float = 0.0
+    zoom_out_scale: tuple[float, float] = (0.6, 1.0)
 
     def build(self, image_size: int) -> Callable[[Image.Image, torch.Generator], torch.Tensor]:
         from .transforms import TrainTransform
@@ -208,8 +212,11 @@ class ImageAugment:
         tf = TrainTransform(image_size, scale=tuple(self.scale), ratio=tuple(self.ratio))
         hflip, jitter, gray = float(self.hflip), float(self.color_jitter), float(self.grayscale)
         flat, line, rconv = float(self.style.flatten), float(self.style.outline), float(self.style.random_conv)
+        zoom, zoom_range = float(self.zoom_out), tuple(self.zoom_out_scale)
 
         def apply(img: Image.Image, g: torch.Generator) -> torch.Tensor:
+            if zoom > 0 and float(torch.rand((), generator=g)) < zoom:
+                img = zoom_out(img.convert("RGB"), zoom_range, g)
             if flat > 0 and float(torch.rand((), generator=g)) < flat:
                 img = flatten_colours(img.convert("RGB"), g)
             if line > 0 and float(torch.rand((), generator=g)) < line:
@@ -231,6 +238,22 @@ class ImageAugment:
 
 def _uniform_int(lo: int, hi: int, g: torch.Generator) -> int:
     return int(torch.randint(lo, hi + 1, (), generator=g))
+
+
+def zoom_out(img: Image.Image, side: tuple[float, float], g: torch.Generator) -> Image.Image:
+    """``img`` shrunk by a side factor drawn from ``side`` and pasted at a random place on a canvas of its
+    own size, filled with the median colour of its outermost pixels (the background, for artwork)."""
+    import numpy as np
+
+    w, h = img.size
+    z = side[0] + (side[1] - side[0]) * float(torch.rand((), generator=g))
+    nw, nh = max(1, round(w * z)), max(1, round(h * z))
+    a = np.asarray(img)  # [H, W, 3]
+    frame = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])  # [2W + 2H, 3]
+    fill = tuple(int(v) for v in np.median(frame, axis=0))
+    canvas = Image.new("RGB", (w, h), fill)
+    canvas.paste(img.resize((nw, nh), Image.Resampling.BICUBIC), (_uniform_int(0, w - nw, g), _uniform_int(0, h - nh, g)))
+    return canvas
 
 
 def flatten_colours(img: Image.Image, g: torch.Generator) -> Image.Image:

@@ -84,6 +84,8 @@ class DataSection:
     flatten: float = 0.0  # probability of cutting an image to a few flat colours
     outline: float = 0.0  # probability of drawing an image's edges as dark lines
     random_conv: float = 0.0  # probability of mixing an image with a random convolution of itself (RandConv)
+    zoom_out: float = 0.0  # probability of drawing the picture smaller on its own background colour
+    zoom_out_scale: tuple[float, float] = (0.6, 1.0)  # side factor of the smaller picture
     tag_dropout: float = 0.0
     name_dropout: float = 0.0  # drop the first tag (the name) too, when other tags remain
     shuffle_tags: bool = False
@@ -206,7 +208,8 @@ _BOUNDS: dict[tuple[float, float, bool, bool], str] = {
     (2, math.inf, True, True): "model.context_length",
     (0, 1, True, False): "optim.beta1 optim.beta2 optim.ema",
     (0, 1, True, True): "data.hflip data.tag_dropout data.name_dropout data.template_prob "
-                        "data.color_jitter data.grayscale data.flatten data.outline data.random_conv model.patch_dropout",
+                        "data.color_jitter data.grayscale data.flatten data.outline data.random_conv data.zoom_out "
+                        "model.patch_dropout",
 }
 # (section, key) -> its bounds
 _RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
@@ -242,6 +245,9 @@ def _check_values(cfg: TrainConfig) -> None:
     lo, hi = cfg.data.crop_scale
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"data.crop_scale={list(cfg.data.crop_scale)}: expected 0 < low <= high <= 1")
+    lo, hi = cfg.data.zoom_out_scale
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"data.zoom_out_scale={list(cfg.data.zoom_out_scale)}: expected 0 < low <= high <= 1")
     lo, hi = cfg.data.crop_ratio
     if not 0 < lo <= hi:
         raise ValueError(f"data.crop_ratio={list(cfg.data.crop_ratio)}: expected 0 < low <= high")

@@ -471,7 +471,8 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
         shuffle_buffer=d.shuffle_buffer, resampled=d.resampled, caption_key=d.caption_key,
         csv_image_key=d.csv_image_key, csv_caption_key=d.csv_caption_key,
         image_augment=ImageAugment(d.crop_scale, d.crop_ratio, d.hflip, d.color_jitter, d.grayscale,
-                                   StyleAugment(d.flatten, d.outline, d.random_conv)),
+                                   StyleAugment(d.flatten, d.outline, d.random_conv), d.zoom_out,
+                                   tuple(d.zoom_out_scale)),
         caption_augment=CaptionAugment(d.tag_dropout, d.shuffle_tags, d.templates, d.template_prob, d.name_dropout),
         start=cursors, rotate=batches_seen % max(nw, 1), skip_bad_shards=d.skip_bad_shards)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=nw, prefetch_factor=4 if nw else None,

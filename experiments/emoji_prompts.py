@@ -7,6 +7,10 @@ and no concept name of any split is used, so the classifier stays zero-shot for 
 
     python experiments/emoji_prompts.py score RUN [RUN ...] --sets select --json runs/protocol/prompts-select.json
     python experiments/emoji_prompts.py choose runs/protocol/prompts-select.json
+    python experiments/emoji_prompts.py write described+subcat --out experiments/emoji_category_prompts.json
+
+``write`` gives a strategy as a ``torchclip eval zeroshot --class-prompts`` file (every strategy but
+``subcat-max``, which scores a category as its best subcategory).
 """
 
 from __future__ import annotations
@@ -48,46 +52,38 @@ def taxonomy(data: Path = DATA) -> dict[str, list[str]]:
     return {c: sorted(s) for c, s in out.items()}
 
 
-def category_scores(strategy: str, image_emb, encode, categories: list[str], tax: dict[str, list[str]]):
-    """[N, C] scores of images against the categories under one strategy; ``encode(prompts) -> [P, E]`` unit."""
+def class_prompts(strategy: str, category: str, tax: dict[str, list[str]]) -> list[list[str]]:
+    """One category's prompt groups under a strategy (``torchclip.evaluation.build_prompt_classifier``'s
+    input; groups weigh the same)."""
+    subcats = [f"an emoji of {s.replace('-', ' ')}." for s in tax[category]]
+    return {"plain": [[f"an emoji of {category}."]],
+            "templates": [[t.format(category) for t in TRAIN_TEMPLATES]],
+            "described": [[DESCRIPTIONS[category]]],
+            "subcat-mean": [subcats],
+            "described+subcat": [[DESCRIPTIONS[category]], subcats]}[strategy]
+
+
+def category_scores(strategy: str, image_emb, model, tok, categories: list[str], tax: dict[str, list[str]]):
+    """[N, C] scores of unit image embeddings against the categories under one strategy."""
     import torch
-    import torch.nn.functional as F
 
-    def mean_of(prompts: list[str]):
-        return F.normalize(encode(prompts).mean(dim=0), dim=-1)
+    from torchclip.evaluation import build_prompt_classifier
 
-    def sub_prompts(c: str) -> list[str]:
-        return [f"an emoji of {s.replace('-', ' ')}." for s in tax[c]]
-
-    if strategy == "subcat-max":
+    if strategy == "subcat-max":  # each category scores as its best subcategory
         cols = []
         for c in categories:
-            sub = encode(sub_prompts(c))  # [S, E]
-            cols.append((image_emb @ sub.T).max(dim=1).values)
+            sub = build_prompt_classifier(model, tok, [[p] for p in class_prompts("subcat-mean", c, tax)[0]],
+                                          cache_dir=False)  # [E, S]
+            cols.append((image_emb @ sub).max(dim=1).values)
         return torch.stack(cols, dim=1)
-    vecs = []
-    for c in categories:
-        if strategy == "plain":
-            v = mean_of([f"an emoji of {c}."])
-        elif strategy == "templates":
-            v = mean_of([t.format(c) for t in TRAIN_TEMPLATES])
-        elif strategy == "described":
-            v = mean_of([DESCRIPTIONS[c]])
-        elif strategy == "subcat-mean":
-            v = mean_of(sub_prompts(c))
-        elif strategy == "described+subcat":
-            v = F.normalize(mean_of([DESCRIPTIONS[c]]) + mean_of(sub_prompts(c)), dim=-1)
-        else:
-            raise ValueError(f"unknown strategy {strategy!r}")
-        vecs.append(v)
-    return image_emb @ torch.stack(vecs).T
+    w = build_prompt_classifier(model, tok, [class_prompts(strategy, c, tax) for c in categories], cache_dir=False)
+    return image_emb @ w  # [N, C]
 
 
 def score(run: str, which: str, folder: Path, tax: dict[str, list[str]], activation: str | None = None,
           tokenizer: str | None = None) -> dict[str, dict[str, float]]:
     """{strategy: {'<set>/category/acc1': value}} for one checkpoint."""
     import torch
-    import torch.nn.functional as F
 
     from torchclip.api import get_tokenizer
     from torchclip.checkpoints import load_model
@@ -98,10 +94,6 @@ def score(run: str, which: str, folder: Path, tax: dict[str, list[str]], activat
     tok = (Tokenizer.from_file(tokenizer, context_length=model.config.text.context_length) if tokenizer
            else get_tokenizer(model))
 
-    @torch.no_grad()
-    def encode(prompts: list[str]) -> torch.Tensor:
-        return F.normalize(model.encode_text(tok(prompts, truncate=True)).float(), dim=-1)
-
     specs = [f"{n}={'::'.join(str(folder / f'{s}.tar') for s in shards)}" for n, shards in SETS[which].items()]
     out: dict[str, dict[str, float]] = {s: {} for s in STRATEGIES}
     with torch.no_grad():
@@ -111,7 +103,7 @@ def score(run: str, which: str, folder: Path, tax: dict[str, list[str]], activat
             categories = sorted({es.meta[i]["category"] for i in keep})
             labels = torch.tensor([categories.index(es.meta[i]["category"]) for i in keep])
             for strategy in STRATEGIES:
-                pred = category_scores(strategy, img[keep], encode, categories, tax).argmax(dim=1)
+                pred = category_scores(strategy, img[keep], model, tok, categories, tax).argmax(dim=1)
                 out[strategy][f"{es.name}/category/acc1"] = float((pred == labels).float().mean())
     return out
 
@@ -138,7 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--tokenizer", help="a merges file, for checkpoints that do not carry their vocabulary")
     c = sub.add_parser("choose")
     c.add_argument("json", type=Path)
+    w = sub.add_parser("write")
+    w.add_argument("strategy", choices=[s for s in STRATEGIES if s != "subcat-max"])
+    w.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.cmd == "write":
+        tax = taxonomy()
+        doc = {c: class_prompts(args.strategy, c, tax) for c in sorted(tax) if c != "Component"}
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     if args.cmd == "choose":
         chosen, values = choose(json.loads(args.json.read_text()))
         for name, v in sorted(values.items(), key=lambda kv: -kv[1]):

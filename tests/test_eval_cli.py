@@ -66,6 +66,25 @@ def test_zeroshot_cli_writes_clip_benchmark_json(run_dir: Path, shards: tuple[Pa
     assert code == 0 and [d["templates"] for d in json.loads(out2.read_text())] == ["bare", "photo"]
 
 
+def test_zeroshot_cli_class_prompts(run_dir: Path, shards: tuple[Path, Path], tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"red": [["a red square."], ["red", "the colour red"]],  # two groups
+                                   "green": ["a green square."], "blue": ["a blue square.", "blue"]}))
+    out = tmp_path / "zs.json"
+    base = ["zeroshot", "--model", str(run_dir / "checkpoint.safetensors"), "--dataset", str(shards[1]),
+            "--label-key", "json:category", "--no-cache", "--quiet"]
+    code, stdout, _ = _run([*base, "--class-prompts", str(prompts), "--output", str(out)], capsys)
+    assert code == 0 and f"class prompts={prompts}" in stdout
+    doc = json.loads(out.read_text())
+    assert doc["class_prompts"] == str(prompts) and "templates" not in doc
+    code, _, err = _run([*base, "--class-prompts", str(prompts), "--templates", "bare"], capsys)
+    assert code == 1 and "--class-prompts replaces" in err and len(err.strip().splitlines()) == 1
+    prompts.write_text(json.dumps({"red": ["x"], "green": ["y"]}))
+    code, _, err = _run([*base, "--class-prompts", str(prompts)], capsys)
+    assert code == 1 and "missing ['blue']" in err and "Traceback" not in err
+
+
 def test_cli_errors_are_one_line(run_dir: Path, shards: tuple[Path, Path], tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "names.txt").write_text("red\ngreen\n")

@@ -13,9 +13,11 @@ from evalkit import byte_tokenizer, color_shard, tiny_model
 from torchclip.evaluation.datasets import load_webdataset
 from torchclip.evaluation.features import extract_image_features, model_fingerprint
 from torchclip.evaluation.retrieval import caption_gallery, evaluate_retrieval
+from torchclip.evaluation.templates import load_class_prompts
 from torchclip.evaluation.zeroshot import (
     align_classnames,
     build_classifier,
+    build_prompt_classifier,
     evaluate_zeroshot,
     zeroshot_logits,
 )
@@ -36,6 +38,79 @@ def test_classifier_is_renormalized_mean_of_normalized_prompts() -> None:
         dog = F.normalize(unit(dog_prompts).mean(0), dim=0)
     torch.testing.assert_close(w[:, 0], cat, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(w[:, 1], dog, atol=1e-5, rtol=1e-5)
+
+
+def test_class_prompts_one_list_is_the_template_ensemble_and_groups_weigh_the_same() -> None:
+    model, tok = tiny_model(), byte_tokenizer()
+    templates = ["a {}.", "the {} here", "{}"]
+    flat = build_prompt_classifier(model, tok, [[t.replace("{}", "cat") for t in templates], ["dog", "a dog."]],
+                                   cache_dir=False)
+    torch.testing.assert_close(flat[:, 0], build_classifier(model, tok, ["cat"], templates, cache_dir=False)[:, 0],
+                               atol=1e-6, rtol=1e-6)
+    with torch.no_grad():
+        def unit(texts: list[str]) -> torch.Tensor:
+            return F.normalize(model.encode_text(tok(texts, context_length=24)), dim=-1)
+
+        one = F.normalize(unit(["a red cat."]).mean(0), dim=0)
+        many = F.normalize(unit(["cat", "cats", "a cat", "kitten"]).mean(0), dim=0)
+        expected = F.normalize(one + many, dim=0)
+    grouped = build_prompt_classifier(model, tok, [[["a red cat."], ["cat", "cats", "a cat", "kitten"]]],
+                                      cache_dir=False)
+    torch.testing.assert_close(grouped[:, 0], expected, atol=1e-5, rtol=1e-5)
+    pooled = build_prompt_classifier(model, tok, [["a red cat.", "cat", "cats", "a cat", "kitten"]], cache_dir=False)
+    assert not torch.allclose(pooled, grouped, atol=1e-3)  # control: one flat list weighs each prompt the same
+    for bad in ([], ["x", []], [[]], [["ok"], [""]], "cat"):
+        with pytest.raises(ValueError):
+            build_prompt_classifier(model, tok, [bad] if bad != "cat" else bad, cache_dir=False)
+
+
+def test_class_prompts_cache_keys_the_grouping(tmp_path: Path) -> None:
+    model, tok = tiny_model(), byte_tokenizer()
+    grouped = build_prompt_classifier(model, tok, [[["a b"], ["b", "c", "d"]]], cache_dir=tmp_path)
+    flat = build_prompt_classifier(model, tok, [["a b", "b", "c", "d"]], cache_dir=tmp_path)
+    regrouped = build_prompt_classifier(model, tok, [[["a b", "b"], ["c", "d"]]], cache_dir=tmp_path)
+    # same prompts, other grouping (also with as many groups): never the cached entry of another
+    assert not torch.allclose(grouped, flat, atol=1e-3) and not torch.allclose(grouped, regrouped, atol=1e-3)
+    assert torch.equal(grouped, build_prompt_classifier(model, tok, [[["a b"], ["b", "c", "d"]]], cache_dir=tmp_path))
+
+
+def test_load_class_prompts_layouts_and_errors(tmp_path: Path) -> None:
+    import json
+
+    f = tmp_path / "cupl.json"
+    f.write_text(json.dumps({"cat": ["a photo of a cat.", "a small pet."], "dog": [["a dog."], ["a puppy.", "a hound."]]}))
+    assert load_class_prompts(f) == {"cat": [["a photo of a cat.", "a small pet."]],
+                                     "dog": [["a dog."], ["a puppy.", "a hound."]]}
+    nested = tmp_path / "nested.json"
+    nested.write_text(json.dumps({"pets": {"cat": ["x"]}}))
+    assert load_class_prompts(f"{nested}:pets") == {"cat": [["x"]]}
+    for doc, words in [(["a", "b"], "JSON object"), ({"cat": []}, "class 'cat'"), ({"cat": "a cat"}, "class 'cat'"),
+                       ({"cat": [["ok"], [1]]}, "class 'cat'"), ({}, "JSON object")]:
+        f.write_text(json.dumps(doc))
+        with pytest.raises(ValueError, match=words) as e:
+            load_class_prompts(f)
+        assert str(f) in str(e.value)  # the error names the file
+    f.write_text("{not json")
+    with pytest.raises(ValueError, match="not a JSON file"):
+        load_class_prompts(f)
+    with pytest.raises(FileNotFoundError):
+        load_class_prompts(tmp_path / "missing.json")
+
+
+def test_evaluate_zeroshot_with_class_prompts(tmp_path: Path) -> None:
+    ds = load_webdataset(color_shard(tmp_path / "s.tar", per_class=3), label_key="json:category")
+    model, tok = tiny_model(), byte_tokenizer()
+    prompts = {c: [f"a {c} thing.", f"{c}"] for c in ds.classnames}
+    res = evaluate_zeroshot(model, ds, tok, class_prompts=prompts, cache_dir=False, progress=False)
+    w = build_prompt_classifier(model, tok, [prompts[c] for c in ds.classnames], cache_dir=False)
+    feats = extract_image_features(model, ds, cache_dir=False, progress=False)
+    torch.testing.assert_close(res.logits, zeroshot_logits(feats, w))
+    with pytest.raises(ValueError, match=rf"missing \['{ds.classnames[0]}'\]"):
+        evaluate_zeroshot(model, ds, tok, class_prompts={c: ["x"] for c in ds.classnames[1:]}, cache_dir=False)
+    with pytest.raises(ValueError, match=r"unknown \['purple'\]"):
+        evaluate_zeroshot(model, ds, tok, class_prompts={**prompts, "purple": ["x"]}, cache_dir=False)
+    with pytest.raises(ValueError, match="one or the other"):
+        evaluate_zeroshot(model, ds, tok, classnames=list(ds.classnames), class_prompts=prompts, cache_dir=False)
 
 
 def test_classifier_cache_hits_and_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,8 +29,9 @@ _EXPORTS = {
                 "retrieval_recall", "topk_accuracy"),
     "probe": ("FewShotResult", "ProbeResult", "few_shot_probe", "linear_probe", "sweep_C"),
     "retrieval": ("RetrievalResult", "caption_gallery", "evaluate_retrieval"),
-    "templates": ("TEMPLATE_SETS", "load_classnames", "load_templates", "resolve_templates"),
-    "zeroshot": ("ZeroShotResult", "build_classifier", "evaluate_zeroshot", "zeroshot_logits"),
+    "templates": ("TEMPLATE_SETS", "load_class_prompts", "load_classnames", "load_templates", "resolve_templates"),
+    "zeroshot": ("ZeroShotResult", "build_classifier", "build_prompt_classifier", "evaluate_zeroshot",
+                 "zeroshot_logits"),
 }
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 
@@ -64,10 +65,12 @@ if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
     from .retrieval import caption_gallery as caption_gallery
     from .retrieval import evaluate_retrieval as evaluate_retrieval
     from .templates import TEMPLATE_SETS as TEMPLATE_SETS
+    from .templates import load_class_prompts as load_class_prompts
     from .templates import load_classnames as load_classnames
     from .templates import load_templates as load_templates
     from .templates import resolve_templates as resolve_templates
     from .zeroshot import ZeroShotResult as ZeroShotResult
     from .zeroshot import build_classifier as build_classifier
+    from .zeroshot import build_prompt_classifier as build_prompt_classifier
     from .zeroshot import evaluate_zeroshot as evaluate_zeroshot
     from .zeroshot import zeroshot_logits as zeroshot_logits

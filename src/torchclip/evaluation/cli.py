@@ -58,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     zs = sub.add_parser("zeroshot", help="zero-shot classification")
     _common(zs)
     zs.add_argument("--dataset", required=True)
-    zs.add_argument("--templates", nargs="+", default=["photo"],
-                    help="set names (bare, photo, ensemble, emoji), files, or templates with {}")
+    zs.add_argument("--templates", nargs="+", default=None,
+                    help="set names (bare, photo, ensemble, emoji), files, or templates with {} (default: photo)")
+    zs.add_argument("--class-prompts", default=None,
+                    help="JSON {class: [prompt, ...]} (CuPL's layout; lists of lists weigh groups equally): each "
+                         "class's own prompts, in place of names and templates")
     zs.add_argument("--prompt-names", default=None,
                     help="file of the names to put in prompts, aligned with the classes (default: class names)")
     zs.add_argument("--readable-names", action="store_true", help="'animal-mammal' -> 'animal mammal' in prompts")
@@ -149,9 +152,12 @@ def _fmt(metrics: dict[str, float]) -> str:
 def _zeroshot(args: argparse.Namespace) -> int:
     from .clip_benchmark import benchmark_json
     from .features import extract_image_features
-    from .templates import load_classnames, prompt_name
+    from .templates import load_class_prompts, load_classnames, prompt_name
     from .zeroshot import evaluate_zeroshot
 
+    if args.class_prompts and (args.templates or args.prompt_names or args.readable_names):
+        raise ValueError("--class-prompts replaces --templates, --prompt-names and --readable-names: give one way")
+    prompts = load_class_prompts(args.class_prompts) if args.class_prompts else None  # before the model loads
     model, tok = _load(args)
     ds = _dataset(args, args.dataset).require_labels()
     names: Any = load_classnames(args.prompt_names) if args.prompt_names else None
@@ -160,12 +166,19 @@ def _zeroshot(args: argparse.Namespace) -> int:
     feats = extract_image_features(model, ds, batch_size=args.batch_size, num_workers=args.workers,
                                    cache_dir=_cache(args), progress=not args.quiet)
     docs = []
-    for i, spec in enumerate(args.templates):
-        res = evaluate_zeroshot(model, ds, tok, spec, names, image_features=feats, cache_dir=_cache(args),
-                                progress=not args.quiet)
-        print(f"{ds.name}  templates={spec} ({len(res.templates)})  {_fmt(res.metrics)}")
+    specs = [args.class_prompts] if prompts is not None else (args.templates or ["photo"])
+    for i, spec in enumerate(specs):
+        if prompts is not None:
+            res = evaluate_zeroshot(model, ds, tok, class_prompts=prompts, image_features=feats,
+                                    cache_dir=_cache(args), progress=not args.quiet)
+            print(f"{ds.name}  class prompts={spec}  {_fmt(res.metrics)}")
+        else:
+            res = evaluate_zeroshot(model, ds, tok, spec, names, image_features=feats, cache_dir=_cache(args),
+                                    progress=not args.quiet)
+            print(f"{ds.name}  templates={spec} ({len(res.templates)})  {_fmt(res.metrics)}")
         docs.append(benchmark_json(dataset=ds.name, model=str(args.model), pretrained=_pretrained_label(args),
-                                   task="zeroshot_classification", metrics=res.metrics, templates=spec))
+                                   task="zeroshot_classification", metrics=res.metrics,
+                                   **{"class_prompts" if prompts is not None else "templates": spec}))
         if i == 0 and args.confusion_plot:
             from .plots import plot_confusion
 

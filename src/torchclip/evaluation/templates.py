@@ -25,11 +25,15 @@ __all__ = [
     "resolve_templates",
     "load_templates",
     "load_classnames",
+    "load_class_prompts",
     "prompt_name",
 ]
 
 # A class is one name or a list of synonyms (as in OpenAI's FER2013 prompts); synonyms are averaged too.
 ClassName = str | Sequence[str]
+# A class's own prompts: full sentences (CuPL's layout), or groups of them that weigh the same whatever
+# their length (each group is averaged first, then the groups).
+ClassPrompts = Sequence[str] | Sequence[Sequence[str]]
 
 PLACEHOLDER = "{}"
 
@@ -195,3 +199,37 @@ def load_classnames(spec: str | os.PathLike[str]) -> list[ClassName]:
         else:
             raise ValueError(f"{spec}: class entry {n!r} is neither a name nor a list of synonyms")
     return out
+
+
+def prompt_groups(prompts: ClassPrompts, where: str) -> list[list[str]]:
+    """One class's prompts as groups: a flat list is one group; empty text or an empty group is an error."""
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not len(prompts):
+        raise ValueError(f"{where}: expected a non-empty list of prompts (or of prompt groups), got {prompts!r:.80}")
+    groups = [[p] if isinstance(p, str) else p for p in prompts] if any(not isinstance(p, str) for p in prompts) \
+        else [list(prompts)]
+    for g in groups:
+        if isinstance(g, str) or not isinstance(g, Sequence) or not len(g) \
+                or any(not isinstance(t, str) or not t.strip() for t in g):
+            raise ValueError(f"{where}: a prompt group must be a non-empty list of non-empty strings, got {g!r:.80}")
+    return [list(g) for g in groups]
+
+
+def load_class_prompts(spec: str | os.PathLike[str]) -> dict[str, list[list[str]]]:
+    """Per-class prompts from a JSON object ``{class: [prompt, ...]}`` (the layout CuPL publishes) or
+    ``{class: [[prompt, ...], [prompt, ...]]}`` (groups of equal weight); ``file.json:KEY`` picks a nested
+    object. The prompts are used as written: no template is applied."""
+    path, key = _split_spec(str(spec))
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"class prompts file {p} does not exist")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{spec}: not a JSON file ({e})") from None
+    if key is not None:
+        if not isinstance(doc, dict) or not isinstance(doc.get(key), dict):
+            raise ValueError(f"{spec}: no object under key {key!r}")
+        doc = doc[key]
+    if not isinstance(doc, dict) or not doc:
+        raise ValueError(f"{spec}: expected a JSON object mapping each class to its prompts")
+    return {str(c): prompt_groups(v, f"{spec}: class {c!r}") for c, v in doc.items()}

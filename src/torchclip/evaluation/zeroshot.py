@@ -1,4 +1,5 @@
-"""Zero-shot classification: class names x prompt templates -> one unit vector per class.
+"""Zero-shot classification: class names x prompt templates (or each class's own prompts) -> one unit
+vector per class.
 
 The classifier follows the paper exactly (reference §8): every prompt embedding is L2-normalized, the
 prompts of a class (all templates, and all synonyms when a class has several names) are averaged, and the
@@ -34,10 +35,10 @@ from .features import (
     tokenize_for,
 )
 from .metrics import classification_metrics, confusion_matrix
-from .templates import ClassName, fill, resolve_templates
+from .templates import ClassName, ClassPrompts, fill, prompt_groups, resolve_templates
 
-__all__ = ["LOGIT_SCALE", "build_classifier", "zeroshot_logits", "ZeroShotResult", "evaluate_zeroshot",
-           "align_classnames"]
+__all__ = ["LOGIT_SCALE", "build_classifier", "build_prompt_classifier", "zeroshot_logits", "ZeroShotResult",
+           "evaluate_zeroshot", "align_classnames"]
 
 LOGIT_SCALE = 100.0
 
@@ -58,31 +59,50 @@ def build_classifier(model: CLIP, tokenizer: TextTokenizer, classnames: Sequence
     templates = resolve_templates(templates)
     if isinstance(classnames, str) or not len(classnames):
         raise ValueError("classnames must be a non-empty list of names (or lists of synonyms)")
-    prompts: list[str] = []
-    owner: list[int] = []
-    for c, name in enumerate(classnames):
-        for synonym in _synonyms(name, c):
-            prompts += [fill(t, synonym) for t in templates]
-            owner += [c] * len(templates)
-    owner_t = torch.tensor(owner)
+    groups = [[[fill(t, synonym) for synonym in _synonyms(name, c) for t in templates]]
+              for c, name in enumerate(classnames)]
+    return _classifier(model, tokenizer, groups, batch_size, cache_dir, progress, len(templates))
+
+
+def build_prompt_classifier(model: CLIP, tokenizer: TextTokenizer, class_prompts: Sequence[ClassPrompts], *,
+                            batch_size: int = 256, cache_dir: str | os.PathLike[str] | None | Literal[False] = None,
+                            progress: bool = False) -> torch.Tensor:
+    """The zero-shot weights ``[E, C]`` from each class's own prompts (CuPL, hand-written descriptions):
+    entry c is a list of sentences, or a list of groups of them. Column c is the renormalized mean of its
+    groups' vectors, each the renormalized mean of the group's normalized prompt embeddings; one flat list
+    is one group, which is exactly the template classifier's ensemble."""
+    if isinstance(class_prompts, (str, Mapping)) or not len(class_prompts):
+        raise ValueError("class_prompts must be a non-empty list, one entry per class")
+    groups = [prompt_groups(p, f"class {c}") for c, p in enumerate(class_prompts)]
+    return _classifier(model, tokenizer, groups, batch_size, cache_dir, progress, 0)
+
+
+def _classifier(model: CLIP, tokenizer: TextTokenizer, groups: list[list[list[str]]], batch_size: int,
+                cache_dir: str | os.PathLike[str] | None | Literal[False], progress: bool,
+                templates: int) -> torch.Tensor:
+    prompts = [t for cls in groups for g in cls for t in g]
+    group_of = torch.tensor([j for j, g in enumerate(g for cls in groups for g in cls) for _ in g])  # [P]
+    class_of = torch.tensor([c for c, cls in enumerate(groups) for _ in cls])  # [G]
     path = None
     if cache_dir is not False:
         ids = tokenize_for(model, tokenizer, prompts)  # [P, L]
         h = hashlib.sha256(model_fingerprint(model).encode())
         h.update(ids.to(torch.int64).contiguous().numpy().tobytes())
-        h.update(owner_t.numpy().tobytes())
+        h.update(group_of.numpy().tobytes())
+        h.update(b"classes" + class_of.numpy().tobytes())
         path = cache_root(cache_dir) / "classifiers" / f"{h.hexdigest()[:32]}.safetensors"
         if path.is_file():
             return load_file(path)["weights"]
     emb = F.normalize(encode_texts(model, tokenizer, prompts, batch_size=batch_size, progress=progress), dim=-1)
-    sums = torch.zeros(len(classnames), emb.shape[1]).index_add_(0, owner_t, emb)  # [C, E]
-    weights = F.normalize(sums / torch.bincount(owner_t, minlength=len(classnames))[:, None], dim=-1).t()
+    g = F.normalize(torch.zeros(len(class_of), emb.shape[1]).index_add_(0, group_of, emb), dim=-1)  # [G, E]
+    # with one group per class this is the paper's ensemble: normalize(mean) of the normalized prompts
+    weights = F.normalize(torch.zeros(len(groups), emb.shape[1]).index_add_(0, class_of, g), dim=-1).t()
     weights = weights.contiguous()  # [E, C]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"weights": weights}, str(tmp), metadata={"classes": str(len(classnames)),
-                                                            "templates": str(len(templates))})
+        save_file({"weights": weights}, str(tmp), metadata={"classes": str(len(groups)),
+                                                            "templates": str(templates)})
         os.replace(tmp, path)
     return weights
 
@@ -146,6 +166,7 @@ class ZeroShotResult:
 def evaluate_zeroshot(model: CLIP, dataset: ImageDataset, tokenizer: TextTokenizer,
                       templates: str | Sequence[str] = "photo",
                       classnames: Sequence[ClassName] | Mapping[str, ClassName] | None = None, *,
+                      class_prompts: Mapping[str, ClassPrompts] | None = None,
                       transform: Callable[[Any], torch.Tensor] | None = None,
                       image_features: torch.Tensor | None = None, batch_size: int = 64, num_workers: int = 0,
                       cache_dir: str | os.PathLike[str] | None | Literal[False] = None,
@@ -153,17 +174,33 @@ def evaluate_zeroshot(model: CLIP, dataset: ImageDataset, tokenizer: TextTokeniz
     """Zero-shot top-1/top-5 accuracy and mean per-class recall of ``model`` on a labelled dataset.
 
     ``classnames`` defaults to the dataset's own; ``image_features`` ([N, E], e.g. shared between template
-    sets) skips extraction.
+    sets) skips extraction. ``class_prompts`` (dataset class -> its own prompts, see
+    ``build_prompt_classifier``) replaces names and templates; it must name every class and no other.
     """
     dataset.require_labels()
-    names = align_classnames(dataset.classnames, classnames)
+    if class_prompts is not None:
+        if classnames is not None:
+            raise ValueError("class_prompts replaces classnames and templates: pass one or the other")
+        if not isinstance(class_prompts, Mapping):
+            raise ValueError("class_prompts must map each of the dataset's class names to its prompts")
+        unknown = sorted(set(class_prompts) - set(dataset.classnames))
+        missing = [c for c in dataset.classnames if c not in class_prompts]
+        if unknown or missing:
+            raise ValueError(f"class prompts must name every class of the dataset and no other: missing "
+                             f"{missing[:10]}, unknown {unknown[:10]}")
+    names = None if class_prompts is not None else align_classnames(dataset.classnames, classnames)
     if image_features is None:
         image_features = extract_image_features(model, dataset, transform, batch_size=batch_size,
                                                 num_workers=num_workers, cache_dir=cache_dir, progress=progress)
     if image_features.shape[0] != len(dataset):
         raise ValueError(f"{image_features.shape[0]} feature rows for {len(dataset)} images")
-    templates = resolve_templates(templates)
-    weights = build_classifier(model, tokenizer, names, templates, cache_dir=cache_dir, progress=progress)
+    if class_prompts is not None:
+        templates = ()
+        weights = build_prompt_classifier(model, tokenizer, [class_prompts[c] for c in dataset.classnames],
+                                          cache_dir=cache_dir, progress=progress)
+    else:
+        templates = resolve_templates(templates)
+        weights = build_classifier(model, tokenizer, names, templates, cache_dir=cache_dir, progress=progress)
     logits = zeroshot_logits(image_features, weights)
     metrics = classification_metrics(logits, dataset.labels)
     return ZeroShotResult(metrics, logits, dataset.labels.copy(), list(dataset.classnames), templates)

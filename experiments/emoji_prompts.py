@@ -7,6 +7,7 @@ and no concept name of any split is used, so the classifier stays zero-shot for 
 
     python experiments/emoji_prompts.py score RUN [RUN ...] --sets select --json runs/protocol/prompts-select.json
     python experiments/emoji_prompts.py choose runs/protocol/prompts-select.json
+    python experiments/emoji_prompts.py summary runs/protocol/prompts-val.json --strategy described+subcat
     python experiments/emoji_prompts.py write described+subcat --out experiments/emoji_category_prompts.json
 
 ``write`` gives a strategy as a ``torchclip eval zeroshot --class-prompts`` file (every strategy but
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from emoji_protocol import DATA, SETS  # noqa: E402
+from emoji_protocol import DATA, SETS, interval  # noqa: E402
 
 TRAIN_TEMPLATES = ("an emoji of {}.", "an emoji of {}", "{}", "a {} emoji.")
 # one line per category, written from the category's name before any strategy was scored
@@ -117,6 +118,23 @@ def choose(results: dict[str, dict[str, dict[str, float]]]) -> tuple[str, dict[s
     return max(values, key=values.__getitem__), values
 
 
+def summary(results: dict[str, dict[str, dict[str, float]]], strategy: str) -> str:
+    """Markdown: per recipe (label up to '/seed'), category top-1 per set as mean +- 95% half-width."""
+    groups: dict[str, list[dict[str, float]]] = {}
+    for label, by in results.items():
+        groups.setdefault(label.split("/seed")[0], []).append(by[strategy])
+    sets = ("in-style", "openmoji", "fluent-flat")
+    lines = [f"| recipe ({strategy}) | n | " + " | ".join(f"category {s}" for s in sets) + " |",
+             "|---|---|" + "---|" * len(sets)]
+    for recipe, runs in groups.items():
+        cells = []
+        for s in sets:
+            m, h = interval([100 * r[f"{s}/category/acc1"] for r in runs])
+            cells.append(f"{m:.1f}" + ("" if h != h else f" ± {h:.1f}"))
+        lines.append(f"| {recipe} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -130,10 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--tokenizer", help="a merges file, for checkpoints that do not carry their vocabulary")
     c = sub.add_parser("choose")
     c.add_argument("json", type=Path)
+    m = sub.add_parser("summary")
+    m.add_argument("json", type=Path)
+    m.add_argument("--strategy", default="described+subcat", choices=STRATEGIES)
     w = sub.add_parser("write")
     w.add_argument("strategy", choices=[s for s in STRATEGIES if s != "subcat-max"])
     w.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.cmd == "summary":
+        print(summary(json.loads(args.json.read_text()), args.strategy))
+        return 0
     if args.cmd == "write":
         tax = taxonomy()
         doc = {c: class_prompts(args.strategy, c, tax) for c in sorted(tax) if c != "Component"}

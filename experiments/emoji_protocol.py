@@ -126,12 +126,19 @@ def summary(results: dict[str, dict[str, float]], prefix: str | None = None) -> 
 RULE_KEYS = ("in-style/category/acc1", "openmoji/category/acc1", "fluent-flat/category/acc1", "in-style/name/acc1")
 
 
-def choose(results: dict[str, dict[str, float]], prefix: str = "sel-lit") -> tuple[str, dict[str, float]]:
+def choose(results: dict[str, dict[str, float]], prefix: str = "sel-lit",
+           categories: dict[str, dict[str, float]] | None = None) -> tuple[str, dict[str, float]]:
     """The rule, fixed before any run: the candidate (label up to '-seed') whose mean over ``RULE_KEYS``,
-    averaged over its seeds, is highest on the select concepts. Returns it and every candidate's value."""
+    averaged over its seeds, is highest on the select concepts. Returns it and every candidate's value.
+    ``categories`` (label -> '<set>/category/acc1' values, e.g. under the class prompts chosen by
+    experiments/emoji_prompts.py) replaces the category accuracies measured with the training templates."""
     groups: dict[str, list[float]] = {}
     for label, metrics in results.items():
         if label.startswith(prefix):
+            if categories is not None:
+                if label not in categories:
+                    raise KeyError(f"{label}: no category scores under the class prompts")
+                metrics = {**metrics, **categories[label]}
             value = 100 * statistics.fmean(metrics[k] for k in RULE_KEYS)
             groups.setdefault(label.split("-seed")[0], []).append(value)
     values = {name: statistics.fmean(v) for name, v in groups.items()}
@@ -158,9 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--prefix")
     k = sub.add_parser("choose", help="print the candidate the rule picks from a select.json (values on stderr)")
     k.add_argument("json", type=Path)
+    k.add_argument("--prompts", type=Path, help="experiments/emoji_prompts.py scores on select, whose --strategy "
+                   "category accuracies replace the template ones")
+    k.add_argument("--strategy", default="described+subcat")
     args = p.parse_args(argv)
     if args.cmd == "choose":
-        chosen, values = choose(json.loads(args.json.read_text()))
+        cats = None
+        if args.prompts:
+            scored = json.loads(args.prompts.read_text())
+            cats = {Path(run).name: by[args.strategy] for run, by in scored.items()}
+        chosen, values = choose(json.loads(args.json.read_text()), categories=cats)
         for name, v in sorted(values.items(), key=lambda kv: -kv[1]):
             print(f"{name}: {v:.1f}", file=sys.stderr)
         print(chosen)

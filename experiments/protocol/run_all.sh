@@ -2,7 +2,7 @@
 # The emoji protocol (issue #20), one command from the repository root (../shared beside it, `make venv`
 # and `make peers` done): choose a recipe on held-out *train* concepts, then train the final recipes on all
 # train concepts with three seeds each and score every final run once on the val concepts.
-# About 3-4 hours on 2 cores (two 1-thread runs at a time); logs in runs/protocol/logs.
+# About 4-5 hours on 2 cores (two 1-thread runs at a time); logs in runs/protocol/logs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONPATH=$PWD/src OMP_NUM_THREADS=1
@@ -30,18 +30,29 @@ $PY experiments/emoji_protocol.py split --out runs/emoji-protocol/data >> $logs/
 
 # 1. candidates train on the other train concepts and are scored on the select concepts (val is never read)
 sel=(sel-lit-locked sel-lit-unlock2 sel-lit-mlp sel-scratch sel-lit-color sel-lit-style sel-lit-locked-seed1
-     sel-lit-style-seed1 sel-lit-ema sel-lit-ema-seed1 sel-lit-rconv sel-lit-rconv-seed1)
+     sel-lit-style-seed1 sel-lit-ema sel-lit-ema-seed1 sel-lit-rconv sel-lit-rconv-seed1 sel-lit-zoom
+     sel-lit-zoom-seed1 sel-lit-zoom-rconv sel-lit-zoom-rconv-seed1)
 for ((i = 0; i < ${#sel[@]}; i += 2)); do
   train ${sel[i]} $P/${sel[i]}.yaml &
   if ((i + 1 < ${#sel[@]})); then train ${sel[i+1]} $P/${sel[i+1]}.yaml & fi
   wait
 done
 for n in "${sel[@]}"; do score runs/protocol/$n select $n; done
-# the rule (emoji_protocol.choose): the LiT candidate with the highest mean of in-style, openmoji and
-# fluent-flat category top-1 and in-style name R@1, averaged over its seeds
-chosen=$($PY experiments/emoji_protocol.py choose runs/protocol/select.json 2>> $logs/protocol.log)
+# the category prompts (emoji_prompts.choose): the strategy with the highest mean category top-1 over every
+# LiT select checkpoint; then the rule (emoji_protocol.choose): the LiT candidate with the highest mean of
+# in-style, openmoji and fluent-flat category top-1 (under those prompts) and in-style name R@1, averaged
+# over its seeds
+lit=(); for n in "${sel[@]}"; do [[ $n == sel-lit-* ]] && lit+=(runs/protocol/$n); done
+$PY experiments/emoji_prompts.py score "${lit[@]}" --sets select --json runs/protocol/prompts-select.json \
+  >> $logs/protocol.log 2>&1
+strategy=$($PY experiments/emoji_prompts.py choose runs/protocol/prompts-select.json 2>> $logs/protocol.log)
+say "prompts $strategy"
+$PY experiments/emoji_prompts.py write "$strategy" --out runs/protocol/category_prompts.json >> $logs/protocol.log
+chosen=$($PY experiments/emoji_protocol.py choose runs/protocol/select.json --prompts runs/protocol/prompts-select.json \
+         --strategy "$strategy" 2>> $logs/protocol.log)
 say "chosen $chosen"
-$PY - "$chosen" <<'PYEOF'
+final=final-${chosen#sel-}
+$PY - "$chosen" "$final" <<'PYEOF'
 import sys
 import yaml
 cfg = yaml.safe_load(open(f"experiments/protocol/{sys.argv[1]}.yaml"))
@@ -50,20 +61,27 @@ for seed in (0, 1, 2):
     c = dict(cfg)
     c["data"] = dict(cfg["data"], train=full["data"]["train"], num_samples=2648, shuffle_buffer=2648)
     c["eval"] = dict(cfg["eval"], sets=full["eval"]["sets"])
-    c["run"] = dict(cfg["run"], output_dir=f"runs/protocol/final-lit-seed{seed}", seed=seed)
-    yaml.safe_dump(c, open(f"runs/protocol/final-lit-seed{seed}.yaml", "w"), sort_keys=False)
+    c["run"] = dict(cfg["run"], output_dir=f"runs/protocol/{sys.argv[2]}-seed{seed}", seed=seed)
+    yaml.safe_dump(c, open(f"runs/protocol/{sys.argv[2]}-seed{seed}.yaml", "w"), sort_keys=False)
 PYEOF
 
 # 2. final runs on all train concepts, each scored once on val: LiT, from scratch, the OpenCLIP peer
 ( peer 0; peer 1; peer 2 ) &
-( for s in 0 1 2; do train final-lit-seed$s runs/protocol/final-lit-seed$s.yaml; done
+( for s in 0 1 2; do train $final-seed$s runs/protocol/$final-seed$s.yaml; done
   for s in 0 1 2; do train final-scratch-seed$s $P/final-scratch-seed$s.yaml; done ) &
 wait
 for s in 0 1 2; do
-  score runs/protocol/final-lit-seed$s val lit/seed$s
+  score runs/protocol/$final-seed$s val ${final#final-}/seed$s
   score runs/protocol/final-scratch-seed$s val scratch/seed$s
   score runs/peer/logs/peer26-seed$s/checkpoints/epoch_26.pt val peer/seed$s --activation gelu \
     --tokenizer ../shared/fixtures/tokenizer/bpe_simple_vocab_16e6.txt.gz
+  # category zero-shot under every prompt strategy (the chosen one is the headline), LiT and the peer
+  $PY experiments/emoji_prompts.py score runs/protocol/$final-seed$s --label ${final#final-}/seed$s --sets val \
+    --json runs/protocol/prompts-val.json >> $logs/protocol.log 2>&1
+  $PY experiments/emoji_prompts.py score runs/peer/logs/peer26-seed$s/checkpoints/epoch_26.pt --label peer/seed$s \
+    --activation gelu --tokenizer ../shared/fixtures/tokenizer/bpe_simple_vocab_16e6.txt.gz --sets val \
+    --json runs/protocol/prompts-val.json >> $logs/protocol.log 2>&1
 done
 $PY experiments/emoji_protocol.py summary runs/protocol/val.json | tee -a $logs/protocol.log
+$PY experiments/emoji_prompts.py summary runs/protocol/prompts-val.json --strategy "$strategy" | tee -a $logs/protocol.log
 say done

@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = load(checkpoint)
     tokenizer = resolve_tokenizer(model, args.tokenizer, checkpoint)
     start = time.time()
-    res = run_findings(model, tokenizer, args.data, seeds=tuple(range(args.seeds)), cache_dir=args.cache_dir)
+    prompts = json.loads((Path(__file__).resolve().parent / "emoji_category_prompts.json").read_text())
+    res = run_findings(model, tokenizer, args.data, seeds=tuple(range(args.seeds)), cache_dir=args.cache_dir,
+                       class_prompts=prompts)
     if not args.no_baseline:
         torch.manual_seed(0)
         res["baseline"] = baseline_probe(CLIP(model.config).eval(), args.data, cache_dir=args.cache_dir)

@@ -35,7 +35,7 @@ from torchclip.evaluation.metrics import classification_metrics, confusion_matri
 from torchclip.evaluation.probe import few_shot_probe, linear_probe
 from torchclip.evaluation.retrieval import caption_gallery, rank_summary, retrieval_scores
 from torchclip.evaluation.templates import prompt_name
-from torchclip.evaluation.zeroshot import build_classifier, zeroshot_logits
+from torchclip.evaluation.zeroshot import build_classifier, build_prompt_classifier, zeroshot_logits
 from torchclip.model import CLIP
 
 __all__ = ["IN_STYLES", "NEW_STYLES", "TEMPLATE_VARIANTS", "EmojiSplits", "load_emoji", "run_findings",
@@ -46,6 +46,7 @@ NEW_STYLES = ("openmoji", "fluent-flat")
 EXCLUDED_CATEGORY = "Component"
 MEMBER_NAMES = "training-concept names (text only)"
 EDITED_NAMES = "bare label, edited names"
+CLASS_PROMPTS = "description + subcategory names (class prompts)"  # experiments/emoji_category_prompts.json
 # (a): label display name -> template set; the ensemble sets are defined in templates.py
 TEMPLATE_VARIANTS: dict[str, str | tuple[str, ...]] = {
     "bare label": "bare",
@@ -128,9 +129,11 @@ def _retrieval(feats: torch.Tensor, ds: ImageDataset, text_feats: dict[str, torc
 def run_findings(model: CLIP, tokenizer: TextTokenizer, data_root: str | os.PathLike[str], *,
                  ks: Sequence[int] = (1, 2, 4, 8, 16), seeds: Sequence[int] = (0, 1, 2, 3, 4),
                  cache_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-                 probe_C: float | None = None) -> dict[str, Any]:
+                 probe_C: float | None = None,
+                 class_prompts: dict[str, Any] | None = None) -> dict[str, Any]:
     """All numbers of (a)-(d) as one JSON-able dict (fractions in [0, 1]). ``probe_C`` fixes the probes'
-    regularization instead of searching it (fast smoke runs)."""
+    regularization instead of searching it (fast smoke runs). ``class_prompts`` (category -> its prompts,
+    as in ``torchclip eval zeroshot --class-prompts``) adds that classifier to (a)-(c)."""
     from torchclip.evaluation.features import encode_texts
 
     start = time.time()
@@ -183,6 +186,12 @@ def run_findings(model: CLIP, tokenizer: TextTokenizer, data_root: str | os.Path
                             cache_dir=cache_dir)
     prompting[MEMBER_NAMES] = {k: {"category": _zs(emb[k], wm_c, ev[k].labels),
                                    "subcategory": _zs(emb[k], wm_s, sub_labels[k])} for k in ev}
+    # label-side text only (experiments/emoji_category_prompts.json: a line per category and its Unicode
+    # subcategories' names, chosen on held-out train concepts by experiments/emoji_prompts.py); category only
+    if class_prompts is not None:
+        wp = build_prompt_classifier(model, tokenizer, [class_prompts[c] for c in data.categories],
+                                     cache_dir=cache_dir)
+        prompting[CLASS_PROMPTS] = {k: {"category": _zs(emb[k], wp, ev[k].labels)} for k in ev}
     out["prompting"] = prompting
     best = max(TEMPLATE_VARIANTS, key=lambda v: prompting[v]["in-style"]["category"]["acc1"])
     out["best_template"] = best
@@ -204,7 +213,9 @@ def run_findings(model: CLIP, tokenizer: TextTokenizer, data_root: str | os.Path
         fewshot[task] = {"summary": {str(k): v for k, v in res.summary().items()}, "seeds": list(task_seeds),
                          "C": {str(k): v for k, v in res.Cs.items()},
                          "new_style": {str(k): v for k, v in res.summary(test="new-style").items()} if extra else {}}
-        for label in ("bare label", best, MEMBER_NAMES):
+        for label in ("bare label", best, MEMBER_NAMES, CLASS_PROMPTS):
+            if label not in prompting or task not in prompting[label]["in-style"]:
+                continue
             target = prompting[label]["in-style"][task]["acc1"]
             fewshot[task].setdefault("catch_up", {})[label] = res.matches(target)
     out["fewshot"] = fewshot
@@ -357,18 +368,20 @@ def make_plots(res: dict[str, Any], plot_dir: str | os.PathLike[str], prefix: st
 
     d = Path(plot_dir)
     pr = res["prompting"]
-    variants = [v for v in [*TEMPLATE_VARIANTS, EDITED_NAMES, MEMBER_NAMES] if v in pr]
+    variants = [v for v in [*TEMPLATE_VARIANTS, EDITED_NAMES, MEMBER_NAMES, CLASS_PROMPTS] if v in pr]
     out = {"prompting": plot_bars(
         {"category, in-style": {v: pr[v]["in-style"]["category"]["acc1"] for v in variants},
          "category, new-style": {v: pr[v]["new-style"]["category"]["acc1"] for v in variants},
-         "subcategory, in-style": {v: pr[v]["in-style"]["subcategory"]["acc1"] for v in variants}},
+         "subcategory, in-style": {v: pr[v]["in-style"]["subcategory"]["acc1"] for v in variants
+                                   if "subcategory" in pr[v]["in-style"]}},
         d / f"{prefix}prompting.png", title="(a) zero-shot top-1 by prompt (unseen concepts)")}
     best = res["best_template"]
     for task in ("category", "subcategory"):
         fs = res["fewshot"][task]
         summary = {int(k): tuple(v) for k, v in fs["summary"].items()}
-        zero = {lbl: pr[lbl]["in-style"][task]["acc1"] for lbl in dict.fromkeys(["bare label", best, MEMBER_NAMES])
-                if lbl in pr}
+        zero = {lbl: pr[lbl]["in-style"][task]["acc1"]
+                for lbl in dict.fromkeys(["bare label", best, MEMBER_NAMES, CLASS_PROMPTS])
+                if lbl in pr and task in pr[lbl]["in-style"]}
         out[f"fewshot_{task}"] = plot_few_shot(summary, d / f"{prefix}fewshot_{task}.png", zero_shot=zero,
                                                title=f"(b) {task}: zero-shot vs k-shot linear probe (in-style)")
     points = {f"zero-shot, {v}": (pr[v]["in-style"]["category"]["acc1"], pr[v]["new-style"]["category"]["acc1"])
@@ -484,7 +497,11 @@ def render_markdown(res: dict[str, Any], plots: dict[str, Path], md_dir: str | o
               "+1.5%). *+ name parts* adds the halves of a two-part "
               "category ('animals', 'nature') as synonyms; *training-concept names* describes each class by "
               "the names of its training concepts ('pizza', 'taco', ... for Food & Drink), averaged: text only, "
-              "no labelled image, and no val concept among them.", "",
+              "no labelled image, and no val concept among them; it uses which category each training concept "
+              "belongs to, so it is not zero-shot in the strict sense. *Class prompts* describe each category by "
+              "a line written from its name plus the names of its Unicode subcategories "
+              "(`experiments/emoji_category_prompts.json`, chosen on held-out train concepts by "
+              "`experiments/emoji_prompts.py`): label-side text only.", "",
               f"Best in-style template set: **{best}** (picked on this same val split, so its own figure is slightly "
               "optimistic; the other rows are not selected).", "",
               f"![prompting]({rel['prompting']})", "",
@@ -496,9 +513,10 @@ def render_markdown(res: dict[str, Any], plots: dict[str, Path], md_dir: str | o
               "(google + twitter train); scored on the in-style val concepts; mean ± std over seeds.", ""]
     ks = list(fs["category"]["summary"])
     rows = [[k, _ms(fs["category"]["summary"][k]), _ms(fs["subcategory"]["summary"][k])] for k in ks]
-    for lbl in [x for x in dict.fromkeys(["bare label", best, MEMBER_NAMES]) if x in pr]:
+    for lbl in [x for x in dict.fromkeys(["bare label", best, MEMBER_NAMES, CLASS_PROMPTS]) if x in pr]:
+        sub = pr[lbl]["in-style"].get("subcategory")
         rows.append([f"zero-shot, {lbl}", fmt_pct(pr[lbl]["in-style"]["category"]["acc1"]),
-                     fmt_pct(pr[lbl]["in-style"]["subcategory"]["acc1"])])
+                     fmt_pct(sub["acc1"]) if sub else ""])
     rows.append(["all training data (C swept)", fmt_pct(res["probe"]["in-style"]["acc1"]), ""])
     lines += _table(["k per class", f"category top-1 ({len(fs['category']['seeds'])} seeds)",
                      f"subcategory top-1 ({len(fs['subcategory']['seeds'])} seeds)"], rows)
@@ -521,7 +539,7 @@ def render_markdown(res: dict[str, Any], plots: dict[str, Path], md_dir: str | o
                 "" if er is None else f"{100 * er:+.1f}", *per_style]
 
     rows = []
-    for v in [*TEMPLATE_VARIANTS, MEMBER_NAMES]:
+    for v in [*TEMPLATE_VARIANTS, MEMBER_NAMES, CLASS_PROMPTS]:
         if v in pr:
             cat = {k: pr[v][k]["category"]["acc1"] for k in pr[v]}
             rows.append(shift_row(f"zero-shot, {v}", cat["in-style"], cat["new-style"],

@@ -13,6 +13,7 @@ from evalkit import byte_tokenizer, tiny_model, write_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 from emoji_report import (  # noqa: E402
+    CLASS_PROMPTS,
     IN_STYLES,
     NEW_STYLES,
     checkpoint_trajectory,
@@ -59,9 +60,12 @@ def test_load_emoji_excludes_component(emoji_root: Path) -> None:
 
 
 def test_findings_and_report(emoji_root: Path, tmp_path: Path) -> None:
+    prompts = {"Blues": ["a blue thing."], "Greens": [["green"], ["a green thing.", "grass"]], "Reds & Pinks": ["red"]}
     res = run_findings(tiny_model(), byte_tokenizer(), emoji_root, ks=(1, 2), seeds=(0, 1),
-                       cache_dir=tmp_path / "cache", progress=False, probe_C=1.0)
+                       cache_dir=tmp_path / "cache", progress=False, probe_C=1.0, class_prompts=prompts)
     assert set(res["prompting"]["bare label"]) == {"in-style", "new-style", *IN_STYLES, *NEW_STYLES}
+    assert set(res["prompting"][CLASS_PROMPTS]["in-style"]) == {"category"}
+    assert CLASS_PROMPTS in res["fewshot"]["category"]["catch_up"]
     assert res["fewshot"]["category"]["summary"].keys() == {"1", "2"}
     assert res["probe"]["in-style"]["acc1"] > 0.5  # colours: the probe separates them even untrained
     assert res["retrieval"]["in-style"]["text_retrieval_recall@10"] >= res["retrieval"]["in-style"][
@@ -81,6 +85,7 @@ def test_findings_and_report(emoji_root: Path, tmp_path: Path) -> None:
     for heading in ("### (a)", "### (b)", "### (c)", "### (d)"):
         assert heading in md
     assert "](plots/eval_robustness.png)" in md and "setup line" in md and "Along training" in md
+    assert md.count(CLASS_PROMPTS) >= 3  # in (a), (b) and (c)
 
 
 def test_effective_robustness_known_answer() -> None:

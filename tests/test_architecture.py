@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-APPS = {"train", "evaluation", "embed", "search", "serve", "export", "export_cli", "demo", "cli"}
+APPS = {"train", "evaluation", "embed", "search", "serve", "export", "export_cli", "demo", "cli", "__main__"}
 
 
 def import_edges(root: Path = SRC / "torchclip") -> set[tuple[str, str]]:

@@ -42,10 +42,16 @@ for n in "${sel[@]}"; do score runs/protocol/$n select $n; done
 # LiT select checkpoint; then the rule (emoji_protocol.choose): the LiT candidate with the highest mean of
 # in-style, openmoji and fluent-flat category top-1 (under those prompts) and in-style name R@1, averaged
 # over its seeds
+# The strategy was chosen on the 11 LiT checkpoints that existed then (the zoom candidates came after it);
+# with all 15, subcat-max would lead described+subcat by 0.2 points.
+first=(sel-lit-locked sel-lit-unlock2 sel-lit-mlp sel-lit-color sel-lit-style sel-lit-locked-seed1
+       sel-lit-style-seed1 sel-lit-ema sel-lit-ema-seed1 sel-lit-rconv sel-lit-rconv-seed1)
+$PY experiments/emoji_prompts.py score "${first[@]/#/runs/protocol/}" --sets select \
+  --json runs/protocol/prompts-select-first.json >> $logs/protocol.log 2>&1
+strategy=$($PY experiments/emoji_prompts.py choose runs/protocol/prompts-select-first.json 2>> $logs/protocol.log)
 lit=(); for n in "${sel[@]}"; do [[ $n == sel-lit-* ]] && lit+=(runs/protocol/$n); done
 $PY experiments/emoji_prompts.py score "${lit[@]}" --sets select --json runs/protocol/prompts-select.json \
   >> $logs/protocol.log 2>&1
-strategy=$($PY experiments/emoji_prompts.py choose runs/protocol/prompts-select.json 2>> $logs/protocol.log)
 say "prompts $strategy"
 $PY experiments/emoji_prompts.py write "$strategy" --out runs/protocol/category_prompts.json >> $logs/protocol.log
 chosen=$($PY experiments/emoji_protocol.py choose runs/protocol/select.json --prompts runs/protocol/prompts-select.json \

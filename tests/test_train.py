@@ -315,3 +315,68 @@ def test_ema_config_checks(args: list[str], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         load_config(None, args)
     assert load_config(None, ["--optim.ema=0.99"]).optim.ema == 0.99
+
+
+# ---- evaluation during training with each class's own prompts (eval.class_prompts) --------------------------
+
+
+def test_eval_class_prompts_config_is_checked() -> None:
+    base = {"label_keys": ["name", "category"]}
+    ok = TrainConfig.from_dict({"eval": {**base, "class_prompts": ["category=p.json"]}})
+    assert ok.eval.class_prompts == ("category=p.json",)
+    for entries, words in [(["category"], "key=file.json"), (["category="], "key=file.json"),
+                           (["shape=p.json"], "not one of eval.label_keys"),
+                           (["category=a.json", "category=b.json"], "twice")]:
+        with pytest.raises(ValueError, match=words):
+            TrainConfig.from_dict({"eval": {**base, "class_prompts": entries}})
+
+
+def test_evaluate_sets_uses_the_class_prompts() -> None:
+    from evalkit import byte_tokenizer, tiny_model
+
+    from torchclip.evaluation.zeroshot import build_prompt_classifier
+    from torchclip.train.evaluate import EvalSet, check_class_prompts, evaluate_sets, image_embeddings
+
+    model, tok = tiny_model().eval(), byte_tokenizer()
+    size = model.config.vision.image_size
+    labels = ["square", "circle", "square", "circle", "square", "circle", "square"]  # odd: accuracy is never 0.5
+    s = EvalSet("val", torch.randn(7, 3, size, size, generator=torch.Generator().manual_seed(0)),
+                [{"category": c} for c in labels])
+    plain = evaluate_sets(model, tok, [s], ["category"], ["a {}."])
+    same = evaluate_sets(model, tok, [s], ["category"], ["a {}."],
+                         class_prompts={"category": {"square": ["a square."], "circle": ["a circle."]}})
+    assert same == pytest.approx(plain, abs=1e-6, nan_ok=True)  # one prompt per class = the template, filled
+    prompts = {"square": [["a wide box."], ["four corners", "a tile"]], "circle": ["a ring.", "a round disc"]}
+    got = evaluate_sets(model, tok, [s], ["category"], ["a {}."], class_prompts={"category": prompts})
+    w = build_prompt_classifier(model, tok, [prompts["circle"], prompts["square"]], cache_dir=False)  # sorted classes
+    scores = image_embeddings(model, s.pixels, torch.device("cpu"), 8) @ w  # [7, 2]
+    truth = torch.tensor([["circle", "square"].index(c) for c in labels])
+    assert got["val/category/acc1"] == pytest.approx(float((scores.argmax(1) == truth).float().mean()))
+    swapped = evaluate_sets(model, tok, [s], ["category"], ["a {}."],
+                            class_prompts={"category": {"square": ["a circle."], "circle": ["a square."]}})
+    assert swapped["val/category/acc1"] == pytest.approx(1 - plain["val/category/acc1"])
+    with pytest.raises(ValueError, match=r"'category'.*\['square'\].*'val'"):
+        check_class_prompts([s], (), {"category": {"circle": ["x"]}})
+    check_class_prompts([s], ("square",), {"category": {"circle": ["x"]}})  # an excluded class needs none
+
+
+def test_train_hands_class_prompts_to_evaluation_and_refuses_a_missing_class(tmp_path: Path, shards: str,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchclip.train import loop
+
+    prompts = tmp_path / "shapes.json"
+    prompts.write_text(json.dumps({"square": ["a square."], "circle": [["a circle."], ["a ring", "a disc"]],
+                                   "triangle": ["three sides"]}))  # more classes than the set has is fine
+    seen = []
+    monkeypatch.setattr(loop, "evaluate_sets", lambda *a, **k: seen.append(a[7]) or {})
+    cfg = tiny_overrides(shards, tmp_path / "run", optim={"steps": 1},
+                         eval={"sets": [f"val={shards}"], "label_keys": ["name", "category"],
+                               "class_prompts": [f"category={prompts}"]})
+    train(TrainConfig.from_dict(cfg))
+    assert seen == [{"category": {"square": [["a square."]], "circle": [["a circle."], ["a ring", "a disc"]],
+                                  "triangle": [["three sides"]]}}]
+    prompts.write_text(json.dumps({"square": ["a square."]}))  # no prompts for 'circle'
+    cfg["run"]["output_dir"] = str(tmp_path / "run2")
+    with pytest.raises(ValueError, match=r"\['circle'\]"):
+        train(TrainConfig.from_dict(cfg))
+    assert not list((tmp_path / "run2").glob("checkpoints/*"))  # refused before the first step

@@ -139,6 +139,7 @@ class EvalSection:
     templates: tuple[str, ...] = ("a photo of a {}.",)
     exclude: tuple[str, ...] = ()  # label values left out (e.g. 'Component')
     batch_size: int = 256
+    class_prompts: tuple[str, ...] = ()  # 'key=prompts.json': that key's classes by their own prompts (CuPL's layout)
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,15 @@ class TrainConfig:
         for s in self.eval.sets:
             if "=" not in s:
                 raise ValueError(f"eval.sets entry {s!r} must be name=spec")
+        keys = [s.split("=", 1)[0] for s in self.eval.class_prompts]
+        for s, key in zip(self.eval.class_prompts, keys):
+            if "=" not in s or not s.split("=", 1)[1]:
+                raise ValueError(f"eval.class_prompts entry {s!r} must be key=file.json")
+            if key not in self.eval.label_keys:
+                raise ValueError(f"eval.class_prompts entry {s!r}: {key!r} is not one of eval.label_keys "
+                                 f"{list(self.eval.label_keys)}")
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"eval.class_prompts names a label key twice: {list(self.eval.class_prompts)}")
         _check_values(self)
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,12 +5,13 @@ in the evaluation set. The classifier is the paper's prompt ensemble (encode eve
 average, re-normalize). Reported per key: ``acc1``, ``acc5``, ``acc10``, ``mean_per_class_recall`` and
 text->image recall ``t2i_R@1/5/10`` (for each class prompt, is one of its images among the top K). With
 classes = names, ``accK`` is "name retrieval over the val names" (image->text recall@K over the class
-prompts is the same number, so it is not reported twice).
+prompts is the same number, so it is not reported twice). A label key given ``class_prompts`` (class ->
+its own prompts, as ``torchclip eval zeroshot --class-prompts`` reads them) uses those instead of templates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +20,12 @@ import torch.nn.functional as F
 
 from ..data import load_eval_samples
 from ..evaluation.metrics import classification_metrics, retrieval_recall, topk_accuracy
+from ..evaluation.templates import ClassPrompts
 from ..model import CLIP
 
-__all__ = ["EvalSet", "load_eval_sets", "class_embeddings", "zero_shot", "evaluate_sets"]
+__all__ = ["EvalSet", "load_eval_sets", "class_embeddings", "zero_shot", "evaluate_sets", "check_class_prompts"]
+
+ClassPromptsByKey = Mapping[str, Mapping[str, ClassPrompts]]  # label key -> class -> its prompts
 
 
 @dataclass
@@ -74,9 +78,27 @@ def zero_shot(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Te
     return out
 
 
+def _classes(s: EvalSet, key: str, exclude: Sequence[str]) -> tuple[list[int], list[str]]:
+    """Indices of the samples labelled under ``key`` (not excluded) and the sorted distinct labels."""
+    values = [m.get(key) for m in s.meta]
+    keep = [i for i, v in enumerate(values) if isinstance(v, str) and v and v not in exclude]
+    return keep, sorted({values[i] for i in keep})
+
+
+def check_class_prompts(sets: Sequence[EvalSet], exclude: Sequence[str], class_prompts: ClassPromptsByKey) -> None:
+    """Every class of every set has its prompts (a file may hold more classes than a set has): a missing
+    class is an error before training, not at the first evaluation."""
+    for key, prompts in class_prompts.items():
+        for s in sets:
+            missing = [c for c in _classes(s, key, exclude)[1] if c not in prompts]
+            if missing:
+                raise ValueError(f"eval.class_prompts for {key!r}: no prompts for class(es) {missing[:10]} "
+                                 f"of eval set {s.name!r}")
+
+
 def evaluate_sets(model: CLIP, tokenizer: Callable[..., torch.Tensor], sets: Sequence[EvalSet],
                   label_keys: Sequence[str], templates: Sequence[str], exclude: Sequence[str] = (),
-                  batch_size: int = 256) -> dict[str, float]:
+                  batch_size: int = 256, class_prompts: ClassPromptsByKey | None = None) -> dict[str, float]:
     """``{'<set>/<key>/<metric>': value}`` for every set and label key; the model is put back in its mode."""
     was_training = model.training
     model.eval()
@@ -86,14 +108,19 @@ def evaluate_sets(model: CLIP, tokenizer: Callable[..., torch.Tensor], sets: Seq
         for s in sets:
             img = image_embeddings(model, s.pixels, device, batch_size)
             for key in label_keys:
-                values = [m.get(key) for m in s.meta]
-                keep = [i for i, v in enumerate(values) if isinstance(v, str) and v and v not in exclude]
+                keep, classes = _classes(s, key, exclude)
                 if not keep:
                     continue
-                classes = sorted({values[i] for i in keep})
                 index = {c: j for j, c in enumerate(classes)}
-                labels = torch.tensor([index[values[i]] for i in keep])
-                cls = class_embeddings(model, tokenizer, classes, templates, device)
+                labels = torch.tensor([index[s.meta[i][key]] for i in keep])
+                if class_prompts and key in class_prompts:
+                    from ..evaluation.zeroshot import build_prompt_classifier
+
+                    check_class_prompts([s], exclude, {key: class_prompts[key]})
+                    cls = build_prompt_classifier(model, tokenizer, [class_prompts[key][c] for c in classes],
+                                                  batch_size=512, cache_dir=False).t().to(device)  # [C, E]
+                else:
+                    cls = class_embeddings(model, tokenizer, classes, templates, device)
                 for metric, v in zero_shot(img[keep], cls, labels).items():
                     results[f"{s.name}/{key}/{metric}"] = float(v)
     finally:

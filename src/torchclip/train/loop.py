@@ -36,13 +36,14 @@ from ..data import (
     read_csv,
     seed_everything,
 )
+from ..evaluation.templates import load_class_prompts
 from ..loss import clip_loss
 from ..model import CLIP
 from ..optim import clamp_logit_scale_, cosine_schedule, param_groups
 from ..tokenizer import Tokenizer, check_compatible, load_tokenizer
 from . import distributed as D
 from .config import TrainConfig
-from .evaluate import evaluate_sets, load_eval_sets
+from .evaluate import check_class_prompts, evaluate_sets, load_eval_sets
 from .logs import MetricsLogger
 from .state import (
     RunFolderError,
@@ -479,6 +480,8 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
                                          pin_memory=info.device.type == "cuda", persistent_workers=False)
     batches: Iterator[Batch] = iter(loader)
     eval_sets = load_eval_sets(cfg.eval.sets, clip.config.vision.image_size) if cfg.eval.sets else []
+    class_prompts = {key: load_class_prompts(path) for key, path in (e.split("=", 1) for e in cfg.eval.class_prompts)}
+    check_class_prompts(eval_sets, cfg.eval.exclude, class_prompts)  # a missing class fails now, not at step N
 
     def autocast() -> contextlib.AbstractContextManager:
         return torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None)
@@ -491,7 +494,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
             model.unshard()
         with autocast():
             res = evaluate_sets(clip if ema is None else ema.module, tokenizer, eval_sets, cfg.eval.label_keys, cfg.eval.templates,
-                                cfg.eval.exclude, cfg.eval.batch_size)
+                                cfg.eval.exclude, cfg.eval.batch_size, class_prompts)
         if fsdp:
             model.reshard()
         return res

@@ -31,7 +31,8 @@ $PY experiments/emoji_protocol.py split --out runs/emoji-protocol/data >> $logs/
 # 1. candidates train on the other train concepts and are scored on the select concepts (val is never read)
 sel=(sel-lit-locked sel-lit-unlock2 sel-lit-mlp sel-scratch sel-lit-color sel-lit-style sel-lit-locked-seed1
      sel-lit-style-seed1 sel-lit-ema sel-lit-ema-seed1 sel-lit-rconv sel-lit-rconv-seed1 sel-lit-zoom
-     sel-lit-zoom-seed1 sel-lit-zoom-rconv sel-lit-zoom-rconv-seed1)
+     sel-lit-zoom-seed1 sel-lit-zoom-rconv sel-lit-zoom-rconv-seed1 sel-lit-style-rconv sel-lit-style-rconv-seed1
+     sel-lit-style-rconv-ema sel-lit-style-rconv-ema-seed1)
 for ((i = 0; i < ${#sel[@]}; i += 2)); do
   train ${sel[i]} $P/${sel[i]}.yaml &
   if ((i + 1 < ${#sel[@]})); then train ${sel[i+1]} $P/${sel[i+1]}.yaml & fi
@@ -43,7 +44,7 @@ for n in "${sel[@]}"; do score runs/protocol/$n select $n; done
 # in-style, openmoji and fluent-flat category top-1 (under those prompts) and in-style name R@1, averaged
 # over its seeds
 # The strategy was chosen on the 11 LiT checkpoints that existed then (the zoom candidates came after it);
-# with all 15, subcat-max would lead described+subcat by 0.2 points.
+# with all 19, see BENCHMARKS.md.
 first=(sel-lit-locked sel-lit-unlock2 sel-lit-mlp sel-lit-color sel-lit-style sel-lit-locked-seed1
        sel-lit-style-seed1 sel-lit-ema sel-lit-ema-seed1 sel-lit-rconv sel-lit-rconv-seed1)
 $PY experiments/emoji_prompts.py score "${first[@]/#/runs/protocol/}" --sets select \

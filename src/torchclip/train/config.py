@@ -171,10 +171,12 @@ class TrainConfig:
         for s in self.eval.sets:
             if "=" not in s:
                 raise ValueError(f"eval.sets entry {s!r} must be name=spec")
-        keys = [s.split("=", 1)[0] for s in self.eval.class_prompts]
-        for s, key in zip(self.eval.class_prompts, keys):
-            if "=" not in s or not s.split("=", 1)[1]:
+        keys = []
+        for s in self.eval.class_prompts:
+            key, sep, path = s.partition("=")
+            if not sep or not path:
                 raise ValueError(f"eval.class_prompts entry {s!r} must be key=file.json")
+            keys.append(key)
             if key not in self.eval.label_keys:
                 raise ValueError(f"eval.class_prompts entry {s!r}: {key!r} is not one of eval.label_keys "
                                  f"{list(self.eval.label_keys)}")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..data import load_eval_samples
 from ..evaluation.metrics import classification_metrics, retrieval_recall, topk_accuracy
 from ..evaluation.templates import ClassPrompts
+from ..evaluation.zeroshot import build_prompt_classifier
 from ..model import CLIP
 
 __all__ = ["EvalSet", "load_eval_sets", "class_embeddings", "zero_shot", "evaluate_sets", "check_class_prompts"]
@@ -100,6 +101,8 @@ def evaluate_sets(model: CLIP, tokenizer: Callable[..., torch.Tensor], sets: Seq
                   label_keys: Sequence[str], templates: Sequence[str], exclude: Sequence[str] = (),
                   batch_size: int = 256, class_prompts: ClassPromptsByKey | None = None) -> dict[str, float]:
     """``{'<set>/<key>/<metric>': value}`` for every set and label key; the model is put back in its mode."""
+    if class_prompts:
+        check_class_prompts(sets, exclude, class_prompts)  # before any image is embedded
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -114,9 +117,6 @@ def evaluate_sets(model: CLIP, tokenizer: Callable[..., torch.Tensor], sets: Seq
                 index = {c: j for j, c in enumerate(classes)}
                 labels = torch.tensor([index[s.meta[i][key]] for i in keep])
                 if class_prompts and key in class_prompts:
-                    from ..evaluation.zeroshot import build_prompt_classifier
-
-                    check_class_prompts([s], exclude, {key: class_prompts[key]})
                     cls = build_prompt_classifier(model, tokenizer, [class_prompts[key][c] for c in classes],
                                                   batch_size=512, cache_dir=False).t().to(device)  # [C, E]
                 else:

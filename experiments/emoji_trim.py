@@ -1,0 +1,124 @@
+"""Test-time trimming of the white margin (issue #20): does drawing every emoji at the same scale help the new styles?
+
+OpenMoji and Fluent draw their emoji smaller in the 64 px frame than Noto and Twemoji, the two training
+styles (the content's side is about 0.85 and 0.88 of the frame against 0.95 and 1.0). Trimming draws each image
+at one scale: the square around its non-white pixels, widened by ``PAD`` pixels on each side, resized back to
+the frame. No label, concept name or split is read, so the zero-shot classifier stays what it was.
+
+    python experiments/emoji_trim.py write --sets select --out runs/protocol/trim-select
+    python experiments/emoji_prompts.py score RUN ... --sets select --folder runs/protocol/trim-select \
+        --json runs/protocol/prompts-select-trim.json
+    python experiments/emoji_protocol.py score RUN --sets select --folder runs/protocol/trim-select ...
+    python experiments/emoji_trim.py choose runs/protocol/select.json runs/protocol/select-trim.json \
+        --prompts runs/protocol/prompts-select.json runs/protocol/prompts-select-trim.json
+
+The rule, fixed before any trimmed image was scored: for each of the 19 LiT select checkpoints, the
+protocol's rule value (mean of category top-1 in-style, openmoji and fluent-flat under the chosen class
+prompts, and in-style name R@1) with trimming minus without. Trimming is adopted only if the 95% t-interval
+of those paired differences lies above zero; then, and only then, the final checkpoints are scored on val
+with it, once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import tarfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from emoji_protocol import DATA, RULE_KEYS, SETS, interval  # noqa: E402
+
+PAD = 2  # pixels of margin kept around the content
+INK = 30  # a pixel is content when its summed distance from white over R, G, B exceeds this
+
+
+def trim(png: bytes) -> bytes:
+    """The image cropped to the square around its content (plus PAD), resized to its own size; unchanged
+    when it has no content."""
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    a = np.asarray(img, dtype=np.int32)  # [H, W, 3]
+    ys, xs = np.nonzero((255 - a).sum(axis=-1) > INK)
+    if len(ys) == 0:
+        return png
+    side = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 + 2 * PAD
+    cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+    box = (round(cx - side / 2), round(cy - side / 2), round(cx - side / 2) + side, round(cy - side / 2) + side)
+    canvas = Image.new("RGB", (side, side), (255, 255, 255))  # the crop may reach past the frame
+    canvas.paste(img.crop((max(box[0], 0), max(box[1], 0), min(box[2], img.width), min(box[3], img.height))),
+                 (max(-box[0], 0), max(-box[1], 0)))
+    out = io.BytesIO()
+    canvas.resize(img.size, Image.BICUBIC).save(out, format="PNG")
+    return out.getvalue()
+
+
+def write(which: str, out: Path, folder: Path) -> dict[str, int]:
+    """Trimmed copies of a protocol set's shards (every other member unchanged); returns images per shard."""
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for shards in SETS[which].values():
+        for shard in shards:
+            n = 0
+            with tarfile.open(folder / f"{shard}.tar") as src, tarfile.open(out / f"{shard}.tar", "w") as dst:
+                for m in src:
+                    if not m.isfile():
+                        continue
+                    blob = src.extractfile(m).read()
+                    if m.name.endswith(".png"):
+                        blob, n = trim(blob), n + 1
+                    info = tarfile.TarInfo(m.name)
+                    info.size = len(blob)
+                    dst.addfile(info, io.BytesIO(blob))
+            counts[shard] = n
+    return counts
+
+
+def rule_values(protocol: dict[str, dict[str, float]], prompts: dict[str, dict[str, dict[str, float]]],
+                strategy: str) -> dict[str, float]:
+    """label -> the protocol's rule value, category under the class prompts (labels as in select.json)."""
+    cats = {Path(run).name: by[strategy] for run, by in prompts.items()}
+    return {label: 100 * statistics.fmean({**m, **cats[label]}[k] for k in RULE_KEYS)
+            for label, m in protocol.items() if label.startswith("sel-lit") and label in cats}
+
+
+def choose(plain: dict[str, float], trimmed: dict[str, float]) -> tuple[bool, float, float, int]:
+    """(adopt?, mean paired difference, 95% half-width, checkpoints) over the checkpoints scored both ways."""
+    both = sorted(set(plain) & set(trimmed))
+    diffs = [trimmed[k] - plain[k] for k in both]
+    mean, half = interval(diffs)
+    return mean - half > 0, mean, half, len(both)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("write")
+    w.add_argument("--sets", choices=tuple(SETS), required=True)
+    w.add_argument("--out", type=Path, required=True)
+    w.add_argument("--folder", type=Path)
+    c = sub.add_parser("choose")
+    c.add_argument("protocol", type=Path, nargs=2, help="emoji_protocol.py score JSONs: plain, trimmed")
+    c.add_argument("--prompts", type=Path, nargs=2, required=True, help="emoji_prompts.py score JSONs: plain, trimmed")
+    c.add_argument("--strategy", default="described+subcat")
+    args = p.parse_args(argv)
+    if args.cmd == "write":
+        folder = args.folder or (Path("runs/emoji-protocol/data") if args.sets == "select" else DATA)
+        for shard, n in write(args.sets, args.out, folder).items():
+            print(f"wrote {args.out / shard}.tar ({n} images)")
+        return 0
+    plain, trimmed = (rule_values(json.loads(a.read_text()), json.loads(b.read_text()), args.strategy)
+                      for a, b in zip(args.protocol, args.prompts))
+    adopt, mean, half, n = choose(plain, trimmed)
+    print(f"trimmed - plain, rule value over {n} checkpoints: {mean:+.2f} ± {half:.2f} (95%)", file=sys.stderr)
+    print("adopt" if adopt else "keep")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,7 +2,7 @@
 
 OpenMoji and Fluent draw their emoji smaller in the 64 px frame than Noto and Twemoji, the two training
 styles (the content's side is about 0.85 and 0.88 of the frame against 0.95 and 1.0). Trimming draws each image
-at one scale: the square around its non-white pixels, widened by ``PAD`` pixels on each side, resized back to
+at one scale: the square around its non-white pixels, widened by 2 pixels on each side, resized back to
 the frame. No label, concept name or split is read, so the zero-shot classifier stays what it was.
 
     python experiments/emoji_trim.py write --sets select --out runs/protocol/trim-select
@@ -41,30 +41,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emoji_protocol import DATA, RULE_KEYS, SETS, interval  # noqa: E402
 
-PAD = 2  # pixels of margin kept around the content
-INK = 30  # a pixel is content when its summed distance from white over R, G, B exceeds this
-
-
 def trim(png: bytes) -> bytes:
-    """The image cropped to the square around its content (plus PAD), resized to its own size; unchanged
-    when it has no content."""
-    import numpy as np
+    """The image cropped to the square around its content (``torchclip.transforms.trim_margin``: 2 px of
+    margin, white background), resized back to its own size; unchanged when it has no content."""
     from PIL import Image
 
+    from torchclip.transforms import trim_margin
+
     img = Image.open(io.BytesIO(png)).convert("RGB")
-    a = np.asarray(img, dtype=np.int32)  # [H, W, 3]
-    ys, xs = np.nonzero((255 - a).sum(axis=-1) > INK)
-    if len(ys) == 0:
+    out = trim_margin(img)
+    if out.size == img.size and out.tobytes() == img.tobytes():
         return png
-    side = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 + 2 * PAD
-    cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
-    box = (round(cx - side / 2), round(cy - side / 2), round(cx - side / 2) + side, round(cy - side / 2) + side)
-    canvas = Image.new("RGB", (side, side), (255, 255, 255))  # the crop may reach past the frame
-    canvas.paste(img.crop((max(box[0], 0), max(box[1], 0), min(box[2], img.width), min(box[3], img.height))),
-                 (max(-box[0], 0), max(-box[1], 0)))
-    out = io.BytesIO()
-    canvas.resize(img.size, Image.BICUBIC).save(out, format="PNG")
-    return out.getvalue()
+    buf = io.BytesIO()
+    out.resize(img.size, Image.BICUBIC).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def write(which: str, out: Path, folder: Path) -> dict[str, int]:

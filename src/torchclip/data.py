@@ -195,7 +195,9 @@ class ImageAugment:
     saturation factors in [1 - 0.8s, 1 + 0.8s], hue turned by up to 0.2s of the circle, in random order as in
     SimCLR), then grayscale with probability ``grayscale``; drawing-style changes as ``style`` says. With
     probability ``zoom_out`` the picture first shrinks to a side factor in ``zoom_out_scale`` on its own
-    background colour (SSD's "expand"): the same subject drawn smaller, as other artists draw it."""
+    background colour (SSD's "expand"): the same subject drawn smaller, as other artists draw it. With
+    ``trim_margin`` every image is first cropped to its content (``transforms.trim_margin``), so artwork from
+    artists who leave different margins is seen at one scale."""
 
     scale: tuple[float, float] = (0.9, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -205,16 +207,20 @@ class ImageAugment:
     style: StyleAugment = StyleAugment()
     zoom_out: float = 0.0
     zoom_out_scale: tuple[float, float] = (0.6, 1.0)
+    trim_margin: bool = False
 
     def build(self, image_size: int) -> Callable[[Image.Image, torch.Generator], torch.Tensor]:
-        from .transforms import TrainTransform
+        from .transforms import TrainTransform, trim_margin
 
+        trim = bool(self.trim_margin)
         tf = TrainTransform(image_size, scale=tuple(self.scale), ratio=tuple(self.ratio))
         hflip, jitter, gray = float(self.hflip), float(self.color_jitter), float(self.grayscale)
         flat, line, rconv = float(self.style.flatten), float(self.style.outline), float(self.style.random_conv)
         zoom, zoom_range = float(self.zoom_out), tuple(self.zoom_out_scale)
 
         def apply(img: Image.Image, g: torch.Generator) -> torch.Tensor:
+            if trim:
+                img = trim_margin(img)
             if zoom > 0 and float(torch.rand((), generator=g)) < zoom:
                 img = zoom_out(img.convert("RGB"), zoom_range, g)
             if flat > 0 and float(torch.rand((), generator=g)) < flat:
@@ -584,16 +590,19 @@ class ContrastiveStream(IterableDataset):
 # ---- evaluation sets -----------------------------------------------------------------------------------------
 
 
-def load_eval_samples(source: str, image_size: int, *, caption_key: str = "txt",
-                      limit: int | None = None) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+def load_eval_samples(source: str, image_size: int, *, caption_key: str = "txt", limit: int | None = None,
+                      trim_margin: bool = False) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """All (decodable) samples of a small evaluation set, in file order, with OpenAI's eval transform.
 
     Returns ``pixels`` [N, 3, R, R] and one metadata dict per image: the ``.json`` fields (if any) plus
-    ``caption`` and ``__key__``, so a zero-shot task can take its labels from any field.
+    ``caption`` and ``__key__``, so a zero-shot task can take its labels from any field. ``trim_margin``
+    crops each image to its content first (``transforms.TrimMargin``).
     """
-    from .transforms import image_transform
+    from .transforms import TrimMargin, image_transform
 
     tf = image_transform(image_size)
+    if trim_margin:
+        tf = TrimMargin(tf)
     rows = read_csv(source) if source.lower().endswith((".csv", ".tsv", ".tab")) else None
     items: Iterator[Raw] = iter(rows) if rows is not None else (
         item for url in expand_urls(source) for item in iter_tar(url))  # a bad shard raises, naming it

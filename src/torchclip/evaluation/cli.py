@@ -47,6 +47,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     d.add_argument("--classnames", default=None,
                    help="class names file (json/txt; 'file.json:KEY' picks a list) fixing the label order")
     d.add_argument("--exclude-class", action="append", default=[], help="drop samples of this class (repeatable)")
+    d.add_argument("--trim-margin", action="store_true",
+                   help="crop each image to the square around its non-white content first (icons, emoji, clip art)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +128,13 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     return model, resolve_tokenizer(model, args.tokenizer, ckpt)
 
 
+def _transform(args: argparse.Namespace, model: Any) -> Any:
+    """The images' preprocessing: the model's eval transform, after ``trim_margin`` with --trim-margin."""
+    from ..transforms import TrimMargin, image_transform
+
+    return TrimMargin(image_transform(model.config.vision.image_size)) if args.trim_margin else None
+
+
 def _cache(args: argparse.Namespace) -> Any:
     return False if args.no_cache else args.cache_dir
 
@@ -163,8 +172,8 @@ def _zeroshot(args: argparse.Namespace) -> int:
     names: Any = load_classnames(args.prompt_names) if args.prompt_names else None
     if names is None and args.readable_names:
         names = [prompt_name(c) for c in ds.classnames]
-    feats = extract_image_features(model, ds, batch_size=args.batch_size, num_workers=args.workers,
-                                   cache_dir=_cache(args), progress=not args.quiet)
+    feats = extract_image_features(model, ds, _transform(args, model), batch_size=args.batch_size,
+                                   num_workers=args.workers, cache_dir=_cache(args), progress=not args.quiet)
     docs = []
     specs = [args.class_prompts] if prompts is not None else (args.templates or ["photo"])
     for i, spec in enumerate(specs):
@@ -193,7 +202,7 @@ def _probe_data(args: argparse.Namespace, spec: str, model: Any) -> tuple[Any, t
     from .features import extract_image_features
 
     ds = _dataset(args, spec).require_labels()
-    feats = extract_image_features(model, ds, kind=args.features, batch_size=args.batch_size,
+    feats = extract_image_features(model, ds, _transform(args, model), kind=args.features, batch_size=args.batch_size,
                                    num_workers=args.workers, cache_dir=_cache(args), progress=not args.quiet)
     return ds, feats
 
@@ -246,7 +255,8 @@ def _retrieval(args: argparse.Namespace) -> int:
     model, tok = _load(args)
     args.caption_key = args.caption_key or "txt"
     ds = _dataset(args, args.dataset)
-    res = evaluate_retrieval(model, ds, tok, ks=args.recall_k, text_template=args.text_template,
+    res = evaluate_retrieval(model, ds, tok, ks=args.recall_k, transform=_transform(args, model),
+                             text_template=args.text_template,
                              batch_size=args.batch_size, num_workers=args.workers, cache_dir=_cache(args),
                              progress=not args.quiet)
     print(f"{ds.name}  {len(ds)} images, {len(res.texts)} texts  {_fmt(res.metrics)}")

@@ -86,6 +86,7 @@ class DataSection:
     random_conv: float = 0.0  # probability of mixing an image with a random convolution of itself (RandConv)
     zoom_out: float = 0.0  # probability of drawing the picture smaller on its own background colour
     zoom_out_scale: tuple[float, float] = (0.6, 1.0)  # side factor of the smaller picture
+    trim_margin: bool = False  # crop artwork to its content before augmenting (eval.trim_margin for eval sets)
     tag_dropout: float = 0.0
     name_dropout: float = 0.0  # drop the first tag (the name) too, when other tags remain
     shuffle_tags: bool = False
@@ -140,6 +141,7 @@ class EvalSection:
     exclude: tuple[str, ...] = ()  # label values left out (e.g. 'Component')
     batch_size: int = 256
     class_prompts: tuple[str, ...] = ()  # 'key=prompts.json': that key's classes by their own prompts (CuPL's layout)
+    trim_margin: bool = False  # crop each eval image to its content first (torchclip.transforms.trim_margin)
 
 
 @dataclass(frozen=True)

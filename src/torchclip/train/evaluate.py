@@ -36,12 +36,13 @@ class EvalSet:
     meta: list[dict[str, Any]]
 
 
-def load_eval_sets(specs: Sequence[str], image_size: int) -> list[EvalSet]:
-    """``['in-style=a.tar::b.tar', ...]`` -> decoded sets (small: they are held in memory)."""
+def load_eval_sets(specs: Sequence[str], image_size: int, trim_margin: bool = False) -> list[EvalSet]:
+    """``['in-style=a.tar::b.tar', ...]`` -> decoded sets (small: they are held in memory), each image cropped to
+    its content first with ``trim_margin``."""
     out = []
     for spec in specs:
         name, source = spec.split("=", 1)
-        pixels, meta = load_eval_samples(source, image_size)
+        pixels, meta = load_eval_samples(source, image_size, trim_margin=trim_margin)
         out.append(EvalSet(name, pixels, meta))
     return out
 

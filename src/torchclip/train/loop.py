@@ -473,13 +473,14 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
         csv_image_key=d.csv_image_key, csv_caption_key=d.csv_caption_key,
         image_augment=ImageAugment(d.crop_scale, d.crop_ratio, d.hflip, d.color_jitter, d.grayscale,
                                    StyleAugment(d.flatten, d.outline, d.random_conv), d.zoom_out,
-                                   tuple(d.zoom_out_scale)),
+                                   tuple(d.zoom_out_scale), d.trim_margin),
         caption_augment=CaptionAugment(d.tag_dropout, d.shuffle_tags, d.templates, d.template_prob, d.name_dropout),
         start=cursors, rotate=batches_seen % max(nw, 1), skip_bad_shards=d.skip_bad_shards)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=nw, prefetch_factor=4 if nw else None,
                                          pin_memory=info.device.type == "cuda", persistent_workers=False)
     batches: Iterator[Batch] = iter(loader)
-    eval_sets = load_eval_sets(cfg.eval.sets, clip.config.vision.image_size) if cfg.eval.sets else []
+    eval_sets = (load_eval_sets(cfg.eval.sets, clip.config.vision.image_size, cfg.eval.trim_margin)
+                 if cfg.eval.sets else [])
     class_prompts = {key: load_class_prompts(path) for key, path in (e.split("=", 1) for e in cfg.eval.class_prompts)}
     check_class_prompts(eval_sets, cfg.eval.exclude, class_prompts)  # a missing class fails now, not at step N
 

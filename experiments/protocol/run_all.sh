@@ -2,7 +2,7 @@
 # The emoji protocol (issue #20), one command from the repository root (../shared beside it, `make venv`
 # and `make peers` done): choose a recipe on held-out *train* concepts, then train the final recipes on all
 # train concepts with three seeds each and score every final run once on the val concepts.
-# About 4-5 hours on 2 cores (two 1-thread runs at a time); logs in runs/protocol/logs.
+# About 5-6 hours on 2 cores (two 1-thread runs at a time); logs in runs/protocol/logs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONPATH=$PWD/src OMP_NUM_THREADS=1
@@ -58,37 +58,81 @@ $PY experiments/emoji_prompts.py write "$strategy" --out runs/protocol/category_
 chosen=$($PY experiments/emoji_protocol.py choose runs/protocol/select.json --prompts runs/protocol/prompts-select.json \
          --strategy "$strategy" 2>> $logs/protocol.log)
 say "chosen $chosen"
-final=final-${chosen#sel-}
-$PY - "$chosen" "$final" <<'PYEOF'
+
+# 1b. test-time trimming of the white margin (experiments/emoji_trim.py): every LiT select checkpoint scored on
+# trimmed select images; adopted only if the paired 95% interval of the rule-value difference lies above zero
+trimscore() { $PY experiments/emoji_protocol.py score runs/protocol/$1 --sets $2 --folder runs/protocol/trim-$2 \
+              --label "${3:-$1}" --json runs/protocol/$2-trim.json "${@:4}" >> $logs/protocol.log 2>&1; }
+$PY experiments/emoji_trim.py write --sets select --out runs/protocol/trim-select >> $logs/protocol.log
+for n in "${lit[@]}"; do trimscore "${n#runs/protocol/}" select; done
+$PY experiments/emoji_prompts.py score "${lit[@]}" --sets select --folder runs/protocol/trim-select \
+  --json runs/protocol/prompts-select-trim.json >> $logs/protocol.log 2>&1
+trim=$($PY experiments/emoji_trim.py choose runs/protocol/select.json runs/protocol/select-trim.json \
+       --prompts runs/protocol/prompts-select.json runs/protocol/prompts-select-trim.json 2>> $logs/protocol.log)
+say "test-time trimming: $trim"
+# 1c. training on trimmed images too: 3 seeds of it against 3 of the chosen recipe (its third seed trains now),
+# all scored on trimmed select images; the chosen recipe stays unless the candidate clears the seed noise
+$PY experiments/emoji_trim.py write --sets fit --out runs/protocol/trim-fit >> $logs/protocol.log
+train $chosen-seed2 $P/$chosen-seed2.yaml & train $chosen-trim $P/$chosen-trim.yaml & wait
+train $chosen-trim-seed1 $P/$chosen-trim-seed1.yaml & train $chosen-trim-seed2 $P/$chosen-trim-seed2.yaml & wait
+for n in $chosen-seed2 $chosen-trim $chosen-trim-seed1 $chosen-trim-seed2; do
+  trimscore $n select
+  $PY experiments/emoji_prompts.py score runs/protocol/$n --sets select --folder runs/protocol/trim-select \
+    --json runs/protocol/prompts-select-trim.json >> $logs/protocol.log 2>&1
+done
+trained=$($PY experiments/emoji_trim.py compare runs/protocol/select-trim.json \
+          --prompts runs/protocol/prompts-select-trim.json $chosen-trim $chosen 2>> $logs/protocol.log)
+say "trained on trimmed images: $trained"
+final=final-${trained#sel-}
+$PY - "$trained" "$final" <<'PYEOF'
 import sys
 import yaml
 cfg = yaml.safe_load(open(f"experiments/protocol/{sys.argv[1]}.yaml"))
 full = yaml.safe_load(open("configs/emoji-lit.yaml"))
-for seed in (0, 1, 2):
+for seed in (0, 1, 2, 3, 4):
     c = dict(cfg)
     c["data"] = dict(cfg["data"], train=full["data"]["train"], num_samples=2648, shuffle_buffer=2648)
+    if sys.argv[1].endswith("-trim"):  # the candidate trained on trimmed shards; finals trim as they load
+        c["data"]["trim_margin"] = True
     c["eval"] = dict(cfg["eval"], sets=full["eval"]["sets"])
     c["run"] = dict(cfg["run"], output_dir=f"runs/protocol/{sys.argv[2]}-seed{seed}", seed=seed)
     yaml.safe_dump(c, open(f"runs/protocol/{sys.argv[2]}-seed{seed}.yaml", "w"), sort_keys=False)
 PYEOF
 
-# 2. final runs on all train concepts, each scored once on val: LiT, from scratch, the OpenCLIP peer
-( peer 0; peer 1; peer 2 ) &
-( for s in 0 1 2; do train $final-seed$s runs/protocol/$final-seed$s.yaml; done
+# 2. final runs on all train concepts, each scored once on val: LiT, from scratch, the OpenCLIP peer. Seeds 3
+# and 4 of the LiT recipe and the peer were added after the 3-seed val results were read, to narrow the intervals.
+( peer 0; peer 1; peer 2; peer 3; peer 4 ) &
+( for s in 0 1 2 3 4; do train $final-seed$s runs/protocol/$final-seed$s.yaml; done
   for s in 0 1 2; do train final-scratch-seed$s $P/final-scratch-seed$s.yaml; done ) &
 wait
-for s in 0 1 2; do
+$PY experiments/emoji_trim.py write --sets val --out runs/protocol/trim-val >> $logs/protocol.log
+tok=../shared/fixtures/tokenizer/bpe_simple_vocab_16e6.txt.gz
+for s in 0 1 2 3 4; do
+  peer=runs/peer/logs/peer26-seed$s/checkpoints/epoch_26.pt
   score runs/protocol/$final-seed$s val ${final#final-}/seed$s
-  score runs/protocol/final-scratch-seed$s val scratch/seed$s
-  score runs/peer/logs/peer26-seed$s/checkpoints/epoch_26.pt val peer/seed$s --activation gelu \
-    --tokenizer ../shared/fixtures/tokenizer/bpe_simple_vocab_16e6.txt.gz
+  score $peer val peer/seed$s --activation gelu --tokenizer $tok
+  ((s < 3)) && score runs/protocol/final-scratch-seed$s val scratch/seed$s
   # category zero-shot under every prompt strategy (the chosen one is the headline), LiT and the peer
   $PY experiments/emoji_prompts.py score runs/protocol/$final-seed$s --label ${final#final-}/seed$s --sets val \
     --json runs/protocol/prompts-val.json >> $logs/protocol.log 2>&1
-  $PY experiments/emoji_prompts.py score runs/peer/logs/peer26-seed$s/checkpoints/epoch_26.pt --label peer/seed$s \
-    --activation gelu --tokenizer ../shared/fixtures/tokenizer/bpe_simple_vocab_16e6.txt.gz --sets val \
+  $PY experiments/emoji_prompts.py score $peer --label peer/seed$s --activation gelu --tokenizer $tok --sets val \
     --json runs/protocol/prompts-val.json >> $logs/protocol.log 2>&1
+  # the same on trimmed images, if 1b adopted them
+  if [[ $trim == adopt ]]; then
+    trimscore $final-seed$s val ${final#final-}/seed$s
+    $PY experiments/emoji_protocol.py score $peer --sets val --folder runs/protocol/trim-val --label peer/seed$s \
+      --json runs/protocol/val-trim.json --activation gelu --tokenizer $tok >> $logs/protocol.log 2>&1
+    for m in runs/protocol/$final-seed$s:${final#final-}/seed$s $peer:peer/seed$s; do
+      extra=(); [[ ${m%%:*} == *.pt ]] && extra=(--activation gelu --tokenizer $tok)
+      $PY experiments/emoji_prompts.py score ${m%%:*} --label ${m#*:} --sets val --folder runs/protocol/trim-val \
+        --json runs/protocol/prompts-val-trim.json "${extra[@]}" >> $logs/protocol.log 2>&1
+    done
+  fi
 done
 $PY experiments/emoji_protocol.py summary runs/protocol/val.json | tee -a $logs/protocol.log
 $PY experiments/emoji_prompts.py summary runs/protocol/prompts-val.json --strategy "$strategy" | tee -a $logs/protocol.log
+if [[ $trim == adopt ]]; then
+  $PY experiments/emoji_protocol.py summary runs/protocol/val-trim.json | tee -a $logs/protocol.log
+  $PY experiments/emoji_prompts.py summary runs/protocol/prompts-val-trim.json --strategy "$strategy" | tee -a $logs/protocol.log
+fi
 say done

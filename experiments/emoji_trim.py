@@ -41,6 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emoji_protocol import DATA, RULE_KEYS, SETS, interval  # noqa: E402
 
+
 def trim(png: bytes) -> bytes:
     """The image cropped to the square around its content (``torchclip.transforms.trim_margin``: 2 px of
     margin, white background), resized back to its own size; unchanged when it has no content."""

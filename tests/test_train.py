@@ -320,6 +320,14 @@ def test_ema_config_checks(args: list[str], match: str) -> None:
 # ---- evaluation during training with each class's own prompts (eval.class_prompts) --------------------------
 
 
+def test_shipped_configs_parse() -> None:
+    """configs/*.yaml are the README's one-command recipes: every key known, every value in range."""
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(paths) >= 2
+    cfgs = {p.name: load_config(str(p), []) for p in paths}
+    assert cfgs["emoji-lit.yaml"].eval.trim_margin and cfgs["emoji-lit.yaml"].model.lock_text
+
+
 def test_eval_class_prompts_config_is_checked() -> None:
     base = {"label_keys": ["name", "category"]}
     ok = TrainConfig.from_dict({"eval": {**base, "class_prompts": ["category=p.json"]}})

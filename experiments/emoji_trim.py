@@ -26,6 +26,12 @@ images; adopted only if the 95% Welch interval of the difference in mean rule va
 
     python experiments/emoji_trim.py compare runs/protocol/select-trim.json \
         --prompts runs/protocol/prompts-select-trim.json sel-lit-style-rconv-trim sel-lit-style-rconv
+
+The paper's comparisons on trimmed images (experiments/results_eval_lit_trim.md):
+
+    python experiments/emoji_trim.py write --sets all --out runs/protocol/emoji-trimmed
+    python experiments/emoji_findings.py --checkpoint runs/protocol/final-lit-style-rconv-seed0/model.safetensors \
+        --data runs/protocol/emoji-trimmed --out experiments/results_eval_lit_trim.md --plots experiments/plots_lit_trim
 """
 
 from __future__ import annotations
@@ -59,10 +65,14 @@ def trim(png: bytes) -> bytes:
 
 
 def write(which: str, out: Path, folder: Path) -> dict[str, int]:
-    """Trimmed copies of a protocol set's shards (every other member unchanged); returns images per shard."""
+    """Trimmed copies of a protocol set's shards (every other member unchanged); returns images per shard.
+    ``all``: every shard of the emoji folder, and its classes.json (for emoji_findings.py --data)."""
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
-    for shards in {**SETS, "fit": {"train": ("google-train-fit", "twitter-train-fit")}}[which].values():
+    every = {"all": tuple(sorted(p.stem for p in folder.glob("*.tar")))}
+    if which == "all":
+        (out / "classes.json").write_bytes((folder / "classes.json").read_bytes())
+    for shards in {**SETS, "fit": {"train": ("google-train-fit", "twitter-train-fit")}, "all": every}[which].values():
         for shard in shards:
             n = 0
             with tarfile.open(folder / f"{shard}.tar") as src, tarfile.open(out / f"{shard}.tar", "w") as dst:
@@ -119,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("write")
-    w.add_argument("--sets", choices=(*SETS, "fit"), required=True)
+    w.add_argument("--sets", choices=(*SETS, "fit", "all"), required=True)
     w.add_argument("--out", type=Path, required=True)
     w.add_argument("--folder", type=Path)
     c = sub.add_parser("choose")
@@ -142,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print(args.candidate if adopt else args.incumbent)
         return 0
     if args.cmd == "write":
-        folder = args.folder or (DATA if args.sets == "val" else Path("runs/emoji-protocol/data"))
+        folder = args.folder or (DATA if args.sets in ("val", "all") else Path("runs/emoji-protocol/data"))
         for shard, n in write(args.sets, args.out, folder).items():
             print(f"wrote {args.out / shard}.tar ({n} images)")
         return 0

@@ -1,0 +1,102 @@
+"""Name prompts for the emoji name retrieval (issue #20): the four training templates averaged, against the
+single "an emoji of {}." that every number so far used.
+
+The LiT recipes wrap half their training captions in four templates (``TRAIN_TEMPLATES``), so an ensemble of
+them is in-distribution text for the names, as the paper's prompt ensembles are for ImageNet labels. Only
+label-side text changes; no image, no concept name beyond the gallery's own names.
+
+    python experiments/emoji_names.py score RUN [RUN ...] --sets select --folder runs/protocol/trim-select \
+        --json runs/protocol/names-select-trim.json
+    python experiments/emoji_names.py choose runs/protocol/names-select-trim.json
+
+The rule, fixed before any name was scored this way: over the 20 LiT select checkpoints trained on the fit
+concepts as before (the 19 of the trimming rule and the chosen recipe's third seed), on trimmed select images
+(the adopted evaluation), the paired difference in in-style name R@1, ensemble minus single template. The
+ensemble is adopted only if the 95% t-interval of that difference lies above zero; then, and only then, the
+final checkpoints (chosen recipe and peer, 5 seeds each) are scored on val with it, once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from emoji_prompts import TRAIN_TEMPLATES  # noqa: E402
+from emoji_protocol import DATA, SETS, interval  # noqa: E402
+
+PROMPTS = {"single": ("an emoji of {}.",), "templates": TRAIN_TEMPLATES}
+
+
+def score(run: str, which: str, folder: Path, activation: str | None = None,
+          tokenizer: str | None = None) -> dict[str, dict[str, float]]:
+    """{prompts: {'<set>/name/acc1': value}} for one checkpoint."""
+    import torch
+
+    from torchclip.api import get_tokenizer
+    from torchclip.checkpoints import load_model
+    from torchclip.tokenizer import Tokenizer
+    from torchclip.train.evaluate import evaluate_sets, load_eval_sets
+
+    model = load_model(run, activation=activation).eval()
+    tok = (Tokenizer.from_file(tokenizer, context_length=model.config.text.context_length) if tokenizer
+           else get_tokenizer(model))
+    specs = [f"{n}={'::'.join(str(folder / f'{s}.tar') for s in shards)}" for n, shards in SETS[which].items()]
+    sets = load_eval_sets(specs, model.config.vision.image_size)
+    with torch.no_grad():
+        return {name: {k: v for k, v in evaluate_sets(model, tok, sets, ("name",), templates).items()
+                       if k.endswith("/name/acc1")} for name, templates in PROMPTS.items()}
+
+
+def eligible(label: str) -> bool:
+    """The rule's checkpoints: LiT select runs on the untrimmed fit concepts."""
+    name = Path(label).name
+    return name.startswith("sel-lit") and "-trim" not in name
+
+
+def choose(results: dict[str, dict[str, dict[str, float]]]) -> tuple[bool, float, float, int]:
+    """(adopt?, mean paired difference in points, 95% half-width, checkpoints)."""
+    key = "in-style/name/acc1"
+    diffs = [100 * (r["templates"][key] - r["single"][key]) for label, r in results.items() if eligible(label)]
+    mean, half = interval(diffs)
+    return mean - half > 0, mean, half, len(diffs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("score")
+    s.add_argument("runs", nargs="+")
+    s.add_argument("--sets", choices=tuple(SETS), required=True)
+    s.add_argument("--folder", type=Path)
+    s.add_argument("--json", type=Path, required=True)
+    s.add_argument("--label", help="the key in the json (default: the run's path; one run only)")
+    s.add_argument("--activation")
+    s.add_argument("--tokenizer", help="a merges file, for checkpoints that do not carry their vocabulary")
+    c = sub.add_parser("choose")
+    c.add_argument("json", type=Path)
+    args = p.parse_args(argv)
+    if args.cmd == "choose":
+        adopt, mean, half, n = choose(json.loads(args.json.read_text()))
+        print(f"templates - single, in-style name R@1 over {n} checkpoints: {mean:+.2f} ± {half:.2f} (95%)",
+              file=sys.stderr)
+        print("templates" if adopt else "single")
+        return 0
+    if args.label and len(args.runs) != 1:
+        p.error("--label names one run")
+    folder = args.folder or (Path("runs/emoji-protocol/data") if args.sets == "select" else DATA)
+    results = json.loads(args.json.read_text()) if args.json.exists() else {}
+    for run in args.runs:
+        label = args.label or run
+        results[label] = score(run, args.sets, folder, args.activation, args.tokenizer)
+        print(label, json.dumps({n: {k.split("/")[0]: round(100 * v, 1) for k, v in m.items()}
+                                 for n, m in results[label].items()}))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

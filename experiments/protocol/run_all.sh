@@ -83,6 +83,12 @@ done
 trained=$($PY experiments/emoji_trim.py compare runs/protocol/select-trim.json \
           --prompts runs/protocol/prompts-select-trim.json $chosen-trim $chosen 2>> $logs/protocol.log)
 say "trained on trimmed images: $trained"
+# 1d. name prompts (experiments/emoji_names.py): the training templates averaged against "an emoji of {}.",
+# paired over the same LiT checkpoints on trimmed select images; it was not adopted, so the finals keep the one
+# template
+$PY experiments/emoji_names.py score "${lit[@]}" runs/protocol/$chosen-seed2 --sets select \
+  --folder runs/protocol/trim-select --json runs/protocol/names-select-trim.json >> $logs/protocol.log 2>&1
+say "name prompts: $($PY experiments/emoji_names.py choose runs/protocol/names-select-trim.json 2>> $logs/protocol.log)"
 final=final-${trained#sel-}
 $PY - "$trained" "$final" <<'PYEOF'
 import sys

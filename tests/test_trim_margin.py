@@ -82,12 +82,21 @@ def test_bad_arguments_are_refused() -> None:
             TrimMargin(**kw)
 
 
-def test_the_square_follows_the_content() -> None:
-    long = Image.new("RGB", (4000, 1), (9, 9, 9))
-    assert trim_margin(long, pad=3).size == (4006, 4006)  # the content's longer side plus the pad, no more
+def test_the_square_follows_the_content_and_memory_the_input() -> None:
+    long = Image.new("RGB", (1500, 1), (9, 9, 9))
+    assert trim_margin(long, pad=3).size == (1506, 1506)  # the content's longer side plus the pad
     dot = Image.new("RGB", (4000, 3000), WHITE)
     dot.putpixel((1234, 2345), (0, 0, 0))
     assert trim_margin(dot, pad=0).size == (1, 1)
+    strip = Image.new("RGB", (1_000_000, 2), (9, 9, 9))  # its square would be 10^12 pixels
+    out = trim_margin(strip, pad=0)
+    assert out.size == (2048, 2048)  # 2^22 pixels: drawn smaller, in proportion
+    a = np.asarray(out)
+    ink = (a != 255).any(axis=(1, 2)).nonzero()[0]
+    assert 1 <= len(ink) <= 2 and 1022 <= ink[0] <= ink[-1] <= 1025  # the strip, in the middle
+    assert (a[ink] == 9).all()  # across the whole width
+    photo = Image.new("RGB", (3000, 3000), (9, 9, 9))
+    assert trim_margin(photo, pad=2).size == (3004, 3004)  # a square image is never shrunk
 
 
 def test_as_a_transform_step_and_its_repr() -> None:

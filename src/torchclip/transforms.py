@@ -58,6 +58,8 @@ MAX_IMAGE_PIXELS = 89_478_485
 # Up to this many crops along the long side the full resize runs (bit-equal to OpenAI's pipeline); beyond
 # it, only the centre region is resampled, so work follows the output size.
 _EXACT_MAX_CROPS = 32
+# trim_margin's square canvas may exceed twice the image's pixels up to this many pixels before it is drawn smaller
+_TRIM_MIN_CANVAS = 1 << 22
 
 
 class ImageDecodeError(ValueError):
@@ -248,7 +250,9 @@ def trim_margin(img: Image.Image, *, pad: int = 2, threshold: int = 30,
     absolute difference over R, G, B above ``threshold``), widened by ``pad`` pixels on each side and centred
     on the content, as an RGB image of its own size (the caller resizes). Where the square reaches past the
     frame it is filled with ``background``. An image with no content comes back whole, in RGB. Transparent
-    pixels are composited onto ``background`` first, so a transparent margin counts as margin."""
+    pixels are composited onto ``background`` first, so a transparent margin counts as margin. A square that
+    would hold more than twice the image's pixels (and over 4 Mpx) is drawn smaller, so a thin strip costs
+    memory in proportion to itself."""
     pad, threshold = int(pad), int(threshold)
     if not 0 <= pad <= 4096 or not 0 <= threshold < 765:
         raise ValueError(f"trim_margin: pad must be in [0, 4096] and threshold in [0, 765), got {pad}, {threshold}")
@@ -269,9 +273,17 @@ def trim_margin(img: Image.Image, *, pad: int = 2, threshold: int = 30,
     top, bottom, left, right = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
     side = max(bottom - top, right - left) + 1 + 2 * pad
     x0, y0 = round((left + right + 1) / 2 - side / 2), round((top + bottom + 1) / 2 - side / 2)
+    box = (max(x0, 0), max(y0, 0), min(x0 + side, img.width), min(y0 + side, img.height))
+    part, at = img.crop(box), (max(-x0, 0), max(-y0, 0))
+    # a thin strip's square would be far larger than the image: draw it smaller, so memory follows the input
+    limit = max(2 * img.width * img.height, _TRIM_MIN_CANVAS)
+    if side * side > limit:
+        scale = math.sqrt(limit) / side
+        side = max(1, int(side * scale))
+        part = part.resize((max(1, round(part.width * scale)), max(1, round(part.height * scale))), _BICUBIC)
+        at = (min(round(at[0] * scale), side - 1), min(round(at[1] * scale), side - 1))
     canvas = Image.new("RGB", (side, side), bg)
-    canvas.paste(img.crop((max(x0, 0), max(y0, 0), min(x0 + side, img.width), min(y0 + side, img.height))),
-                 (max(-x0, 0), max(-y0, 0)))
+    canvas.paste(part, at)
     return canvas
 
 

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from emoji_prompts import TRAIN_TEMPLATES  # noqa: E402
-from emoji_protocol import DATA, SETS, interval  # noqa: E402
+from emoji_prompts import TRAIN_TEMPLATES, add_score_parser, run_scores  # noqa: E402
+from emoji_protocol import SETS, interval  # noqa: E402
 
 PROMPTS = {"single": ("an emoji of {}.",), "templates": TRAIN_TEMPLATES}
 
@@ -67,14 +67,7 @@ def choose(results: dict[str, dict[str, dict[str, float]]]) -> tuple[bool, float
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("score")
-    s.add_argument("runs", nargs="+")
-    s.add_argument("--sets", choices=tuple(SETS), required=True)
-    s.add_argument("--folder", type=Path)
-    s.add_argument("--json", type=Path, required=True)
-    s.add_argument("--label", help="the key in the json (default: the run's path; one run only)")
-    s.add_argument("--activation")
-    s.add_argument("--tokenizer", help="a merges file, for checkpoints that do not carry their vocabulary")
+    add_score_parser(sub)
     c = sub.add_parser("choose")
     c.add_argument("json", type=Path)
     args = p.parse_args(argv)
@@ -84,18 +77,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         print("templates" if adopt else "single")
         return 0
-    if args.label and len(args.runs) != 1:
-        p.error("--label names one run")
-    folder = args.folder or (Path("runs/emoji-protocol/data") if args.sets == "select" else DATA)
-    results = json.loads(args.json.read_text()) if args.json.exists() else {}
-    for run in args.runs:
-        label = args.label or run
-        results[label] = score(run, args.sets, folder, args.activation, args.tokenizer)
-        print(label, json.dumps({n: {k.split("/")[0]: round(100 * v, 1) for k, v in m.items()}
-                                 for n, m in results[label].items()}))
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1, sort_keys=True))
-    return 0
+    return run_scores(p, args, lambda run, folder: score(run, args.sets, folder, args.activation, args.tokenizer))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -138,14 +139,7 @@ def summary(results: dict[str, dict[str, dict[str, float]]], strategy: str) -> s
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("score")
-    s.add_argument("runs", nargs="+")
-    s.add_argument("--sets", choices=tuple(SETS), required=True)
-    s.add_argument("--folder", type=Path)
-    s.add_argument("--json", type=Path, required=True)
-    s.add_argument("--label", help="the key in the json (default: the run's path; one run only)")
-    s.add_argument("--activation")
-    s.add_argument("--tokenizer", help="a merges file, for checkpoints that do not carry their vocabulary")
+    add_score_parser(sub)
     c = sub.add_parser("choose")
     c.add_argument("json", type=Path)
     m = sub.add_parser("summary")
@@ -170,14 +164,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {v:.1f}", file=sys.stderr)
         print(chosen)
         return 0
-    folder = args.folder or (Path("runs/emoji-protocol/data") if args.sets == "select" else DATA)
     tax = taxonomy()
+    return run_scores(p, args, lambda run, folder: score(run, args.sets, folder, tax, args.activation,
+                                                         args.tokenizer))
+
+
+def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``score`` subcommand's arguments (shared with emoji_names.py)."""
+    s = sub.add_parser("score")
+    s.add_argument("runs", nargs="+")
+    s.add_argument("--sets", choices=tuple(SETS), required=True)
+    s.add_argument("--folder", type=Path)
+    s.add_argument("--json", type=Path, required=True)
+    s.add_argument("--label", help="the key in the json (default: the run's path; one run only)")
+    s.add_argument("--activation")
+    s.add_argument("--tokenizer", help="a merges file, for checkpoints that do not carry their vocabulary")
+    return s
+
+
+def run_scores(p: argparse.ArgumentParser, args: argparse.Namespace,
+               score_one: Callable[[str, Path], dict[str, dict[str, float]]]) -> int:
+    """Score every run into the JSON (kept up to date after each), printing each run's top-1 per set."""
+    folder = args.folder or (Path("runs/emoji-protocol/data") if args.sets == "select" else DATA)
     results = json.loads(args.json.read_text()) if args.json.exists() else {}
     if args.label and len(args.runs) != 1:
         p.error("--label names one run")
     for run in args.runs:
         label = args.label or run
-        results[label] = score(run, args.sets, folder, tax, args.activation, args.tokenizer)
+        results[label] = score_one(run, folder)
         print(label, json.dumps({s: {k.split("/")[0]: round(100 * v, 1) for k, v in m.items()}
                                  for s, m in results[label].items()}))
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,16 @@ say "trained on trimmed images: $trained"
 $PY experiments/emoji_names.py score "${lit[@]}" runs/protocol/$chosen-seed2 --sets select \
   --folder runs/protocol/trim-select --json runs/protocol/names-select-trim.json >> $logs/protocol.log 2>&1
 say "name prompts: $($PY experiments/emoji_names.py choose runs/protocol/names-select-trim.json 2>> $logs/protocol.log)"
+# 1e. the text tower's last 2 layers trained, aimed at names: 3 seeds against the chosen recipe's 3 on trimmed
+# select images (emoji_names.py compare); it was not adopted, so the finals keep the locked text tower
+for s in "" -seed1 -seed2; do train $chosen-unlock2$s $P/$chosen-unlock2$s.yaml & done; wait
+for s in "" -seed1 -seed2; do
+  trimscore $chosen-unlock2$s select
+  $PY experiments/emoji_prompts.py score runs/protocol/$chosen-unlock2$s --sets select \
+    --folder runs/protocol/trim-select --json runs/protocol/prompts-select-trim.json >> $logs/protocol.log 2>&1
+done
+say "text tower's last 2 layers: $($PY experiments/emoji_names.py compare runs/protocol/select-trim.json \
+     --prompts runs/protocol/prompts-select-trim.json $chosen-unlock2 $chosen 2>> $logs/protocol.log)"
 final=final-${trained#sel-}
 $PY - "$trained" "$final" <<'PYEOF'
 import sys

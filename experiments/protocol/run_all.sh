@@ -2,7 +2,7 @@
 # The emoji protocol (issue #20), one command from the repository root (../shared beside it, `make venv`
 # and `make peers` done): choose a recipe on held-out *train* concepts, then train the final recipes on all
 # train concepts with three seeds each and score every final run once on the val concepts.
-# About 5-6 hours on 2 cores (two 1-thread runs at a time); logs in runs/protocol/logs.
+# About 6 hours on 2 cores (two 1-thread runs at a time); logs in runs/protocol/logs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONPATH=$PWD/src OMP_NUM_THREADS=1

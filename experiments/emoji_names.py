@@ -77,15 +77,13 @@ def choose(results: dict[str, dict[str, dict[str, float]]]) -> tuple[bool, float
 def compare_names(protocol: dict[str, dict[str, float]], values: dict[str, float], candidate: str,
                   incumbent: str) -> tuple[bool, tuple[float, float], float]:
     """(adopt?, (name R@1 difference, its 95% Welch half-width), rule-value difference) of two recipes."""
-    from emoji_trim import welch
+    import statistics
 
-    def seeds(table: dict[str, float], name: str) -> list[float]:
-        return [v for k, v in table.items() if k == name or (k.startswith(name + "-seed") and k[len(name) + 5:].isdigit())]
+    from emoji_trim import recipe_seeds, welch
 
     names = {k: 100 * m["in-style/name/acc1"] for k, m in protocol.items()}
-    diff, half = welch(seeds(names, candidate), seeds(names, incumbent))
-    rule = sum(seeds(values, candidate)) / len(seeds(values, candidate)) - \
-        sum(seeds(values, incumbent)) / len(seeds(values, incumbent))
+    diff, half = welch(recipe_seeds(names, candidate), recipe_seeds(names, incumbent))
+    rule = statistics.fmean(recipe_seeds(values, candidate)) - statistics.fmean(recipe_seeds(values, incumbent))
     return diff - half > 0 and rule >= 0, (diff, half), rule
 
 

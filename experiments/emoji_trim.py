@@ -114,13 +114,15 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float]:
     return statistics.fmean(a) - statistics.fmean(b), float(stats.t.ppf(0.975, dof)) * (va + vb) ** 0.5
 
 
+def recipe_seeds(values: dict[str, float], recipe: str) -> list[float]:
+    """A recipe's values over its seeds: labels '<recipe>' (seed 0) and '<recipe>-seed<k>'."""
+    return [v for k, v in values.items()
+            if k == recipe or (k.startswith(recipe + "-seed") and k[len(recipe) + 5:].isdigit())]
+
+
 def compare(values: dict[str, float], candidate: str, incumbent: str) -> tuple[bool, float, float, int, int]:
-    """(adopt?, difference, 95% half-width, seeds of each) of two recipes' rule values (labels '<recipe>' for
-    seed 0 and '<recipe>-seed<k>')."""
-    def seeds(name: str) -> list[float]:
-        return [v for k, v in values.items() if k == name or (k.startswith(name + "-seed") and
-                                                             k[len(name) + 5:].isdigit())]
-    a, b = seeds(candidate), seeds(incumbent)
+    """(adopt?, difference, 95% half-width, seeds of each) of two recipes' rule values."""
+    a, b = recipe_seeds(values, candidate), recipe_seeds(values, incumbent)
     diff, half = welch(a, b)
     return diff - half > 0, diff, half, len(a), len(b)
 

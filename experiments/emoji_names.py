@@ -24,6 +24,26 @@ zero and the protocol's rule value does not fall on average (names must not be b
 
     python experiments/emoji_names.py compare runs/protocol/select-trim.json \
         --prompts runs/protocol/prompts-select-trim.json sel-lit-style-rconv-unlock2 sel-lit-style-rconv
+
+Trimming turned out not to be adopted by its own rule once its interval used Student's t (26200a4), so the
+evaluation in force is on plain images, and both rules above are re-applied unchanged on plain select images
+(``names-select.json``; ``compare runs/protocol/select.json --prompts runs/protocol/prompts-select.json``).
+If the unlocked tower were adopted there, its 5 final seeds would train and be scored on val once.
+
+Then a test-time lever aimed at names, fixed here before any checkpoint is scored with it: hubness
+correction of the name classifier (``torchclip.evaluation.hubness_penalty``, the class term of CSLS). Each
+name's score for an image is its cosine less half the mean cosine of that name with its 10 nearest images in
+a bank of the model's own training images, never test images: for select checkpoints the google and twitter
+fit shards, for the finals (the chosen recipe and the peer alike) the google and twitter train shards, all
+plain. A name that sits near every image (a hub) stops winning images that fit a more specific name.
+Rule: over the 23 LiT select checkpoints trained on plain fit images (the 20 above and the 3 unlocked ones),
+on plain select images, the paired difference in in-style name R@1, corrected minus uncorrected, both with
+the name prompts in force after the re-applied rule (``hubness --prompts``). Adopted only if the 95%
+t-interval lies above zero; then, and only then, the final checkpoints of the chosen recipe and the peer
+(5 seeds each) are scored on plain val images with it, once.
+
+    python experiments/emoji_names.py score RUN [RUN ...] --sets select --json runs/protocol/names-select.json
+    python experiments/emoji_names.py hubness runs/protocol/names-select.json --prompts single
 """
 
 from __future__ import annotations
@@ -40,24 +60,50 @@ from emoji_protocol import SETS, interval  # noqa: E402
 PROMPTS = {"single": ("an emoji of {}.",), "templates": TRAIN_TEMPLATES}
 
 
-def score(run: str, which: str, folder: Path, activation: str | None = None,
-          tokenizer: str | None = None) -> dict[str, dict[str, float]]:
-    """{prompts: {'<set>/name/acc1': value}} for one checkpoint."""
+HUBNESS_K = 10  # CSLS's k (Conneau et al. 2018), fixed with the rule
+BANK = {"select": ("google-train-fit", "twitter-train-fit"), "val": ("google-train", "twitter-train")}
+
+
+def score(run: str, which: str, folder: Path, activation: str | None = None, tokenizer: str | None = None,
+          bank: Path | None = None) -> dict[str, dict[str, float]]:
+    """{prompts[+csls]: {'<set>/name/acc1': value}} for one checkpoint; ``+csls`` variants when a bank
+    folder (holding the set's ``BANK`` shards: the model's training images) is given."""
     import torch
 
     from torchclip.api import get_tokenizer
     from torchclip.checkpoints import load_model
+    from torchclip.data import load_eval_samples
+    from torchclip.evaluation.metrics import topk_accuracy
+    from torchclip.evaluation.zeroshot import hubness_penalty, zeroshot_logits
     from torchclip.tokenizer import Tokenizer
-    from torchclip.train.evaluate import evaluate_sets, load_eval_sets
+    from torchclip.train.evaluate import _classes, class_embeddings, image_embeddings, load_eval_sets
 
     model = load_model(run, activation=activation).eval()
     tok = (Tokenizer.from_file(tokenizer, context_length=model.config.text.context_length) if tokenizer
            else get_tokenizer(model))
+    size, device = model.config.vision.image_size, torch.device("cpu")
     specs = [f"{n}={'::'.join(str(folder / f'{s}.tar') for s in shards)}" for n, shards in SETS[which].items()]
-    sets = load_eval_sets(specs, model.config.vision.image_size)
+    sets = load_eval_sets(specs, size)
+    out: dict[str, dict[str, float]] = {}
     with torch.no_grad():
-        return {name: {k: v for k, v in evaluate_sets(model, tok, sets, ("name",), templates).items()
-                       if k.endswith("/name/acc1")} for name, templates in PROMPTS.items()}
+        bank_emb = None
+        if bank is not None:
+            pixels, _ = load_eval_samples("::".join(str(bank / f"{s}.tar") for s in BANK[which]), size)
+            bank_emb = image_embeddings(model, pixels, device, 256)  # [M, E]
+        for s in sets:
+            img = image_embeddings(model, s.pixels, device, 256)  # [N, E]
+            keep, classes = _classes(s, "name", ())
+            index = {c: j for j, c in enumerate(classes)}
+            labels = torch.tensor([index[s.meta[i]["name"]] for i in keep])
+            for name, templates in PROMPTS.items():
+                cls = class_embeddings(model, tok, classes, templates, device).t()  # [E, C]
+                variants = {name: None}
+                if bank_emb is not None:
+                    variants[f"{name}+csls"] = hubness_penalty(cls, bank_emb, HUBNESS_K)
+                for v, penalty in variants.items():
+                    logits = zeroshot_logits(img[keep], cls, penalty=penalty)
+                    out.setdefault(v, {})[f"{s.name}/name/acc1"] = topk_accuracy(logits, labels, (1,))[1]
+    return out
 
 
 def eligible(label: str) -> bool:
@@ -70,6 +116,14 @@ def choose(results: dict[str, dict[str, dict[str, float]]]) -> tuple[bool, float
     """(adopt?, mean paired difference in points, 95% half-width, checkpoints)."""
     key = "in-style/name/acc1"
     diffs = [100 * (r["templates"][key] - r["single"][key]) for label, r in results.items() if eligible(label)]
+    mean, half = interval(diffs)
+    return mean - half > 0, mean, half, len(diffs)
+
+
+def hubness(results: dict[str, dict[str, dict[str, float]]], prompts: str) -> tuple[bool, float, float, int]:
+    """(adopt?, mean paired difference in points, 95% half-width, checkpoints): corrected minus uncorrected."""
+    key = "in-style/name/acc1"
+    diffs = [100 * (r[f"{prompts}+csls"][key] - r[prompts][key]) for label, r in results.items() if eligible(label)]
     mean, half = interval(diffs)
     return mean - half > 0, mean, half, len(diffs)
 
@@ -90,7 +144,8 @@ def compare_names(protocol: dict[str, dict[str, float]], values: dict[str, float
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    add_score_parser(sub)
+    add_score_parser(sub).add_argument("--bank", type=Path, help="a folder with the sets' training shards "
+                                       "(BANK): adds the hubness-corrected scores")
     c = sub.add_parser("choose")
     c.add_argument("json", type=Path)
     k = sub.add_parser("compare")
@@ -98,7 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--prompts", type=Path, required=True, help="emoji_prompts.py score JSON (trimmed images)")
     k.add_argument("candidate")
     k.add_argument("incumbent")
+    h = sub.add_parser("hubness")
+    h.add_argument("json", type=Path)
+    h.add_argument("--prompts", choices=tuple(PROMPTS), required=True, help="the name prompts in force")
     args = p.parse_args(argv)
+    if args.cmd == "hubness":
+        adopt, mean, half, n = hubness(json.loads(args.json.read_text()), args.prompts)
+        print(f"{args.prompts}+csls - {args.prompts}, in-style name R@1 over {n} checkpoints: {mean:+.2f} ± "
+              f"{half:.2f} (95%)", file=sys.stderr)
+        print(f"{args.prompts}+csls" if adopt else args.prompts)
+        return 0
     if args.cmd == "compare":
         from emoji_trim import rule_values
 
@@ -115,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         print("templates" if adopt else "single")
         return 0
-    return run_scores(p, args, lambda run, folder: score(run, args.sets, folder, args.activation, args.tokenizer))
+    return run_scores(p, args, lambda run, folder: score(run, args.sets, folder, args.activation, args.tokenizer,
+                                                         args.bank))
 
 
 if __name__ == "__main__":

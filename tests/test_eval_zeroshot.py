@@ -19,6 +19,7 @@ from torchclip.evaluation.zeroshot import (
     build_classifier,
     build_prompt_classifier,
     evaluate_zeroshot,
+    hubness_penalty,
     zeroshot_logits,
 )
 from torchclip.tokenizer import Tokenizer
@@ -137,6 +138,47 @@ def test_logits_and_embedding_mismatch() -> None:
     torch.testing.assert_close(logits, 100 * F.normalize(feats, dim=-1) @ w)
     with pytest.raises(ValueError, match="embedding sizes differ.*pre_projection"):
         zeroshot_logits(torch.randn(5, 16), w)
+
+
+def test_hubness_penalty_is_csls_class_term() -> None:
+    g = torch.Generator().manual_seed(0)
+    w = F.normalize(torch.randn(6, 4, generator=g), dim=0)  # [E, C]
+    bank = torch.randn(30, 6, generator=g) * 3  # unnormalized on purpose
+    k = 5
+    pen = hubness_penalty(w, bank, k)
+    cos = F.normalize(bank, dim=-1) @ w  # [M, C]
+    for c in range(4):  # brute force: mean of the k largest cosines of each class over the bank
+        torch.testing.assert_close(pen[c], torch.sort(cos[:, c], descending=True).values[:k].mean())
+    feats = torch.randn(7, 6, generator=g)
+    logits = zeroshot_logits(feats, w, penalty=pen)
+    img = F.normalize(feats, dim=-1)
+    r_img = (img @ w).topk(2, dim=1).values.mean(1, keepdim=True)  # CSLS's image term: same for every class
+    csls = 2 * img @ w - pen - r_img
+    torch.testing.assert_close(logits, 100 * (img @ w - pen / 2))
+    assert torch.equal(logits.argmax(1), csls.argmax(1))
+
+
+def test_hubness_penalty_demotes_a_hub() -> None:
+    # class 0 is a hub, close to every bank image: it wins the image on raw cosine, class 1 after the penalty
+    w = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.6, 0.0, 0.8]]), dim=1).t()  # [E=3, C=3]
+    bank = torch.tensor([[1.0, 0.1, 0.1], [1.0, -0.1, 0.2], [1.0, 0.2, -0.1], [0.9, 0.0, 0.0]])
+    img = torch.tensor([[0.9, 0.35, 0.0]])
+    assert zeroshot_logits(img, w).argmax().item() == 0
+    pen = hubness_penalty(w, bank, k=2)
+    assert pen[0] > pen[1] and pen[0] > pen[2]
+    assert zeroshot_logits(img, w, penalty=pen).argmax().item() == 1
+
+
+def test_hubness_penalty_errors() -> None:
+    w = F.normalize(torch.randn(8, 3), dim=0)
+    with pytest.raises(ValueError, match="k=11 nearest bank images asked of a bank of 10"):
+        hubness_penalty(w, torch.randn(10, 8), k=11)
+    with pytest.raises(ValueError, match="k=0"):
+        hubness_penalty(w, torch.randn(10, 8), k=0)
+    with pytest.raises(ValueError, match="embedding sizes differ: bank features have 4 dims"):
+        hubness_penalty(w, torch.randn(10, 4))
+    with pytest.raises(ValueError, match=r"one value per class \(3\), got \(2,\)"):
+        zeroshot_logits(torch.randn(5, 8), w, penalty=torch.zeros(2))
 
 
 def test_align_classnames_errors() -> None:

@@ -31,7 +31,7 @@ _EXPORTS = {
     "retrieval": ("RetrievalResult", "caption_gallery", "evaluate_retrieval"),
     "templates": ("TEMPLATE_SETS", "load_class_prompts", "load_classnames", "load_templates", "resolve_templates"),
     "zeroshot": ("ZeroShotResult", "build_classifier", "build_prompt_classifier", "evaluate_zeroshot",
-                 "zeroshot_logits"),
+                 "hubness_penalty", "zeroshot_logits"),
 }
 __getattr__, __dir__, __all__ = attach(__name__, _EXPORTS)
 
@@ -73,4 +73,5 @@ if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
     from .zeroshot import build_classifier as build_classifier
     from .zeroshot import build_prompt_classifier as build_prompt_classifier
     from .zeroshot import evaluate_zeroshot as evaluate_zeroshot
+    from .zeroshot import hubness_penalty as hubness_penalty
     from .zeroshot import zeroshot_logits as zeroshot_logits

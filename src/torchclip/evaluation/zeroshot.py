@@ -37,8 +37,8 @@ from .features import (
 from .metrics import classification_metrics, confusion_matrix
 from .templates import ClassName, ClassPrompts, fill, prompt_groups, resolve_templates
 
-__all__ = ["LOGIT_SCALE", "build_classifier", "build_prompt_classifier", "zeroshot_logits", "ZeroShotResult",
-           "evaluate_zeroshot", "align_classnames"]
+__all__ = ["LOGIT_SCALE", "build_classifier", "build_prompt_classifier", "zeroshot_logits", "hubness_penalty",
+           "ZeroShotResult", "evaluate_zeroshot", "align_classnames"]
 
 LOGIT_SCALE = 100.0
 
@@ -107,17 +107,40 @@ def _classifier(model: CLIP, tokenizer: TextTokenizer, groups: list[list[list[st
     return weights
 
 
-def zeroshot_logits(image_features: torch.Tensor, classifier: torch.Tensor,
-                    scale: float = LOGIT_SCALE) -> torch.Tensor:
-    """``scale * normalize(image_features) @ classifier``: [N, E] x [E, C] -> [N, C]."""
+def _check_dims(image_features: torch.Tensor, classifier: torch.Tensor, what: str = "image features") -> None:
     if image_features.dim() != 2 or classifier.dim() != 2:
-        raise ValueError("image features must be [N, E] and the classifier [E, C]")
+        raise ValueError(f"{what} must be [N, E] and the classifier [E, C]")
     if image_features.shape[1] != classifier.shape[0]:
         raise ValueError(
-            f"embedding sizes differ: image features have {image_features.shape[1]} dims, the classifier "
+            f"embedding sizes differ: {what} have {image_features.shape[1]} dims, the classifier "
             f"{classifier.shape[0]}. Were the features taken before the projection (kind='pre_projection'), "
             "or from another model?")
-    return scale * F.normalize(image_features.float(), dim=-1) @ classifier.float()
+
+
+def hubness_penalty(classifier: torch.Tensor, bank_features: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """``[C]``: each class vector's mean cosine with its ``k`` nearest images in a reference bank ([M, E],
+    e.g. the model's training images, never the test images): the class term of CSLS (Conneau et al.,
+    "Word Translation Without Parallel Data", 2018). A class that sits close to every image (a hub) gets a
+    large penalty, so it stops winning images that match a more specific class better."""
+    _check_dims(bank_features, classifier, "bank features")
+    if not 1 <= k <= bank_features.shape[0]:
+        raise ValueError(f"k={k} nearest bank images asked of a bank of {bank_features.shape[0]}")
+    cos = F.normalize(bank_features.float(), dim=-1) @ classifier.float()  # [M, C]
+    return cos.topk(k, dim=0).values.mean(dim=0)  # [C]
+
+
+def zeroshot_logits(image_features: torch.Tensor, classifier: torch.Tensor, scale: float = LOGIT_SCALE,
+                    penalty: torch.Tensor | None = None) -> torch.Tensor:
+    """``scale * normalize(image_features) @ classifier``: [N, E] x [E, C] -> [N, C]. With a ``penalty``
+    ([C], from ``hubness_penalty``) each cosine becomes ``cos - penalty / 2``: CSLS halved, less its image
+    term, which is the same for every class of an image and so changes no prediction."""
+    _check_dims(image_features, classifier)
+    cos = F.normalize(image_features.float(), dim=-1) @ classifier.float()  # [N, C]
+    if penalty is not None:
+        if penalty.shape != (classifier.shape[1],):
+            raise ValueError(f"penalty must be one value per class ({classifier.shape[1]}), got {tuple(penalty.shape)}")
+        cos = cos - penalty.float() / 2
+    return scale * cos
 
 
 def align_classnames(dataset_classes: Sequence[str], classnames: Sequence[ClassName] | Mapping[str, ClassName] | None,

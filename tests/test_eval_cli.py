@@ -85,6 +85,40 @@ def test_zeroshot_cli_class_prompts(run_dir: Path, shards: tuple[Path, Path], tm
     assert code == 1 and "missing ['blue']" in err and "Traceback" not in err
 
 
+def test_zeroshot_cli_hubness_bank(run_dir: Path, shards: tuple[Path, Path], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from torchclip import load
+    from torchclip.evaluation import evaluate_zeroshot, hubness_penalty, zeroshot_logits
+    from torchclip.evaluation.datasets import load_webdataset
+    from torchclip.evaluation.features import extract_image_features
+    from torchclip.evaluation.metrics import classification_metrics
+    from torchclip.evaluation.zeroshot import build_classifier
+
+    base = ["zeroshot", "--model", str(run_dir / "checkpoint.safetensors"), "--dataset", str(shards[1]),
+            "--label-key", "json:category", "--templates", "bare", "--no-cache", "--quiet"]
+    out = tmp_path / "zs.json"
+    code, stdout, _ = _run([*base, "--hubness-bank", str(shards[0]), "--hubness-k", "3", "--output", str(out)],
+                           capsys)
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert doc["hubness_bank"] == str(shards[0]) and doc["hubness_k"] == 3
+    # the same numbers by hand: penalty from the bank's features, then the corrected logits
+    model, tok = load(run_dir / "checkpoint.safetensors")[0].eval(), byte_tokenizer()
+    ds = load_webdataset(shards[1], label_key="json:category")
+    feats = extract_image_features(model, ds, cache_dir=False, progress=False)
+    bank = extract_image_features(model, load_webdataset(shards[0]), cache_dir=False, progress=False)
+    w = build_classifier(model, tok, ds.classnames, "bare", cache_dir=False)
+    logits = zeroshot_logits(feats, w, penalty=hubness_penalty(w, bank, 3))
+    want = classification_metrics(logits, ds.labels)
+    assert doc["metrics"]["acc1"] == pytest.approx(want["acc1"])
+    res = evaluate_zeroshot(model, ds, tok, "bare", image_features=feats, cache_dir=False, progress=False,
+                            hubness_bank=bank, hubness_k=3)
+    torch.testing.assert_close(res.logits, logits)
+    assert not torch.allclose(res.logits, zeroshot_logits(feats, w))  # control: the bank changes the scores
+    code, _, err = _run([*base, "--hubness-bank", str(shards[0]), "--hubness-k", "1000"], capsys)
+    assert code == 1 and "--hubness-k 1000 is more than the 18 images" in err and len(err.strip().splitlines()) == 1
+
+
 def test_cli_errors_are_one_line(run_dir: Path, shards: tuple[Path, Path], tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "names.txt").write_text("red\ngreen\n")

@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="file of the names to put in prompts, aligned with the classes (default: class names)")
     zs.add_argument("--readable-names", action="store_true", help="'animal-mammal' -> 'animal mammal' in prompts")
     zs.add_argument("--confusion-plot", default=None, help="PNG path (first template set)")
+    zs.add_argument("--hubness-bank", default=None,
+                    help="reference images (e.g. the training set; never the test set): each class's score is "
+                         "lowered by half its mean cosine with its --hubness-k nearest of them (CSLS)")
+    zs.add_argument("--hubness-k", type=positive_int, default=10, help="nearest bank images per class (default 10)")
     for name, help_ in (("probe", "linear probe (paper protocol)"), ("fewshot", "k-shot linear probes")):
         sp = sub.add_parser(name, help=help_)
         _common(sp)
@@ -174,20 +178,33 @@ def _zeroshot(args: argparse.Namespace) -> int:
         names = [prompt_name(c) for c in ds.classnames]
     feats = extract_image_features(model, ds, _transform(args, model), batch_size=args.batch_size,
                                    num_workers=args.workers, cache_dir=_cache(args), progress=not args.quiet)
+    bank, hub = None, {}
+    if args.hubness_bank:
+        from .datasets import guess_kind, open_dataset
+
+        kw = {"image_col": args.image_key} if guess_kind(args.hubness_bank) == "csv" else {}
+        bank_ds = open_dataset(args.hubness_bank, **kw).require_nonempty()
+        bank = extract_image_features(model, bank_ds, _transform(args, model), batch_size=args.batch_size,
+                                      num_workers=args.workers, cache_dir=_cache(args), progress=not args.quiet)
+        if args.hubness_k > len(bank):
+            raise ValueError(f"--hubness-k {args.hubness_k} is more than the {len(bank)} images of "
+                             f"--hubness-bank {args.hubness_bank}")
+        hub = {"hubness_bank": args.hubness_bank, "hubness_k": args.hubness_k}
     docs = []
     specs = [args.class_prompts] if prompts is not None else (args.templates or ["photo"])
     for i, spec in enumerate(specs):
         if prompts is not None:
             res = evaluate_zeroshot(model, ds, tok, class_prompts=prompts, image_features=feats,
-                                    cache_dir=_cache(args), progress=not args.quiet)
+                                    cache_dir=_cache(args), progress=not args.quiet, hubness_bank=bank,
+                                    hubness_k=args.hubness_k)
             print(f"{ds.name}  class prompts={spec}  {_fmt(res.metrics)}")
         else:
             res = evaluate_zeroshot(model, ds, tok, spec, names, image_features=feats, cache_dir=_cache(args),
-                                    progress=not args.quiet)
+                                    progress=not args.quiet, hubness_bank=bank, hubness_k=args.hubness_k)
             print(f"{ds.name}  templates={spec} ({len(res.templates)})  {_fmt(res.metrics)}")
         docs.append(benchmark_json(dataset=ds.name, model=str(args.model), pretrained=_pretrained_label(args),
                                    task="zeroshot_classification", metrics=res.metrics,
-                                   **{"class_prompts" if prompts is not None else "templates": spec}))
+                                   **{"class_prompts" if prompts is not None else "templates": spec}, **hub))
         if i == 0 and args.confusion_plot:
             from .plots import plot_confusion
 

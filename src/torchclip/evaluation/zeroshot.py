@@ -193,12 +193,15 @@ def evaluate_zeroshot(model: CLIP, dataset: ImageDataset, tokenizer: TextTokeniz
                       transform: Callable[[Any], torch.Tensor] | None = None,
                       image_features: torch.Tensor | None = None, batch_size: int = 64, num_workers: int = 0,
                       cache_dir: str | os.PathLike[str] | None | Literal[False] = None,
-                      progress: bool = True) -> ZeroShotResult:
+                      progress: bool = True, hubness_bank: torch.Tensor | None = None,
+                      hubness_k: int = 10) -> ZeroShotResult:
     """Zero-shot top-1/top-5 accuracy and mean per-class recall of ``model`` on a labelled dataset.
 
     ``classnames`` defaults to the dataset's own; ``image_features`` ([N, E], e.g. shared between template
     sets) skips extraction. ``class_prompts`` (dataset class -> its own prompts, see
     ``build_prompt_classifier``) replaces names and templates; it must name every class and no other.
+    ``hubness_bank`` ([M, E] features of reference images, e.g. the training set's) corrects every class
+    score by ``hubness_penalty`` over its ``hubness_k`` nearest bank images.
     """
     dataset.require_labels()
     if class_prompts is not None:
@@ -224,6 +227,8 @@ def evaluate_zeroshot(model: CLIP, dataset: ImageDataset, tokenizer: TextTokeniz
     else:
         templates = resolve_templates(templates)
         weights = build_classifier(model, tokenizer, names, templates, cache_dir=cache_dir, progress=progress)
-    logits = zeroshot_logits(image_features, weights)
+    penalty = None if hubness_bank is None else hubness_penalty(weights, hubness_bank, hubness_k)
+    logits = zeroshot_logits(image_features, weights, penalty=penalty)
     metrics = classification_metrics(logits, dataset.labels)
-    return ZeroShotResult(metrics, logits, dataset.labels.copy(), list(dataset.classnames), templates)
+    extra = {} if penalty is None else {"hubness_penalty": penalty, "hubness_k": hubness_k}
+    return ZeroShotResult(metrics, logits, dataset.labels.copy(), list(dataset.classnames), templates, extra)

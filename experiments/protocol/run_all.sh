@@ -2,7 +2,7 @@
 # The emoji protocol (issue #20), one command from the repository root (../shared beside it, `make venv`
 # and `make peers` done): choose a recipe on held-out *train* concepts, then train the final recipes on all
 # train concepts with three seeds each and score every final run once on the val concepts.
-# About 6 hours on 2 cores (two 1-thread runs at a time); logs in runs/protocol/logs.
+# About 7 hours on 2 cores (two 1-thread runs at a time); logs in runs/protocol/logs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONPATH=$PWD/src OMP_NUM_THREADS=1
@@ -99,6 +99,39 @@ for s in "" -seed1 -seed2; do
 done
 say "text tower's last 2 layers: $($PY experiments/emoji_names.py compare runs/protocol/select-trim.json \
      --prompts runs/protocol/prompts-select-trim.json $chosen-unlock2 $chosen 2>> $logs/protocol.log)"
+# 1f. trimming turned out not adopted (emoji_trim.py choose, with Student's t), so the name rules are
+# re-applied on plain select images, and the hubness correction (a bank of the fit images) is tried there
+lit+=(runs/protocol/$chosen-seed2 runs/protocol/$chosen-unlock2 runs/protocol/$chosen-unlock2-seed1
+      runs/protocol/$chosen-unlock2-seed2)
+$PY experiments/emoji_names.py score "${lit[@]}" --sets select --bank runs/emoji-protocol/data \
+  --json runs/protocol/names-select.json >> $logs/protocol.log 2>&1
+for s in "" -seed1 -seed2; do
+  score runs/protocol/$chosen-unlock2$s select $chosen-unlock2$s
+  $PY experiments/emoji_prompts.py score runs/protocol/$chosen-unlock2$s --sets select \
+    --json runs/protocol/prompts-select.json >> $logs/protocol.log 2>&1
+done
+say "name prompts, plain: $($PY experiments/emoji_names.py choose runs/protocol/names-select.json 2>> $logs/protocol.log)"
+say "last 2 layers, plain: $($PY experiments/emoji_names.py compare runs/protocol/select.json \
+     --prompts runs/protocol/prompts-select.json $chosen-unlock2 $chosen 2>> $logs/protocol.log)"
+names=$($PY experiments/emoji_names.py hubness runs/protocol/names-select.json --prompts single 2>> $logs/protocol.log)
+say "name scores: $names"
+# 1g. every caption keeps the name (data.name_dropout 0): 5 seeds against 5 of the chosen recipe, plain select
+# images, the hubness-corrected name score
+train $chosen-seed3 $P/$chosen-seed3.yaml & train $chosen-names $P/$chosen-names.yaml & wait
+train $chosen-names-seed1 $P/$chosen-names-seed1.yaml & train $chosen-names-seed2 $P/$chosen-names-seed2.yaml & wait
+train $chosen-names-seed3 $P/$chosen-names-seed3.yaml & train $chosen-names-seed4 $P/$chosen-names-seed4.yaml & wait
+train $chosen-seed4 $P/$chosen-seed4.yaml
+for n in $chosen-seed3 $chosen-seed4 $chosen-names $chosen-names-seed{1,2,3,4}; do
+  score runs/protocol/$n select $n
+  $PY experiments/emoji_prompts.py score runs/protocol/$n --sets select --json runs/protocol/prompts-select.json \
+    >> $logs/protocol.log 2>&1
+  $PY experiments/emoji_names.py score runs/protocol/$n --sets select --bank runs/emoji-protocol/data \
+    --json runs/protocol/names-select.json >> $logs/protocol.log 2>&1
+done
+kept=$($PY experiments/emoji_names.py compare runs/protocol/select.json --prompts runs/protocol/prompts-select.json \
+       --names runs/protocol/names-select.json $chosen-names $chosen 2>> $logs/protocol.log)
+say "name dropout 0: $kept"
+[[ $kept == "$chosen-names" ]] && trained=$kept
 final=final-${trained#sel-}
 $PY - "$trained" "$final" <<'PYEOF'
 import sys
@@ -128,6 +161,11 @@ for s in 0 1 2 3 4; do
   score runs/protocol/$final-seed$s val ${final#final-}/seed$s
   score $peer val peer/seed$s --activation gelu --tokenizer $tok
   ((s < 3)) && score runs/protocol/final-scratch-seed$s val scratch/seed$s
+  # name retrieval with and without the hubness correction (bank: the train shards both sides trained on)
+  $PY experiments/emoji_names.py score runs/protocol/$final-seed$s --label ${final#final-}/seed$s --sets val \
+    --bank ../shared/data/emoji --json runs/protocol/names-val.json >> $logs/protocol.log 2>&1
+  $PY experiments/emoji_names.py score $peer --label peer/seed$s --activation gelu --tokenizer $tok --sets val \
+    --bank ../shared/data/emoji --json runs/protocol/names-val.json >> $logs/protocol.log 2>&1
   # category zero-shot under every prompt strategy (the chosen one is the headline), LiT and the peer
   $PY experiments/emoji_prompts.py score runs/protocol/$final-seed$s --label ${final#final-}/seed$s --sets val \
     --json runs/protocol/prompts-val.json >> $logs/protocol.log 2>&1

@@ -327,6 +327,7 @@ def test_shipped_configs_parse() -> None:
     cfgs = {p.name: load_config(str(p), []) for p in paths}
     lit = cfgs["emoji-lit.yaml"]
     assert lit.model.lock_text and not lit.eval.trim_margin  # trimming was not adopted by its rule
+    assert [e.split("=")[0] for e in lit.eval.hubness] == ["name"]  # the hubness correction was, for names
 
 
 def test_eval_class_prompts_config_is_checked() -> None:
@@ -338,6 +339,41 @@ def test_eval_class_prompts_config_is_checked() -> None:
                            (["category=a.json", "category=b.json"], "twice")]:
         with pytest.raises(ValueError, match=words):
             TrainConfig.from_dict({"eval": {**base, "class_prompts": entries}})
+
+
+def test_eval_hubness_config_is_checked() -> None:
+    base = {"label_keys": ["name", "category"]}
+    ok = TrainConfig.from_dict({"eval": {**base, "hubness": ["name=a.tar::b.tar"], "hubness_k": 5}})
+    assert ok.eval.hubness == ("name=a.tar::b.tar",) and ok.eval.hubness_k == 5
+    for extra, words in [({"hubness": ["name"]}, "key=shards"), ({"hubness": ["shape=a.tar"]}, "not one of"),
+                         ({"hubness": ["name=a.tar", "name=b.tar"]}, "twice"), ({"hubness_k": 0}, "hubness_k=0")]:
+        with pytest.raises(ValueError, match=words):
+            TrainConfig.from_dict({"eval": {**base, **extra}})
+
+
+def test_evaluate_sets_hubness_bank() -> None:
+    from evalkit import byte_tokenizer, tiny_model
+
+    from torchclip.evaluation.zeroshot import hubness_penalty
+    from torchclip.train.evaluate import EvalSet, class_embeddings, evaluate_sets, image_embeddings
+
+    model, tok = tiny_model().eval(), byte_tokenizer()
+    size, g = model.config.vision.image_size, torch.Generator().manual_seed(0)
+    names = ["cat", "dog", "owl", "pig", "yak"]
+    s = EvalSet("val", torch.randn(15, 3, size, size, generator=g),
+                [{"name": names[i % 5], "category": "animal"} for i in range(15)])
+    bank = torch.randn(12, 3, size, size, generator=g)
+    plain = evaluate_sets(model, tok, [s], ["name", "category"], ["a {}."])
+    got = evaluate_sets(model, tok, [s], ["name", "category"], ["a {}."], hubness={"name": bank}, hubness_k=3)
+    cls = class_embeddings(model, tok, sorted(names), ["a {}."], torch.device("cpu"))  # [C, E]
+    img = image_embeddings(model, s.pixels, torch.device("cpu"), 8)
+    emb = image_embeddings(model, bank, torch.device("cpu"), 8)
+    scores = img @ cls.T - hubness_penalty(cls.T, emb, 3) / 2  # [15, 5]
+    truth = torch.tensor([sorted(names).index(m["name"]) for m in s.meta])
+    assert got["val/name/acc1"] == pytest.approx(float((scores.argmax(1) == truth).float().mean()))
+    assert got["val/category/acc1"] == plain["val/category/acc1"]  # only the named key is corrected
+    assert got["val/name/t2i_R@1"] == plain["val/name/t2i_R@1"]  # a per-class shift: image ranks unchanged
+    assert got["val/name/acc1"] != plain["val/name/acc1"]  # control: the bank changes this model's answers
 
 
 def test_evaluate_sets_uses_the_class_prompts() -> None:
@@ -389,3 +425,27 @@ def test_train_hands_class_prompts_to_evaluation_and_refuses_a_missing_class(tmp
     with pytest.raises(ValueError, match=r"\['circle'\]"):
         train(TrainConfig.from_dict(cfg))
     assert not list((tmp_path / "run2").glob("checkpoints/*"))  # refused before the first step
+
+
+def test_training_evaluates_with_the_hubness_bank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainkit import make_shards, tiny_overrides
+
+    from torchclip.train import loop
+
+    seen: dict = {}
+
+    def evaluate_sets(model, tok, sets, keys, templates, exclude, batch_size, class_prompts, hubness, hubness_k):
+        seen.update(hubness=hubness, k=hubness_k)
+        return {}
+
+    monkeypatch.setattr(loop, "evaluate_sets", evaluate_sets)
+    shards = make_shards(tmp_path / "shards", n_shards=1, per_shard=8)
+    cfg = tiny_overrides(shards, tmp_path / "run")
+    cfg["eval"] = {"sets": [f"x={shards}"], "hubness": [f"name={shards}"], "hubness_k": 3}
+    loop.train(TrainConfig.from_dict(cfg))
+    assert seen["k"] == 3 and list(seen["hubness"]) == ["name"]
+    assert seen["hubness"]["name"].shape == (8, 3, 16, 16)  # the bank's pixels, at the model's size
+    cfg["eval"]["hubness_k"] = 9
+    cfg["run"]["output_dir"] = str(tmp_path / "run2")
+    with pytest.raises(ValueError, match="eval.hubness bank for 'name' has 8 images, fewer than eval.hubness_k=9"):
+        loop.train(TrainConfig.from_dict(cfg))

@@ -142,6 +142,8 @@ class EvalSection:
     batch_size: int = 256
     class_prompts: tuple[str, ...] = ()  # 'key=prompts.json': that key's classes by their own prompts (CuPL's layout)
     trim_margin: bool = False  # crop each eval image to its content first (torchclip.transforms.trim_margin)
+    hubness: tuple[str, ...] = ()  # 'key=shards': that key's scores hubness-corrected against these (training) images
+    hubness_k: int = 10  # nearest bank images per class (torchclip.evaluation.hubness_penalty)
 
 
 @dataclass(frozen=True)
@@ -173,17 +175,19 @@ class TrainConfig:
         for s in self.eval.sets:
             if "=" not in s:
                 raise ValueError(f"eval.sets entry {s!r} must be name=spec")
-        keys = []
-        for s in self.eval.class_prompts:
-            key, sep, path = s.partition("=")
-            if not sep or not path:
-                raise ValueError(f"eval.class_prompts entry {s!r} must be key=file.json")
-            keys.append(key)
-            if key not in self.eval.label_keys:
-                raise ValueError(f"eval.class_prompts entry {s!r}: {key!r} is not one of eval.label_keys "
-                                 f"{list(self.eval.label_keys)}")
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"eval.class_prompts names a label key twice: {list(self.eval.class_prompts)}")
+        for name, what in (("class_prompts", "file.json"), ("hubness", "shards")):
+            entries = getattr(self.eval, name)
+            keys = []
+            for s in entries:
+                key, sep, value = s.partition("=")
+                if not sep or not value:
+                    raise ValueError(f"eval.{name} entry {s!r} must be key={what}")
+                keys.append(key)
+                if key not in self.eval.label_keys:
+                    raise ValueError(f"eval.{name} entry {s!r}: {key!r} is not one of eval.label_keys "
+                                     f"{list(self.eval.label_keys)}")
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"eval.{name} names a label key twice: {list(entries)}")
         _check_values(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,7 +222,7 @@ _BOUNDS: dict[tuple[float, float, bool, bool], str] = {
                                "data.num_samples data.bpe_samples model.embed_dim model.image_size "
                                "model.patch_size model.vision_width model.vision_layers model.text_width "
                                "model.text_heads model.text_layers run.threads run.save_every run.log_every "
-                               "eval.batch_size dist.timeout_s",
+                               "eval.batch_size eval.hubness_k dist.timeout_s",
     (2, math.inf, True, True): "model.context_length",
     (0, 1, True, False): "optim.beta1 optim.beta2 optim.ema",
     (0, 1, True, True): "data.hflip data.tag_dropout data.name_dropout data.template_prob "

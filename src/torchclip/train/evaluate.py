@@ -7,6 +7,8 @@ text->image recall ``t2i_R@1/5/10`` (for each class prompt, is one of its images
 classes = names, ``accK`` is "name retrieval over the val names" (image->text recall@K over the class
 prompts is the same number, so it is not reported twice). A label key given ``class_prompts`` (class ->
 its own prompts, as ``torchclip eval zeroshot --class-prompts`` reads them) uses those instead of templates.
+A label key given a hubness bank (reference images, e.g. the training set's) has its scores corrected by
+``hubness_penalty``, as ``torchclip eval zeroshot --hubness-bank`` does.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from ..data import load_eval_samples
 from ..evaluation.metrics import classification_metrics, retrieval_recall, topk_accuracy
 from ..evaluation.templates import ClassPrompts
-from ..evaluation.zeroshot import build_prompt_classifier
+from ..evaluation.zeroshot import build_prompt_classifier, hubness_penalty
 from ..model import CLIP
 
 __all__ = ["EvalSet", "load_eval_sets", "class_embeddings", "zero_shot", "evaluate_sets", "check_class_prompts"]
@@ -65,9 +67,13 @@ def image_embeddings(model: CLIP, pixels: torch.Tensor, device: torch.device, ba
     return torch.cat(parts)  # [N, E]
 
 
-def zero_shot(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Top-k accuracy (= image->prompt recall@k) and prompt->image recall for images vs class prompts."""
+def zero_shot(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor,
+              penalty: torch.Tensor | None = None) -> dict[str, float]:
+    """Top-k accuracy (= image->prompt recall@k) and prompt->image recall for images vs class prompts; each
+    class's scores less ``penalty / 2`` when given (``hubness_penalty``: no effect on prompt->image ranks)."""
     scores = image_emb @ class_emb.T  # [N, C]
+    if penalty is not None:
+        scores = scores - penalty / 2
     out = classification_metrics(scores, labels)
     out["acc10"] = topk_accuracy(scores, labels, (10,))[10]
     present = torch.zeros(class_emb.shape[0], dtype=torch.bool)
@@ -100,8 +106,10 @@ def check_class_prompts(sets: Sequence[EvalSet], exclude: Sequence[str], class_p
 
 def evaluate_sets(model: CLIP, tokenizer: Callable[..., torch.Tensor], sets: Sequence[EvalSet],
                   label_keys: Sequence[str], templates: Sequence[str], exclude: Sequence[str] = (),
-                  batch_size: int = 256, class_prompts: ClassPromptsByKey | None = None) -> dict[str, float]:
-    """``{'<set>/<key>/<metric>': value}`` for every set and label key; the model is put back in its mode."""
+                  batch_size: int = 256, class_prompts: ClassPromptsByKey | None = None,
+                  hubness: Mapping[str, torch.Tensor] | None = None, hubness_k: int = 10) -> dict[str, float]:
+    """``{'<set>/<key>/<metric>': value}`` for every set and label key; the model is put back in its mode.
+    ``hubness``: label key -> pixels of its bank images ([M, 3, R, R]), embedded once per call."""
     if class_prompts:
         check_class_prompts(sets, exclude, class_prompts)  # before any image is embedded
     was_training = model.training
@@ -109,6 +117,7 @@ def evaluate_sets(model: CLIP, tokenizer: Callable[..., torch.Tensor], sets: Seq
     device = next(model.parameters()).device
     results: dict[str, float] = {}
     try:
+        banks = {key: image_embeddings(model, pixels, device, batch_size) for key, pixels in (hubness or {}).items()}
         for s in sets:
             img = image_embeddings(model, s.pixels, device, batch_size)
             for key in label_keys:
@@ -122,7 +131,8 @@ def evaluate_sets(model: CLIP, tokenizer: Callable[..., torch.Tensor], sets: Seq
                                                   batch_size=512, cache_dir=False).t().to(device)  # [C, E]
                 else:
                     cls = class_embeddings(model, tokenizer, classes, templates, device)
-                for metric, v in zero_shot(img[keep], cls, labels).items():
+                penalty = hubness_penalty(cls.t(), banks[key], hubness_k) if key in banks else None
+                for metric, v in zero_shot(img[keep], cls, labels, penalty).items():
                     results[f"{s.name}/{key}/{metric}"] = float(v)
     finally:
         model.train(was_training)

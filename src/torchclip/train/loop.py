@@ -483,6 +483,12 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
                  if cfg.eval.sets else [])
     class_prompts = {key: load_class_prompts(path) for key, path in (e.split("=", 1) for e in cfg.eval.class_prompts)}
     check_class_prompts(eval_sets, cfg.eval.exclude, class_prompts)  # a missing class fails now, not at step N
+    hubness = ({b.name: b.pixels for b in load_eval_sets(cfg.eval.hubness, clip.config.vision.image_size,
+                                                          cfg.eval.trim_margin)} if eval_sets else {})  # key -> bank
+    for key, bank in hubness.items():  # now, not at the first evaluation
+        if len(bank) < cfg.eval.hubness_k:
+            raise ValueError(f"eval.hubness bank for {key!r} has {len(bank)} images, fewer than "
+                             f"eval.hubness_k={cfg.eval.hubness_k}")
 
     def autocast() -> contextlib.AbstractContextManager:
         return torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None)
@@ -495,7 +501,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
             model.unshard()
         with autocast():
             res = evaluate_sets(clip if ema is None else ema.module, tokenizer, eval_sets, cfg.eval.label_keys, cfg.eval.templates,
-                                cfg.eval.exclude, cfg.eval.batch_size, class_prompts)
+                                cfg.eval.exclude, cfg.eval.batch_size, class_prompts, hubness, cfg.eval.hubness_k)
         if fsdp:
             model.reshard()
         return res

@@ -47,7 +47,13 @@ t-interval lies above zero; then, and only then, the final checkpoints of the ch
 
 (It was adopted on select, +0.61 ± 0.30, and then moved val the other way: 8.74 -> 8.39 for the chosen
 recipe, 5.23 -> 5.08 for the peer. The unlock2 comparison above was re-applied with the incumbent's
-first 3 seeds, the ones that existed then.)
+first 3 seeds, the ones that existed then. Afterwards, a bootstrap over checkpoints *and* concept groups
+showed the rule's interval had counted only the checkpoints' noise: +0.61 in [-0.04, +1.29] on select,
+-0.35 in [-2.09, +1.21] on val, overlapping.)
+
+    python experiments/emoji_names.py concepts RUN [RUN ...] --sets select --bank runs/emoji-protocol/data \
+        --json runs/protocol/hits-select.json
+    python experiments/emoji_names.py bootstrap runs/protocol/hits-select.json
 
 Then a training lever aimed at names, fixed here before it trains: the chosen recipe with
 ``data.name_dropout: 0`` (``sel-lit-style-rconv-names``), so every caption keeps the concept's name; the
@@ -74,7 +80,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emoji_prompts import TRAIN_TEMPLATES, add_score_parser, run_scores  # noqa: E402
-from emoji_protocol import SETS, interval  # noqa: E402
+from emoji_protocol import DATA, SETS, interval  # noqa: E402
 
 PROMPTS = {"single": ("an emoji of {}.",), "templates": TRAIN_TEMPLATES}
 
@@ -84,9 +90,10 @@ BANK = {"select": ("google-train-fit", "twitter-train-fit"), "val": ("google-tra
 
 
 def score(run: str, which: str, folder: Path, activation: str | None = None, tokenizer: str | None = None,
-          bank: Path | None = None) -> dict[str, dict[str, float]]:
+          bank: Path | None = None, hits: dict[str, list] | None = None) -> dict[str, dict[str, float]]:
     """{prompts[+csls]: {'<set>/name/acc1': value}} for one checkpoint; ``+csls`` variants when a bank
-    folder (holding the set's ``BANK`` shards: the model's training images) is given."""
+    folder (holding the set's ``BANK`` shards: the model's training images) is given. ``hits`` receives
+    each image's top-1 hit per '<set>|<variant>' and its concept group per '<set>|group'."""
     import torch
 
     from torchclip.api import get_tokenizer
@@ -114,6 +121,8 @@ def score(run: str, which: str, folder: Path, activation: str | None = None, tok
             keep, classes = _classes(s, "name", ())
             index = {c: j for j, c in enumerate(classes)}
             labels = torch.tensor([index[s.meta[i]["name"]] for i in keep])
+            if hits is not None:
+                hits[f"{s.name}|group"] = [s.meta[i]["concept_group"] for i in keep]
             for name, templates in PROMPTS.items():
                 cls = class_embeddings(model, tok, classes, templates, device).t()  # [E, C]
                 variants = {name: None}
@@ -122,7 +131,37 @@ def score(run: str, which: str, folder: Path, activation: str | None = None, tok
                 for v, penalty in variants.items():
                     logits = zeroshot_logits(img[keep], cls, penalty=penalty)
                     out.setdefault(v, {})[f"{s.name}/name/acc1"] = topk_accuracy(logits, labels, (1,))[1]
+                    if hits is not None:
+                        hits[f"{s.name}|{v}"] = (logits.argmax(1) == labels).int().tolist()
     return out
+
+
+def concept_bootstrap(hits: dict[str, dict[str, list]], a: str, b: str, where: str = "in-style",
+                      rounds: int = 2000, seed: int = 0) -> tuple[float, float, float, float]:
+    """Mean paired difference a - b in points over checkpoints, with two 95% intervals: resampling the
+    checkpoints only, and resampling checkpoints and concept groups together (the concepts a split happens to
+    hold are a sample too). Returns (mean, checkpoints low, high, both low, high) as (mean, lo, hi, lo2, hi2)."""
+    import numpy as np
+
+    runs = sorted(hits)
+    groups = hits[runs[0]][f"{where}|group"]
+    if any(hits[r][f"{where}|group"] != groups for r in runs):
+        raise SystemExit("the checkpoints were scored on different images")
+    names = sorted(set(groups))
+    g = np.array([names.index(x) for x in groups])  # [N]
+    diff = np.array([np.array(hits[r][f"{where}|{a}"]) - np.array(hits[r][f"{where}|{b}"]) for r in runs])  # [R, N]
+    per_group = np.stack([np.bincount(g, weights=d, minlength=len(names)) for d in diff])  # [R, G] summed diffs
+    sizes = np.bincount(g, minlength=len(names))  # [G]
+    rng = np.random.default_rng(seed)
+    ckpt, both = [], []
+    for _ in range(rounds):
+        r = rng.integers(0, len(runs), len(runs))
+        ckpt.append(per_group[r].sum() / (len(r) * sizes.sum()))
+        c = rng.integers(0, len(names), len(names))
+        both.append(per_group[r][:, c].sum() / (len(r) * sizes[c].sum()))
+    lo, hi = np.percentile(ckpt, [2.5, 97.5])
+    lo2, hi2 = np.percentile(both, [2.5, 97.5])
+    return 100 * diff.mean(), 100 * lo, 100 * hi, 100 * lo2, 100 * hi2
 
 
 # trained after the paired rules were decided (for the name-dropout comparison): not among their checkpoints
@@ -194,10 +233,36 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("incumbent")
     k.add_argument("--names", type=Path, help="a names score JSON whose --variant gives the in-style name R@1")
     k.add_argument("--variant", default="single+csls")
+    q = sub.add_parser("concepts", help="per-image hits of every run (for the concept bootstrap)")
+    q.add_argument("runs", nargs="+")
+    q.add_argument("--sets", choices=tuple(SETS), required=True)
+    q.add_argument("--bank", type=Path, required=True)
+    q.add_argument("--json", type=Path, required=True)
+    bs = sub.add_parser("bootstrap", help="a paired difference's interval over checkpoints and over concepts")
+    bs.add_argument("json", type=Path, nargs="+")
+    bs.add_argument("--a", default="single+csls")
+    bs.add_argument("--b", default="single")
     h = sub.add_parser("hubness")
     h.add_argument("json", type=Path)
     h.add_argument("--prompts", choices=tuple(PROMPTS), required=True, help="the name prompts in force")
     args = p.parse_args(argv)
+    if args.cmd == "concepts":
+        folder = Path("runs/emoji-protocol/data") if args.sets == "select" else DATA
+        for run in args.runs:
+            hits: dict[str, list] = {}
+            score(run, args.sets, folder, bank=args.bank, hits=hits)
+            done = json.loads(args.json.read_text()) if args.json.exists() else {}
+            done[Path(run).name] = hits
+            args.json.write_text(json.dumps(done))
+            print(f"{run}: {len(hits)} lists", file=sys.stderr)
+        return 0
+    if args.cmd == "bootstrap":
+        hits = {k: v for f in args.json for k, v in json.loads(f.read_text()).items()
+                if eligible(k) or not k.startswith("sel-")}  # select: the paired rules' checkpoints
+        m, lo, hi, lo2, hi2 = concept_bootstrap(hits, args.a, args.b)
+        print(f"{args.a} - {args.b}, in-style name R@1 over {len(hits)} checkpoints: {m:+.2f}; 95% bootstrap "
+              f"interval over checkpoints [{lo:+.2f}, {hi:+.2f}], over checkpoints and concepts [{lo2:+.2f}, {hi2:+.2f}]")
+        return 0
     if args.cmd == "hubness":
         adopt, mean, half, n = hubness(json.loads(args.json.read_text()), args.prompts)
         print(f"{args.prompts}+csls - {args.prompts}, in-style name R@1 over {n} checkpoints: {mean:+.2f} ± "

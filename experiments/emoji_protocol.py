@@ -39,11 +39,13 @@ KEYS = ("name", "category", "subcategory")
 TEMPLATES = ("an emoji of {}.",)
 
 
-def is_select(concept_group: str) -> bool:
-    return int(hashlib.sha1(concept_group.encode()).hexdigest(), 16) % SELECT_EVERY == 0
+def is_select(concept_group: str, fold: int = 0) -> bool:
+    """Whether a concept group is held out in ``fold`` (0 is the protocol's select split; folds 0-4 partition
+    the train concepts, for cross-validation)."""
+    return int(hashlib.sha1(concept_group.encode()).hexdigest(), 16) % SELECT_EVERY == fold
 
 
-def split(out: Path, data: Path = DATA) -> dict[str, int]:
+def split(out: Path, data: Path = DATA, fold: int = 0) -> dict[str, int]:
     """Write ``<style>-train-fit.tar`` and ``<style>-train-select.tar`` for every style; returns the counts."""
     out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
@@ -57,7 +59,7 @@ def split(out: Path, data: Path = DATA) -> dict[str, int]:
         parts = {"fit": [], "select": []}
         for key, members in samples.items():
             group = json.loads(members["json"])["concept_group"]
-            parts["select" if is_select(group) else "fit"].append((key, members))
+            parts["select" if is_select(group, fold) else "fit"].append((key, members))
         for part, rows in parts.items():
             path = out / f"{style}-train-{part}.tar"
             with tarfile.open(path, "w") as t:
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("split")
     s.add_argument("--out", type=Path, default=Path("runs/emoji-protocol/data"))
+    s.add_argument("--fold", type=int, choices=range(SELECT_EVERY), default=0,
+                   help="which fifth of the train concepts to hold out (0: the protocol's select split)")
     s.add_argument("--data", type=Path, default=DATA)
     c = sub.add_parser("score")
     c.add_argument("checkpoint")
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(chosen)
         return 0
     if args.cmd == "split":
-        for name, n in split(args.out, args.data).items():
+        for name, n in split(args.out, args.data, args.fold).items():
             print(f"wrote {args.out / name} ({n} samples)")
         return 0
     if args.cmd == "score":

@@ -68,7 +68,14 @@ average; then, and only then, its 5 final seeds train on all train concepts and 
         --names runs/protocol/names-select.json sel-lit-style-rconv-names sel-lit-style-rconv
 
 (Not adopted: name R@1 +1.06 ± 1.03, the first training lever whose interval cleared zero, but the rule value
-fell by 0.68, from the categories: in-style -1.4, fluent-flat -2.1. Val not touched.)
+fell by 0.68, from the categories: in-style -1.4, fluent-flat -2.1. Val not touched. Over seeds and concept
+groups together the name gain lies in [-0.46, +2.66]:
+
+    python experiments/emoji_names.py concepts runs/protocol/sel-lit-style-rconv{,-seed1,-seed2,-seed3,-seed4} \
+        runs/protocol/sel-lit-style-rconv-names{,-seed1,-seed2,-seed3,-seed4} --sets select \
+        --bank runs/emoji-protocol/data --json runs/protocol/hits-select-names.json
+    python experiments/emoji_names.py bootstrap runs/protocol/hits-select-names.json \
+        --recipes sel-lit-style-rconv-names sel-lit-style-rconv)
 """
 
 from __future__ import annotations
@@ -164,6 +171,34 @@ def concept_bootstrap(hits: dict[str, dict[str, list]], a: str, b: str, where: s
     return 100 * diff.mean(), 100 * lo, 100 * hi, 100 * lo2, 100 * hi2
 
 
+def recipe_bootstrap(hits: dict[str, dict[str, list]], a: list[str], b: list[str], variant: str = "single+csls",
+                     where: str = "in-style", rounds: int = 2000, seed: int = 0) -> tuple[float, float, float, float, float]:
+    """Recipe a's mean minus recipe b's (their seeds' runs), in points, with 95% intervals from resampling
+    each recipe's seeds, and the seeds and concept groups together: (mean, lo, hi, lo2, hi2)."""
+    import numpy as np
+
+    groups = hits[a[0]][f"{where}|group"]
+    if any(hits[r][f"{where}|group"] != groups for r in a + b):
+        raise SystemExit("the checkpoints were scored on different images")
+    names = sorted(set(groups))
+    g = np.array([names.index(x) for x in groups])  # [N]
+    sizes = np.bincount(g, minlength=len(names))  # [G]
+    ga, gb = ([np.bincount(g, weights=np.array(hits[r][f"{where}|{variant}"], float), minlength=len(names))
+               for r in runs] for runs in (a, b))
+    ga, gb = np.stack(ga), np.stack(gb)  # [Ra, G], [Rb, G] hits per concept group
+    rng = np.random.default_rng(seed)
+    seeds, both = [], []
+    for _ in range(rounds):
+        ra, rb = rng.integers(0, len(a), len(a)), rng.integers(0, len(b), len(b))
+        seeds.append(ga[ra].sum() / (len(a) * sizes.sum()) - gb[rb].sum() / (len(b) * sizes.sum()))
+        c = rng.integers(0, len(names), len(names))
+        n = sizes[c].sum()
+        both.append(ga[ra][:, c].sum() / (len(a) * n) - gb[rb][:, c].sum() / (len(b) * n))
+    mean = ga.sum() / (len(a) * sizes.sum()) - gb.sum() / (len(b) * sizes.sum())
+    (lo, hi), (lo2, hi2) = np.percentile(seeds, [2.5, 97.5]), np.percentile(both, [2.5, 97.5])
+    return 100 * mean, 100 * lo, 100 * hi, 100 * lo2, 100 * hi2
+
+
 # trained after the paired rules were decided (for the name-dropout comparison): not among their checkpoints
 AFTER_RULES = ("sel-lit-style-rconv-seed3", "sel-lit-style-rconv-seed4")
 
@@ -242,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     bs.add_argument("json", type=Path, nargs="+")
     bs.add_argument("--a", default="single+csls")
     bs.add_argument("--b", default="single")
+    bs.add_argument("--recipes", nargs=2, metavar=("CANDIDATE", "INCUMBENT"),
+                    help="compare two recipes' seeds under --a instead of two variants paired")
     h = sub.add_parser("hubness")
     h.add_argument("json", type=Path)
     h.add_argument("--prompts", choices=tuple(PROMPTS), required=True, help="the name prompts in force")
@@ -255,6 +292,16 @@ def main(argv: list[str] | None = None) -> int:
             done[Path(run).name] = hits
             args.json.write_text(json.dumps(done))
             print(f"{run}: {len(hits)} lists", file=sys.stderr)
+        return 0
+    if args.cmd == "bootstrap" and args.recipes:
+        from emoji_trim import recipe_seeds
+
+        hits = {k: v for f in args.json for k, v in json.loads(f.read_text()).items()}
+        a, b = (recipe_seeds({k: k for k in hits}, r) for r in args.recipes)
+        m, lo, hi, lo2, hi2 = recipe_bootstrap(hits, a, b, args.a)
+        print(f"{args.recipes[0]} ({len(a)} seeds) - {args.recipes[1]} ({len(b)}), in-style name R@1 ({args.a}): "
+              f"{m:+.2f}; 95% bootstrap interval over seeds [{lo:+.2f}, {hi:+.2f}], over seeds and concepts "
+              f"[{lo2:+.2f}, {hi2:+.2f}]")
         return 0
     if args.cmd == "bootstrap":
         hits = {k: v for f in args.json for k, v in json.loads(f.read_text()).items()

@@ -149,6 +149,8 @@ def test_hubness_penalty_is_csls_class_term() -> None:
     cos = F.normalize(bank, dim=-1) @ w  # [M, C]
     for c in range(4):  # brute force: mean of the k largest cosines of each class over the bank
         torch.testing.assert_close(pen[c], torch.sort(cos[:, c], descending=True).values[:k].mean())
+    for chunk in (1, 4, 7, 30):  # read in pieces: the same k largest
+        torch.testing.assert_close(hubness_penalty(w, bank, k, chunk=chunk), pen)
     feats = torch.randn(7, 6, generator=g)
     logits = zeroshot_logits(feats, w, penalty=pen)
     img = F.normalize(feats, dim=-1)

@@ -117,16 +117,23 @@ def _check_dims(image_features: torch.Tensor, classifier: torch.Tensor, what: st
             "or from another model?")
 
 
-def hubness_penalty(classifier: torch.Tensor, bank_features: torch.Tensor, k: int = 10) -> torch.Tensor:
+def hubness_penalty(classifier: torch.Tensor, bank_features: torch.Tensor, k: int = 10, *,
+                    chunk: int = 16384) -> torch.Tensor:
     """``[C]``: each class vector's mean cosine with its ``k`` nearest images in a reference bank ([M, E],
     e.g. the model's training images, never the test images): the class term of CSLS (Conneau et al.,
     "Word Translation Without Parallel Data", 2018). A class that sits close to every image (a hub) gets a
-    large penalty, so it stops winning images that match a more specific class better."""
+    large penalty, so it stops winning images that match a more specific class better. The bank is read
+    ``chunk`` rows at a time, so memory stays ``(chunk + k) x C`` however large the bank."""
     _check_dims(bank_features, classifier, "bank features")
     if not 1 <= k <= bank_features.shape[0]:
         raise ValueError(f"k={k} nearest bank images asked of a bank of {bank_features.shape[0]}")
-    cos = F.normalize(bank_features.float(), dim=-1) @ classifier.float()  # [M, C]
-    return cos.topk(k, dim=0).values.mean(dim=0)  # [C]
+    w = classifier.float()
+    best = None  # [<=k, C]: the k largest cosines so far, per class
+    for i in range(0, bank_features.shape[0], max(chunk, 1)):
+        cos = F.normalize(bank_features[i:i + chunk].float(), dim=-1) @ w.to(bank_features.device)  # [chunk, C]
+        both = cos if best is None else torch.cat([best, cos])
+        best = both.topk(min(k, both.shape[0]), dim=0).values
+    return best.mean(dim=0).to(classifier.device)  # [C]
 
 
 def zeroshot_logits(image_features: torch.Tensor, classifier: torch.Tensor, scale: float = LOGIT_SCALE,

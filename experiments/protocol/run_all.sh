@@ -105,10 +105,10 @@ lit+=(runs/protocol/$chosen-seed2 runs/protocol/$chosen-unlock2 runs/protocol/$c
       runs/protocol/$chosen-unlock2-seed2)
 $PY experiments/emoji_names.py score "${lit[@]}" --sets select --bank runs/emoji-protocol/data \
   --json runs/protocol/names-select.json >> $logs/protocol.log 2>&1
-for s in "" -seed1 -seed2; do
-  score runs/protocol/$chosen-unlock2$s select $chosen-unlock2$s
-  $PY experiments/emoji_prompts.py score runs/protocol/$chosen-unlock2$s --sets select \
-    --json runs/protocol/prompts-select.json >> $logs/protocol.log 2>&1
+for n in $chosen-seed2 $chosen-unlock2 $chosen-unlock2-seed1 $chosen-unlock2-seed2; do  # plain select images
+  score runs/protocol/$n select $n
+  $PY experiments/emoji_prompts.py score runs/protocol/$n --sets select --json runs/protocol/prompts-select.json \
+    >> $logs/protocol.log 2>&1
 done
 say "name prompts, plain: $($PY experiments/emoji_names.py choose runs/protocol/names-select.json 2>> $logs/protocol.log)"
 say "last 2 layers, plain: $($PY experiments/emoji_names.py compare runs/protocol/select.json \

@@ -177,6 +177,8 @@ def test_hubness_penalty_errors() -> None:
         hubness_penalty(w, torch.randn(10, 8), k=11)
     with pytest.raises(ValueError, match="k=0"):
         hubness_penalty(w, torch.randn(10, 8), k=0)
+    with pytest.raises(ValueError, match="chunk=0: must be at least 1"):
+        hubness_penalty(w, torch.randn(10, 8), k=2, chunk=0)
     with pytest.raises(ValueError, match="embedding sizes differ: bank features have 4 dims"):
         hubness_penalty(w, torch.randn(10, 4))
     with pytest.raises(ValueError, match=r"one value per class \(3\), got \(2,\)"):

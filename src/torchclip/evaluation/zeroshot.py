@@ -127,27 +127,32 @@ def hubness_penalty(classifier: torch.Tensor, bank_features: torch.Tensor, k: in
     _check_dims(bank_features, classifier, "bank features")
     if not 1 <= k <= bank_features.shape[0]:
         raise ValueError(f"k={k} nearest bank images asked of a bank of {bank_features.shape[0]}")
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk}: must be at least 1")
     w = classifier.float()
     best = None  # [<=k, C]: the k largest cosines so far, per class
-    for i in range(0, bank_features.shape[0], max(chunk, 1)):
+    for i in range(0, bank_features.shape[0], chunk):
         cos = F.normalize(bank_features[i:i + chunk].float(), dim=-1) @ w.to(bank_features.device)  # [chunk, C]
         both = cos if best is None else torch.cat([best, cos])
         best = both.topk(min(k, both.shape[0]), dim=0).values
     return best.mean(dim=0).to(classifier.device)  # [C]
 
 
+def hubness_correct(cos: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """``cos - penalty / 2`` for [N, C] cosines and a [C] ``hubness_penalty``: CSLS halved, less its image
+    term, which is the same for every class of an image and so changes no prediction."""
+    if penalty.shape != (cos.shape[1],):
+        raise ValueError(f"penalty must be one value per class ({cos.shape[1]}), got {tuple(penalty.shape)}")
+    return cos - penalty.to(cos) / 2
+
+
 def zeroshot_logits(image_features: torch.Tensor, classifier: torch.Tensor, scale: float = LOGIT_SCALE,
                     penalty: torch.Tensor | None = None) -> torch.Tensor:
-    """``scale * normalize(image_features) @ classifier``: [N, E] x [E, C] -> [N, C]. With a ``penalty``
-    ([C], from ``hubness_penalty``) each cosine becomes ``cos - penalty / 2``: CSLS halved, less its image
-    term, which is the same for every class of an image and so changes no prediction."""
+    """``scale * normalize(image_features) @ classifier``: [N, E] x [E, C] -> [N, C], each cosine
+    ``hubness_correct``-ed first when a ``penalty`` ([C], from ``hubness_penalty``) is given."""
     _check_dims(image_features, classifier)
     cos = F.normalize(image_features.float(), dim=-1) @ classifier.float()  # [N, C]
-    if penalty is not None:
-        if penalty.shape != (classifier.shape[1],):
-            raise ValueError(f"penalty must be one value per class ({classifier.shape[1]}), got {tuple(penalty.shape)}")
-        cos = cos - penalty.float() / 2
-    return scale * cos
+    return scale * (cos if penalty is None else hubness_correct(cos, penalty))
 
 
 def align_classnames(dataset_classes: Sequence[str], classnames: Sequence[ClassName] | Mapping[str, ClassName] | None,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..data import load_eval_samples
 from ..evaluation.metrics import classification_metrics, retrieval_recall, topk_accuracy
 from ..evaluation.templates import ClassPrompts
-from ..evaluation.zeroshot import build_prompt_classifier, hubness_penalty
+from ..evaluation.zeroshot import build_prompt_classifier, hubness_correct, hubness_penalty
 from ..model import CLIP
 
 __all__ = ["EvalSet", "load_eval_sets", "class_embeddings", "zero_shot", "evaluate_sets", "check_class_prompts"]
@@ -69,11 +69,11 @@ def image_embeddings(model: CLIP, pixels: torch.Tensor, device: torch.device, ba
 
 def zero_shot(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor,
               penalty: torch.Tensor | None = None) -> dict[str, float]:
-    """Top-k accuracy (= image->prompt recall@k) and prompt->image recall for images vs class prompts; each
-    class's scores less ``penalty / 2`` when given (``hubness_penalty``: no effect on prompt->image ranks)."""
+    """Top-k accuracy (= image->prompt recall@k) and prompt->image recall for images vs class prompts; the
+    scores ``hubness_correct``-ed when a ``penalty`` is given (a per-class shift: prompt->image ranks keep)."""
     scores = image_emb @ class_emb.T  # [N, C]
     if penalty is not None:
-        scores = scores - penalty / 2
+        scores = hubness_correct(scores, penalty)
     out = classification_metrics(scores, labels)
     out["acc10"] = topk_accuracy(scores, labels, (10,))[10]
     present = torch.zeros(class_emb.shape[0], dtype=torch.bool)

@@ -83,7 +83,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emoji_prompts import TRAIN_TEMPLATES, add_score_parser, run_scores  # noqa: E402
@@ -143,32 +145,40 @@ def score(run: str, which: str, folder: Path, activation: str | None = None, tok
     return out
 
 
+def _group_sums(hits: dict[str, dict[str, list]], runs: list[str], where: str,
+                value: Callable[[dict[str, list]], list[float]]) -> tuple[Any, Any]:
+    """([R, G] each run's ``value`` summed per concept group, [G] images per group); every run must have
+    been scored on the same images."""
+    import numpy as np
+
+    groups = hits[runs[0]][f"{where}|group"]
+    if any(hits[r][f"{where}|group"] != groups for r in runs):
+        raise SystemExit("the checkpoints were scored on different images")
+    names = sorted(set(groups))
+    g = np.array([names.index(x) for x in groups])  # [N]
+    sums = np.stack([np.bincount(g, weights=np.asarray(value(hits[r]), float), minlength=len(names)) for r in runs])
+    return sums, np.bincount(g, minlength=len(names))
+
+
 def concept_bootstrap(hits: dict[str, dict[str, list]], a: str, b: str, where: str = "in-style",
-                      rounds: int = 2000, seed: int = 0) -> tuple[float, float, float, float]:
+                      rounds: int = 2000, seed: int = 0) -> tuple[float, float, float, float, float]:
     """Mean paired difference a - b in points over checkpoints, with two 95% intervals: resampling the
     checkpoints only, and resampling checkpoints and concept groups together (the concepts a split happens to
     hold are a sample too). Returns (mean, checkpoints low, high, both low, high) as (mean, lo, hi, lo2, hi2)."""
     import numpy as np
 
     runs = sorted(hits)
-    groups = hits[runs[0]][f"{where}|group"]
-    if any(hits[r][f"{where}|group"] != groups for r in runs):
-        raise SystemExit("the checkpoints were scored on different images")
-    names = sorted(set(groups))
-    g = np.array([names.index(x) for x in groups])  # [N]
-    diff = np.array([np.array(hits[r][f"{where}|{a}"]) - np.array(hits[r][f"{where}|{b}"]) for r in runs])  # [R, N]
-    per_group = np.stack([np.bincount(g, weights=d, minlength=len(names)) for d in diff])  # [R, G] summed diffs
-    sizes = np.bincount(g, minlength=len(names))  # [G]
+    per_group, sizes = _group_sums(hits, runs, where,
+                                   lambda h: np.array(h[f"{where}|{a}"]) - np.array(h[f"{where}|{b}"]))  # [R, G]
     rng = np.random.default_rng(seed)
     ckpt, both = [], []
     for _ in range(rounds):
         r = rng.integers(0, len(runs), len(runs))
         ckpt.append(per_group[r].sum() / (len(r) * sizes.sum()))
-        c = rng.integers(0, len(names), len(names))
+        c = rng.integers(0, len(sizes), len(sizes))
         both.append(per_group[r][:, c].sum() / (len(r) * sizes[c].sum()))
-    lo, hi = np.percentile(ckpt, [2.5, 97.5])
-    lo2, hi2 = np.percentile(both, [2.5, 97.5])
-    return 100 * diff.mean(), 100 * lo, 100 * hi, 100 * lo2, 100 * hi2
+    (lo, hi), (lo2, hi2) = np.percentile(ckpt, [2.5, 97.5]), np.percentile(both, [2.5, 97.5])
+    return 100 * per_group.sum() / (len(runs) * sizes.sum()), 100 * lo, 100 * hi, 100 * lo2, 100 * hi2
 
 
 def recipe_bootstrap(hits: dict[str, dict[str, list]], a: list[str], b: list[str], variant: str = "single+csls",
@@ -177,21 +187,14 @@ def recipe_bootstrap(hits: dict[str, dict[str, list]], a: list[str], b: list[str
     each recipe's seeds, and the seeds and concept groups together: (mean, lo, hi, lo2, hi2)."""
     import numpy as np
 
-    groups = hits[a[0]][f"{where}|group"]
-    if any(hits[r][f"{where}|group"] != groups for r in a + b):
-        raise SystemExit("the checkpoints were scored on different images")
-    names = sorted(set(groups))
-    g = np.array([names.index(x) for x in groups])  # [N]
-    sizes = np.bincount(g, minlength=len(names))  # [G]
-    ga, gb = ([np.bincount(g, weights=np.array(hits[r][f"{where}|{variant}"], float), minlength=len(names))
-               for r in runs] for runs in (a, b))
-    ga, gb = np.stack(ga), np.stack(gb)  # [Ra, G], [Rb, G] hits per concept group
+    sums, sizes = _group_sums(hits, a + b, where, lambda h: h[f"{where}|{variant}"])
+    ga, gb = sums[:len(a)], sums[len(a):]  # [Ra, G], [Rb, G] hits per concept group
     rng = np.random.default_rng(seed)
     seeds, both = [], []
     for _ in range(rounds):
         ra, rb = rng.integers(0, len(a), len(a)), rng.integers(0, len(b), len(b))
         seeds.append(ga[ra].sum() / (len(a) * sizes.sum()) - gb[rb].sum() / (len(b) * sizes.sum()))
-        c = rng.integers(0, len(names), len(names))
+        c = rng.integers(0, len(sizes), len(sizes))
         n = sizes[c].sum()
         both.append(ga[ra][:, c].sum() / (len(a) * n) - gb[rb][:, c].sum() / (len(b) * n))
     mean = ga.sum() / (len(a) * sizes.sum()) - gb.sum() / (len(b) * sizes.sum())

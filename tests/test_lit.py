@@ -102,6 +102,27 @@ def test_saved_and_reloaded_as_one_bundle(tiny_bert: Path, tmp_path: Path, targe
         assert torch.equal(again.encode_image(px), model.encode_image(px))
 
 
+def test_no_projection_keeps_the_encoders_space(tiny_bert: Path, tmp_path: Path) -> None:
+    """``proj="none"``: the embedding is the pooled feature itself, and it survives a save and reload."""
+    torch.manual_seed(1)
+    model = create_lit_model("cpu-vit-32", tiny_bert, embed_dim=32, context_length=16, proj="none").eval()
+    assert not list(model.text.proj.parameters())
+    ids = model.tokenizer(list(WORDS))
+    px = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.encode_text(ids), model.encode_text(ids, projected=False))
+        assert model.encode_image(px).shape == (2, 32)
+        again, _ = torchclip.load(torchclip.save(model, tmp_path / "none.safetensors"))
+        assert again.config == model.config and torch.equal(again.encode_text(ids), model.encode_text(ids))
+        # control: a linear head is not the identity
+        linear = lit(tiny_bert, "mean", "linear")
+        assert not torch.equal(linear.encode_text(ids), linear.encode_text(ids, projected=False))
+    with pytest.raises(ValueError, match="embed_dim must be 32, got 16"):  # checked before anything is built
+        create_lit_model("cpu-vit-32", tiny_bert, embed_dim=16, context_length=16, proj="none")
+    with pytest.raises(ValueError, match="'linear', 'mlp' or 'none'"):
+        create_lit_model("cpu-vit-32", tiny_bert, context_length=16, proj="identity")
+
+
 def test_foreign_layouts_refuse_a_language_model_tower(tiny_bert: Path, tmp_path: Path) -> None:
     from torchclip.checkpoints import save_openai
     from torchclip.formats import CheckpointError
@@ -143,6 +164,41 @@ def test_training_locks_the_encoder_and_the_run_folder_is_a_bundle(tiny_bert: Pa
     else:
         assert not changed, sorted(changed)  # LiT: the language model stays as it was pretrained
     assert not torch.equal(model.text.proj.weight, before.text.proj.weight)  # the head trains
+
+
+def test_a_locked_tower_without_a_head_trains_only_the_image_side(tiny_bert: Path, tmp_path: Path) -> None:
+    """``text_proj: none`` with ``lock_text``: the text tower is the pretrained encoder, untouched (the image
+    tower learns to land in its space)."""
+    from trainkit import make_shards, tiny_overrides
+
+    from torchclip.train import TrainConfig, train
+    from torchclip.train.state import list_checkpoints, load_checkpoint
+
+    shards = make_shards(tmp_path / "data")
+    out = tmp_path / "run"
+    cfg = tiny_overrides(shards, out, model={"text_tower": str(tiny_bert), "lock_text": True, "text_proj": "none",
+                                             "embed_dim": 32, "context_length": 16})
+    del cfg["data"]["vocab"]
+    for k in ("text_width", "text_heads", "text_layers"):
+        del cfg["model"][k]
+    start = _encoder_params(lit(tiny_bert))
+    train(TrainConfig.from_dict(cfg))
+    model, _ = torchclip.load(out)
+    assert model.config.text.proj == "none" and model.config.embed_dim == 32
+    after = _encoder_params(model)
+    assert all(torch.equal(start[k], after[k]) for k in start)
+    steps = [load_checkpoint(p)["model"] for p in list_checkpoints(out / "checkpoints")]  # after steps 2 and 4
+    moved = {k.split(".")[0] for k in steps[0] if not torch.equal(steps[0][k], steps[-1][k])}
+    assert moved == {"visual", "logit_scale"}, moved  # control: the image side did train
+    ids = model.tokenizer(list(WORDS))
+    ref = transformers.AutoModel.from_pretrained(tiny_bert).eval()
+    with torch.no_grad():
+        h = ref(input_ids=ids, attention_mask=(ids != model.tokenizer.pad_id).long()).last_hidden_state
+        real = (ids != model.tokenizer.pad_id).unsqueeze(-1).float()
+        torch.testing.assert_close(model.encode_text(ids), (h * real).sum(1) / real.sum(1), atol=1e-5, rtol=0)
+    bad = {**cfg, "model": {**cfg["model"], "embed_dim": 16}}
+    with pytest.raises(ValueError, match="embed_dim must be 32"):
+        train(TrainConfig.from_dict({**bad, "run": {**cfg["run"], "output_dir": str(tmp_path / "bad")}}))
 
 
 def test_apps_use_the_bundled_tokenizer(tiny_bert: Path, tmp_path: Path) -> None:

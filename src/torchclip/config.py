@@ -118,7 +118,8 @@ class HFTextConfig:
     ``encoder`` is the encoder's own ``config.json`` (as a JSON string: the config stays hashable), so a saved
     model rebuilds the tower without its source folder. ``pooling``: ``cls`` (the first token), ``mean`` (over
     real tokens) or ``eot`` (the end-of-text token, ``[SEP]`` for BERT); ``proj``: ``linear`` or ``mlp`` (one
-    hidden GELU layer) into the shared embedding. The special ids are the tokenizer's (``[CLS]``, ``[SEP]``,
+    hidden GELU layer) into the shared embedding, or ``none``: the pooled features are the embedding (the
+    encoder's own space kept as it is; needs ``embed_dim`` equal to the encoder's width). The special ids are the tokenizer's (``[CLS]``, ``[SEP]``,
     ``[PAD]`` for BERT).
     """
 
@@ -135,8 +136,8 @@ class HFTextConfig:
     def __post_init__(self) -> None:
         if self.pooling not in ("cls", "mean", "eot"):
             raise ValueError(f"text pooling must be 'cls', 'mean' or 'eot', got {self.pooling!r}")
-        if self.proj not in ("linear", "mlp"):
-            raise ValueError(f"text projection must be 'linear' or 'mlp', got {self.proj!r}")
+        if self.proj not in ("linear", "mlp", "none"):
+            raise ValueError(f"text projection must be 'linear', 'mlp' or 'none', got {self.proj!r}")
         for name in ("sot_id", "eot_id", "pad_id"):
             v = getattr(self, name)
             if not 0 <= v < self.vocab_size:
@@ -185,6 +186,9 @@ class CLIPConfig:
     def __post_init__(self) -> None:
         if self.activation not in ("quick_gelu", "gelu"):
             raise ValueError(f"activation must be 'quick_gelu' or 'gelu', got {self.activation!r}")
+        if isinstance(self.text, HFTextConfig) and self.text.proj == "none" and self.embed_dim != self.text.width:
+            raise ValueError(f"text projection 'none' keeps the encoder's {self.text.width}-wide features as the "
+                             f"embedding: embed_dim must be {self.text.width}, got {self.embed_dim}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

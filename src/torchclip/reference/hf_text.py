@@ -50,8 +50,10 @@ class HFTextTower(nn.Module):
         self.context_length, self.vocab_size = t.context_length, t.vocab_size
         self.pad_id, self.eot_id, self.pooling = t.pad_id, t.eot_id, t.pooling
         w, e = t.width, config.embed_dim
-        if t.proj == "linear":
-            self.proj: nn.Module = nn.Linear(w, e, bias=False)
+        if t.proj == "none":  # the encoder's own space (CLIPConfig checked e == w)
+            self.proj: nn.Module = nn.Identity()
+        elif t.proj == "linear":
+            self.proj = nn.Linear(w, e, bias=False)
         else:
             self.proj = nn.Sequential(nn.Linear(w, (w + e) // 2, bias=False), nn.GELU(), nn.Linear((w + e) // 2, e, bias=False))
         for m in self.proj.modules():

@@ -41,7 +41,7 @@ class ModelSection:
     # projection into the shared space of a pretrained-LM text tower always trains.
     lock_text_unlocked_layers: int = 0
     # A pretrained language model as the text tower (LiT): a transformers folder or hub repo; its own
-    # tokenizer replaces data.vocab. Pooled (cls | mean | eot) and projected (linear | mlp).
+    # tokenizer replaces data.vocab. Pooled (cls | mean | eot) and projected (linear | mlp | none: its own space).
     text_tower: str | None = None
     text_pooling: str = "mean"
     text_proj: str = "linear"
@@ -270,9 +270,9 @@ def _check_values(cfg: TrainConfig) -> None:
     if not 0 < lo <= hi:
         raise ValueError(f"data.crop_ratio={list(cfg.data.crop_ratio)}: expected 0 < low <= high")
     m = cfg.model
-    if m.text_pooling not in ("cls", "mean", "eot") or m.text_proj not in ("linear", "mlp"):
+    if m.text_pooling not in ("cls", "mean", "eot") or m.text_proj not in ("linear", "mlp", "none"):
         raise ValueError(f"model.text_pooling={m.text_pooling!r} / model.text_proj={m.text_proj!r}: pooling is "
-                         "cls, mean or eot; the projection linear or mlp")
+                         "cls, mean or eot; the projection linear, mlp or none")
     if m.text_tower and cfg.data.vocab != "openai":
         raise ValueError(f"data.vocab={cfg.data.vocab!r} with model.text_tower: a pretrained text tower brings its "
                          "own tokenizer (leave data.vocab unset)")

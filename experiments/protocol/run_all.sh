@@ -132,6 +132,25 @@ kept=$($PY experiments/emoji_names.py compare runs/protocol/select.json --prompt
        --names runs/protocol/names-select.json $chosen-names $chosen 2>> $logs/protocol.log)
 say "name dropout 0: $kept"
 [[ $kept == "$chosen-names" ]] && trained=$kept
+# 1h. the text tower locked whole (model.text_proj none, embed_dim 384: no head, so the image tower learns to
+# land in MiniLM's own space, and a head fitted to 2,062 captions cannot bend what MiniLM knows about unseen
+# words). Rule, fixed here before any of its runs trained (experiments/emoji_head.py): 5 seeds against the
+# chosen recipe's 5, plain select images; the four numbers of the rule value (category top-1 with the chosen
+# class prompts in-style, openmoji and fluent-flat; in-style name R@1 hubness-corrected), each recipe's mean
+# over its seeds. Adopted only if the 95% bootstrap interval of the rule-value difference, resampling each
+# recipe's seeds and the select concept groups together (2,000 rounds), lies above zero; then, and only
+# then, its 5 final seeds train on all train concepts and are scored on val once.
+for s in "" -seed1 -seed2 -seed3 -seed4; do
+  train $chosen-nohead$s $P/$chosen-nohead$s.yaml &
+  [[ $s == -seed1 || $s == -seed3 || $s == -seed4 ]] && wait
+done
+$PY experiments/emoji_head.py hits runs/protocol/$chosen{,-seed1,-seed2,-seed3,-seed4} \
+  runs/protocol/$chosen-nohead{,-seed1,-seed2,-seed3,-seed4} --json runs/protocol/hits-select-head.json \
+  >> $logs/protocol.log 2>&1
+kept=$($PY experiments/emoji_head.py compare runs/protocol/hits-select-head.json $chosen-nohead $chosen \
+       2>> $logs/protocol.log)
+say "no text head: $kept"
+[[ $kept == "$chosen-nohead" ]] && trained=$kept
 final=final-${trained#sel-}
 $PY - "$trained" "$final" <<'PYEOF'
 import sys

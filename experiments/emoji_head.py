@@ -1,0 +1,146 @@
+"""The text tower locked whole (issue #20): no head between MiniLM and the shared space.
+
+The chosen recipe trains a linear head on the locked MiniLM (384 -> 192). Fitted to 2,062 captions, that head
+may bend MiniLM's space where those captions do not reach, which is where the unseen concepts' names and the
+category prompts live. ``model.text_proj: none`` with ``model.embed_dim: 384`` drops it: the text side is
+MiniLM as pretrained, and the image tower learns to land in its space.
+
+The rule, fixed before any of its runs trained (in ``experiments/protocol/run_all.sh``, step 1h, 0d450ec):
+5 seeds of ``sel-lit-style-rconv-nohead`` against the chosen recipe's 5 (``sel-lit-style-rconv``, seeds 0-4),
+both trained on the fit concepts and scored on plain select images. The four numbers of the protocol's rule
+value: category top-1 with the chosen class prompts (``described+subcat``) in-style, openmoji and fluent-flat,
+and in-style name R@1, hubness-corrected against the fit shards (the name score in force). Each recipe's rule
+value is the mean of the four, over its seeds. Adopted only if the 95% bootstrap interval of the difference
+(candidate minus incumbent), resampling each recipe's seeds and the select concept groups together (2,000
+rounds), lies above zero. Then, and only then, its 5 final seeds train on all train concepts and are scored on
+val once.
+
+    python experiments/emoji_head.py hits runs/protocol/sel-lit-style-rconv{,-seed1,-seed2,-seed3,-seed4} \
+        runs/protocol/sel-lit-style-rconv-nohead{,-seed1,-seed2,-seed3,-seed4} \
+        --json runs/protocol/hits-select-head.json
+    python experiments/emoji_head.py compare runs/protocol/hits-select-head.json \
+        sel-lit-style-rconv-nohead sel-lit-style-rconv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from emoji_names import score as name_score  # noqa: E402
+from emoji_prompts import category_scores, taxonomy  # noqa: E402
+from emoji_protocol import SETS  # noqa: E402
+from emoji_trim import recipe_seeds  # noqa: E402
+
+STRATEGY = "described+subcat"  # the class prompts in force (emoji_prompts.py choose)
+NAMES = "single+csls"  # "an emoji of {}.", hubness-corrected (emoji_names.py hubness)
+# the rule value's four numbers: (set, hits key)
+METRICS = (("in-style", "category"), ("openmoji", "category"), ("fluent-flat", "category"), ("in-style", NAMES))
+
+
+def hits(run: str, folder: Path, tax: dict[str, list[str]]) -> dict[str, list]:
+    """Per select image, 1 if the top-1 is right: '<set>|category' (Component left out, as the rule's
+    category figures do) and '<set>|single+csls' (names), each with its concept groups in '<set>|<key>|group'."""
+    import torch
+
+    from torchclip.api import get_tokenizer
+    from torchclip.checkpoints import load_model
+    from torchclip.train.evaluate import image_embeddings, load_eval_sets
+
+    out: dict[str, list] = {}
+    name_hits: dict[str, list] = {}
+    name_score(run, "select", folder, bank=folder, hits=name_hits)
+    for s in ("in-style", "openmoji", "fluent-flat"):
+        out[f"{s}|{NAMES}"] = name_hits[f"{s}|{NAMES}"]
+        out[f"{s}|{NAMES}|group"] = name_hits[f"{s}|group"]
+    model = load_model(run).eval()
+    tok = get_tokenizer(model)
+    specs = [f"{n}={'::'.join(str(folder / f'{s}.tar') for s in shards)}" for n, shards in SETS["select"].items()]
+    with torch.no_grad():
+        for es in load_eval_sets(specs, model.config.vision.image_size):
+            img = image_embeddings(model, es.pixels, torch.device("cpu"), 256)  # [N, E]
+            keep = [i for i, m in enumerate(es.meta) if m["category"] != "Component"]
+            categories = sorted({es.meta[i]["category"] for i in keep})
+            labels = torch.tensor([categories.index(es.meta[i]["category"]) for i in keep])
+            pred = category_scores(STRATEGY, img[keep], model, tok, categories, tax).argmax(dim=1)
+            out[f"{es.name}|category"] = (pred == labels).int().tolist()
+            out[f"{es.name}|category|group"] = [es.meta[i]["concept_group"] for i in keep]
+    return out
+
+
+def _per_group(runs: list[dict[str, list]], key: str, groups: list[str]) -> tuple[Any, Any]:
+    """([R, G] hits per concept group, [G] images per group) of one metric; every run on the same images."""
+    import numpy as np
+
+    order = runs[0][f"{key}|group"]
+    if any(r[f"{key}|group"] != order for r in runs):
+        raise SystemExit(f"{key}: the checkpoints were scored on different images")
+    g = np.array([groups.index(x) for x in order])  # [N]
+    sums = np.stack([np.bincount(g, weights=np.asarray(r[key], float), minlength=len(groups)) for r in runs])
+    return sums, np.bincount(g, minlength=len(groups))
+
+
+def compare(results: dict[str, dict[str, list]], candidate: str, incumbent: str, rounds: int = 2000,
+            seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """{metric or 'rule': (candidate minus incumbent in points, 95% low, high)}, resampling each recipe's
+    seeds and the concept groups (shared by all four metrics: a group's images in every style) together."""
+    import numpy as np
+
+    labels = {Path(k).name: k for k in results}
+    a = [results[k] for k in recipe_seeds(labels, candidate)]  # labels: run name -> its key
+    b = [results[k] for k in recipe_seeds(labels, incumbent)]
+    if len(a) < 2 or len(b) < 2:
+        raise SystemExit(f"need 2+ seeds of each recipe: {len(a)} of {candidate}, {len(b)} of {incumbent}")
+    groups = sorted({g for r in a + b for s, k in METRICS for g in r[f"{s}|{k}|group"]})
+    parts = [_per_group(a + b, f"{s}|{k}", groups) for s, k in METRICS]  # per metric: [Ra + Rb, G], [G]
+    rng = np.random.default_rng(seed)
+
+    def diffs(ra: Any, rb: Any, c: Any) -> list[float]:
+        out = []
+        for sums, sizes in parts:
+            n = sizes[c].sum()
+            out.append(sums[: len(a)][ra][:, c].sum() / (len(ra) * n) - sums[len(a):][rb][:, c].sum() / (len(rb) * n))
+        return out + [float(np.mean(out))]
+
+    every = np.arange(len(groups))
+    point = diffs(np.arange(len(a)), np.arange(len(b)), every)
+    boot = np.array([diffs(rng.integers(0, len(a), len(a)), rng.integers(0, len(b), len(b)),
+                           rng.integers(0, len(groups), len(groups))) for _ in range(rounds)])  # [rounds, 5]
+    names = [f"{s} {k}" for s, k in METRICS] + ["rule"]
+    lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+    return {n: (100 * p, 100 * low, 100 * high) for n, p, low, high in zip(names, point, lo, hi)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    h = sub.add_parser("hits", help="per-image hits of the rule's four numbers on plain select images")
+    h.add_argument("runs", nargs="+")
+    h.add_argument("--folder", type=Path, default=Path("runs/emoji-protocol/data"))
+    h.add_argument("--json", type=Path, required=True)
+    c = sub.add_parser("compare", help="the rule: prints the recipe it keeps")
+    c.add_argument("json", type=Path)
+    c.add_argument("candidate")
+    c.add_argument("incumbent")
+    args = p.parse_args(argv)
+    if args.cmd == "hits":
+        tax = taxonomy()
+        results = json.loads(args.json.read_text()) if args.json.exists() else {}
+        for run in args.runs:
+            results[run] = hits(run, args.folder, tax)
+            print(run, {k: round(100 * sum(v) / len(v), 1) for k, v in results[run].items() if "|group" not in k})
+            args.json.write_text(json.dumps(results))
+        return 0
+    out = compare(json.loads(args.json.read_text()), args.candidate, args.incumbent)
+    for name, (d, lo, hi) in out.items():
+        print(f"{name}: {d:+.2f} [{lo:+.2f}, {hi:+.2f}]", file=sys.stderr)
+    print(args.candidate if out["rule"][1] > 0 else args.incumbent)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,7 +19,13 @@ val once.
         runs/protocol/sel-lit-style-rconv-nohead{,-seed1,-seed2,-seed3,-seed4} \
         --json runs/protocol/hits-select-head.json
     python experiments/emoji_head.py compare runs/protocol/hits-select-head.json \
-        sel-lit-style-rconv-nohead sel-lit-style-rconv
+        sel-lit-style-rconv-nohead sel-lit-style-rconv --out benchmarks/results_emoji_head.json
+
+(Not adopted: rule value -0.83 in [-3.40, +1.84]; names +0.61, openmoji categories -5.36. Val not touched.)
+
+The next lever under the same rule (run_all.sh step 1i, a6d3e3f, fixed before its runs trained): every
+patch seen in training (``model.patch_dropout: 0``, ``sel-lit-style-rconv-fullpatch``), decided only because
+1h kept the chosen recipe.
 """
 
 from __future__ import annotations
@@ -126,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("json", type=Path)
     c.add_argument("candidate")
     c.add_argument("incumbent")
+    c.add_argument("--out", type=Path, help="add both recipes' per-seed numbers and the comparison to this JSON")
     args = p.parse_args(argv)
     if args.cmd == "hits":
         tax = taxonomy()
@@ -135,10 +142,21 @@ def main(argv: list[str] | None = None) -> int:
             print(run, {k: round(100 * sum(v) / len(v), 1) for k, v in results[run].items() if "|group" not in k})
             args.json.write_text(json.dumps(results))
         return 0
-    out = compare(json.loads(args.json.read_text()), args.candidate, args.incumbent)
+    results = json.loads(args.json.read_text())
+    out = compare(results, args.candidate, args.incumbent)
     for name, (d, lo, hi) in out.items():
         print(f"{name}: {d:+.2f} [{lo:+.2f}, {hi:+.2f}]", file=sys.stderr)
-    print(args.candidate if out["rule"][1] > 0 else args.incumbent)
+    kept = args.candidate if out["rule"][1] > 0 else args.incumbent
+    print(kept)
+    if args.out:
+        doc = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}, "comparisons": {}}
+        for run, h in results.items():
+            doc["runs"][Path(run).name] = {f"{s} {k}": round(100 * sum(h[f"{s}|{k}"]) / len(h[f"{s}|{k}"]), 2)
+                                           for s, k in METRICS}
+        doc["comparisons"][f"{args.candidate} vs {args.incumbent}"] = {
+            "kept": kept, **{n: {"difference": round(d, 2), "low": round(lo, 2), "high": round(hi, 2)}
+                             for n, (d, lo, hi) in out.items()}}
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
     return 0
 
 

@@ -147,7 +147,7 @@ done
 $PY experiments/emoji_head.py hits runs/protocol/$chosen{,-seed1,-seed2,-seed3,-seed4} \
   runs/protocol/$chosen-nohead{,-seed1,-seed2,-seed3,-seed4} --json runs/protocol/hits-select-head.json \
   >> $logs/protocol.log 2>&1
-kept=$($PY experiments/emoji_head.py compare runs/protocol/hits-select-head.json $chosen-nohead $chosen \
+kept=$($PY experiments/emoji_head.py compare runs/protocol/hits-select-head.json $chosen-nohead $chosen --out benchmarks/results_emoji_head.json \
        2>> $logs/protocol.log)
 say "no text head: $kept"
 [[ $kept == "$chosen-nohead" ]] && trained=$kept
@@ -163,7 +163,7 @@ if [[ $trained == "$chosen" ]]; then
   done
   $PY experiments/emoji_head.py hits runs/protocol/$chosen-fullpatch{,-seed1,-seed2,-seed3,-seed4} \
     --json runs/protocol/hits-select-head.json >> $logs/protocol.log 2>&1
-  kept=$($PY experiments/emoji_head.py compare runs/protocol/hits-select-head.json $chosen-fullpatch $chosen \
+  kept=$($PY experiments/emoji_head.py compare runs/protocol/hits-select-head.json $chosen-fullpatch $chosen --out benchmarks/results_emoji_head.json \
          2>> $logs/protocol.log)
   say "every patch: $kept"
   [[ $kept == "$chosen-fullpatch" ]] && trained=$kept

@@ -25,7 +25,23 @@ val once.
 
 The next lever under the same rule (run_all.sh step 1i, a6d3e3f, fixed before its runs trained): every
 patch seen in training (``model.patch_dropout: 0``, ``sel-lit-style-rconv-fullpatch``), decided only because
-1h kept the chosen recipe.
+1h kept the chosen recipe. (Not adopted: rule value -0.84 in [-2.85, +1.33]; in-style categories +1.99 and
+names +0.68, openmoji categories -5.02 in [-8.87, -1.33]. Val not touched.)
+
+Then, decided before its runs trained and used to choose nothing: how much cross-validation over the train
+concepts would sharpen such a rule at the same cost. The rule above spends 5 runs per recipe on one fold (the
+select concepts, about 290 images per set). Here each recipe spends them on 5 folds, one run each: the select
+run (seed 0) and one run on each of folds 1-4 (``emoji_protocol.py split --fold k``,
+``experiments/protocol/cv-*-fold{k}.yaml``, seed 0), each scored on the concepts its fold holds out, so every
+train concept is scored once, out of fold. For the chosen recipe against every-patch (1i, already decided):
+the paired difference over all train concepts, with a bootstrap over concept groups; beside it the same
+concept-only bootstrap on the select fold alone (the seed-0 runs), to compare like with like. Run noise is
+not in either concept-only interval; the 5-seed spread on select measures it.
+
+    python experiments/emoji_head.py hits runs/protocol/cv-lit-style-rconv{,-fullpatch}-fold1 \
+        --folder runs/emoji-protocol/fold1 --json runs/protocol/hits-cv.json     # and so on for folds 2-4
+    python experiments/emoji_head.py cv runs/protocol/hits-select-head.json runs/protocol/hits-cv.json \
+        lit-style-rconv-fullpatch lit-style-rconv --out benchmarks/results_emoji_head.json
 """
 
 from __future__ import annotations

@@ -137,6 +137,45 @@ def compare(results: dict[str, dict[str, list]], candidate: str, incumbent: str,
     return {n: (100 * p, 100 * low, 100 * high) for n, p, low, high in zip(names, point, lo, hi)}
 
 
+def concept_interval(a: list[dict[str, list]], b: list[dict[str, list]], rounds: int = 2000,
+                     seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """{metric or 'rule': (a minus b in points, 95% low, high)} for two lists of runs that scored the same
+    images (a[i] and b[i] on the same fold), resampling concept groups only."""
+    import numpy as np
+
+    def merged(runs: list[dict[str, list]]) -> dict[str, list]:
+        out: dict[str, list] = {}
+        for r in runs:  # folds hold disjoint concepts: their images just line up one after another
+            for k, v in r.items():
+                out.setdefault(k, []).extend(v)
+        return out
+
+    ma, mb = merged(a), merged(b)
+    groups = sorted({g for s, k in METRICS for g in ma[f"{s}|{k}|group"]})
+    parts = [_per_group([ma, mb], f"{s}|{k}", groups) for s, k in METRICS]  # per metric: [2, G], [G]
+    rng = np.random.default_rng(seed)
+
+    def diffs(c: Any) -> list[float]:
+        out = [(sums[0, c].sum() - sums[1, c].sum()) / sizes[c].sum() for sums, sizes in parts]
+        return out + [float(np.mean(out))]
+
+    point = diffs(np.arange(len(groups)))
+    boot = np.array([diffs(rng.integers(0, len(groups), len(groups))) for _ in range(rounds)])  # [rounds, 5]
+    lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+    names = [f"{s} {k}" for s, k in METRICS] + ["rule"]
+    return {n: (100 * p, 100 * low, 100 * high) for n, p, low, high in zip(names, point, lo, hi)}
+
+
+def cv_runs(select: dict[str, dict[str, list]], folds: dict[str, dict[str, list]], recipe: str) -> list[dict[str, list]]:
+    """A recipe's out-of-fold runs: its seed-0 select run (fold 0), then cv-<recipe>-fold1..4."""
+    by = {Path(k).name: v for k, v in {**select, **folds}.items()}
+    names = [f"sel-{recipe}"] + [f"cv-{recipe}-fold{k}" for k in range(1, 5)]
+    missing = [n for n in names if n not in by]
+    if missing:
+        raise SystemExit(f"no hits for {missing}")
+    return [by[n] for n in names]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -149,7 +188,27 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("candidate")
     c.add_argument("incumbent")
     c.add_argument("--out", type=Path, help="add both recipes' per-seed numbers and the comparison to this JSON")
+    v = sub.add_parser("cv", help="out-of-fold difference over all train concepts (5 folds, one run each)")
+    v.add_argument("select", type=Path, help="hits of the select runs (fold 0)")
+    v.add_argument("folds", type=Path, help="hits of the fold 1-4 runs")
+    v.add_argument("candidate")
+    v.add_argument("incumbent")
+    v.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    if args.cmd == "cv":
+        select, folds = json.loads(args.select.read_text()), json.loads(args.folds.read_text())
+        a, b = cv_runs(select, folds, args.candidate), cv_runs(select, folds, args.incumbent)
+        both = {"all folds": concept_interval(a, b), "select fold only": concept_interval(a[:1], b[:1])}
+        for where, out in both.items():
+            for name, (d, lo, hi) in out.items():
+                print(f"{where}, {name}: {d:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+        if args.out:
+            doc = json.loads(args.out.read_text())
+            doc.setdefault("cross-validation", {})[f"{args.candidate} vs {args.incumbent}"] = {
+                where: {n: {"difference": round(d, 2), "low": round(lo, 2), "high": round(hi, 2)}
+                        for n, (d, lo, hi) in out.items()} for where, out in both.items()}
+            args.out.write_text(json.dumps(doc, indent=1) + "\n")
+        return 0
     if args.cmd == "hits":
         tax = taxonomy()
         results = json.loads(args.json.read_text()) if args.json.exists() else {}

@@ -36,7 +36,8 @@ run (seed 0) and one run on each of folds 1-4 (``emoji_protocol.py split --fold 
 train concept is scored once, out of fold. For the chosen recipe against every-patch (1i, already decided):
 the paired difference over all train concepts, with a bootstrap over concept groups; beside it the same
 concept-only bootstrap on the select fold alone (the seed-0 runs), to compare like with like. Run noise is
-not in either concept-only interval; the 5-seed spread on select measures it.
+not in either concept-only interval; the 5-seed spread on select measures it. (Added after the runs, before
+anything was decided with it: the t-interval over the five per-fold differences, which counts both.)
 
     python experiments/emoji_head.py hits runs/protocol/cv-lit-style-rconv{,-fullpatch}-fold1 \
         --folder runs/emoji-protocol/fold1 --json runs/protocol/hits-cv.json     # and so on for folds 2-4
@@ -176,6 +177,27 @@ def cv_runs(select: dict[str, dict[str, list]], folds: dict[str, dict[str, list]
     return [by[n] for n in names]
 
 
+def fold_interval(a: list[dict[str, list]], b: list[dict[str, list]]) -> dict[str, tuple[float, float, list[float]]]:
+    """{metric or 'rule': (mean of the per-fold differences a - b in points, 95% t half-width, per fold)}:
+    each fold is an independent replicate (its own concepts and its own pair of runs), so this interval counts
+    run noise and concept noise alike."""
+    from emoji_protocol import interval
+
+    def values(r: dict[str, list]) -> list[float]:
+        return [100 * sum(r[f"{s}|{k}"]) / len(r[f"{s}|{k}"]) for s, k in METRICS]
+
+    per_fold = []
+    for x, y in zip(a, b):
+        va, vb = values(x), values(y)
+        per_fold.append([p - q for p, q in zip(va, vb)] + [sum(va) / len(va) - sum(vb) / len(vb)])
+    names = [f"{s} {k}" for s, k in METRICS] + ["rule"]
+    out = {}
+    for j, n in enumerate(names):
+        col = [f[j] for f in per_fold]
+        out[n] = (*interval(col), col)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -201,12 +223,18 @@ def main(argv: list[str] | None = None) -> int:
         both = {"all folds": concept_interval(a, b), "select fold only": concept_interval(a[:1], b[:1])}
         for where, out in both.items():
             for name, (d, lo, hi) in out.items():
-                print(f"{where}, {name}: {d:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+                print(f"concept bootstrap, {where}, {name}: {d:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+        folds = fold_interval(a, b)
+        for name, (m, h, col) in folds.items():
+            print(f"t over folds, {name}: {m:+.2f} ± {h:.2f} (per fold {', '.join(f'{x:+.2f}' for x in col)})")
         if args.out:
             doc = json.loads(args.out.read_text())
-            doc.setdefault("cross-validation", {})[f"{args.candidate} vs {args.incumbent}"] = {
-                where: {n: {"difference": round(d, 2), "low": round(lo, 2), "high": round(hi, 2)}
-                        for n, (d, lo, hi) in out.items()} for where, out in both.items()}
+            entry = {f"concept bootstrap, {where}": {n: {"difference": round(d, 2), "low": round(lo, 2),
+                                                         "high": round(hi, 2)} for n, (d, lo, hi) in out.items()}
+                     for where, out in both.items()}
+            entry["t over folds"] = {n: {"difference": round(m, 2), "half_width": round(h, 2),
+                                         "per_fold": [round(x, 2) for x in col]} for n, (m, h, col) in folds.items()}
+            doc.setdefault("cross-validation", {})[f"{args.candidate} vs {args.incumbent}"] = entry
             args.out.write_text(json.dumps(doc, indent=1) + "\n")
         return 0
     if args.cmd == "hits":

@@ -111,6 +111,10 @@ class TextConfig:
             raise ValueError(f"text width {self.width} is not divisible by heads {self.heads}")
 
 
+HF_TEXT_POOLINGS = ("cls", "mean", "eot")
+HF_TEXT_PROJECTIONS = ("linear", "mlp", "none")
+
+
 @dataclass(frozen=True)
 class HFTextConfig:
     """A pretrained transformers encoder as the text tower (LiT, Zhai et al. 2022), plus its tokenizer contract.
@@ -119,8 +123,8 @@ class HFTextConfig:
     model rebuilds the tower without its source folder. ``pooling``: ``cls`` (the first token), ``mean`` (over
     real tokens) or ``eot`` (the end-of-text token, ``[SEP]`` for BERT); ``proj``: ``linear`` or ``mlp`` (one
     hidden GELU layer) into the shared embedding, or ``none``: the pooled features are the embedding (the
-    encoder's own space kept as it is; needs ``embed_dim`` equal to the encoder's width). The special ids are the tokenizer's (``[CLS]``, ``[SEP]``,
-    ``[PAD]`` for BERT).
+    encoder's own space kept as it is; needs ``embed_dim`` equal to the encoder's width). The special ids are
+    the tokenizer's (``[CLS]``, ``[SEP]``, ``[PAD]`` for BERT).
     """
 
     encoder: str
@@ -134,9 +138,9 @@ class HFTextConfig:
     source: str = field(default="", compare=False)  # the folder or hub repo the encoder came from
 
     def __post_init__(self) -> None:
-        if self.pooling not in ("cls", "mean", "eot"):
+        if self.pooling not in HF_TEXT_POOLINGS:
             raise ValueError(f"text pooling must be 'cls', 'mean' or 'eot', got {self.pooling!r}")
-        if self.proj not in ("linear", "mlp", "none"):
+        if self.proj not in HF_TEXT_PROJECTIONS:
             raise ValueError(f"text projection must be 'linear', 'mlp' or 'none', got {self.proj!r}")
         for name in ("sot_id", "eot_id", "pad_id"):
             v = getattr(self, name)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import HF_TEXT_POOLINGS, HF_TEXT_PROJECTIONS
+
 __all__ = [
     "ModelSection",
     "DataSection",
@@ -270,7 +272,7 @@ def _check_values(cfg: TrainConfig) -> None:
     if not 0 < lo <= hi:
         raise ValueError(f"data.crop_ratio={list(cfg.data.crop_ratio)}: expected 0 < low <= high")
     m = cfg.model
-    if m.text_pooling not in ("cls", "mean", "eot") or m.text_proj not in ("linear", "mlp", "none"):
+    if m.text_pooling not in HF_TEXT_POOLINGS or m.text_proj not in HF_TEXT_PROJECTIONS:
         raise ValueError(f"model.text_pooling={m.text_pooling!r} / model.text_proj={m.text_proj!r}: pooling is "
                          "cls, mean or eot; the projection linear, mlp or none")
     if m.text_tower and cfg.data.vocab != "openai":

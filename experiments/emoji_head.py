@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from emoji_names import _group_sums  # noqa: E402
 from emoji_names import score as name_score  # noqa: E402
 from emoji_prompts import category_scores, taxonomy  # noqa: E402
 from emoji_protocol import SETS  # noqa: E402
@@ -105,16 +106,15 @@ def hits(run: str, folder: Path, tax: dict[str, list[str]]) -> dict[str, list]:
     return out
 
 
-def _per_group(runs: list[dict[str, list]], key: str, groups: list[str]) -> tuple[Any, Any]:
-    """([R, G] hits per concept group, [G] images per group) of one metric; every run on the same images."""
-    import numpy as np
+def rule_numbers(run: dict[str, list]) -> list[float]:
+    """A run's four rule-value numbers (``METRICS`` order), in points."""
+    return [100 * sum(run[f"{s}|{k}"]) / len(run[f"{s}|{k}"]) for s, k in METRICS]
 
-    order = runs[0][f"{key}|group"]
-    if any(r[f"{key}|group"] != order for r in runs):
-        raise SystemExit(f"{key}: the checkpoints were scored on different images")
-    g = np.array([groups.index(x) for x in order])  # [N]
-    sums = np.stack([np.bincount(g, weights=np.asarray(r[key], float), minlength=len(groups)) for r in runs])
-    return sums, np.bincount(g, minlength=len(groups))
+
+def _per_group(runs: list[dict[str, list]], key: str, groups: list[str]) -> tuple[Any, Any]:
+    """([R, G] hits per concept group, [G] images per group) of one metric, groups in ``groups``' order."""
+    by = {str(i): r for i, r in enumerate(runs)}
+    return _group_sums(by, list(by), key, lambda h: h[key], groups)
 
 
 def compare(results: dict[str, dict[str, list]], candidate: str, incumbent: str, rounds: int = 2000,
@@ -193,12 +193,9 @@ def fold_interval(a: list[dict[str, list]], b: list[dict[str, list]]) -> dict[st
     run noise and concept noise alike."""
     from emoji_protocol import interval
 
-    def values(r: dict[str, list]) -> list[float]:
-        return [100 * sum(r[f"{s}|{k}"]) / len(r[f"{s}|{k}"]) for s, k in METRICS]
-
     per_fold = []
     for x, y in zip(a, b):
-        va, vb = values(x), values(y)
+        va, vb = rule_numbers(x), rule_numbers(y)
         per_fold.append([p - q for p, q in zip(va, vb)] + [sum(va) / len(va) - sum(vb) / len(vb)])
     names = [f"{s} {k}" for s, k in METRICS] + ["rule"]
     out = {}
@@ -269,8 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         doc = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}, "comparisons": {}}
         for run, h in results.items():
-            doc["runs"][Path(run).name] = {f"{s} {k}": round(100 * sum(h[f"{s}|{k}"]) / len(h[f"{s}|{k}"]), 2)
-                                           for s, k in METRICS}
+            doc["runs"][Path(run).name] = {f"{s} {k}": round(v, 2) for (s, k), v in zip(METRICS, rule_numbers(h))}
         doc["comparisons"][f"{args.candidate} vs {args.incumbent}"] = {
             "kept": kept, **{n: {"difference": round(d, 2), "low": round(lo, 2), "high": round(hi, 2)}
                              for n, (d, lo, hi) in out.items()}}

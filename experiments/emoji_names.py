@@ -146,15 +146,16 @@ def score(run: str, which: str, folder: Path, activation: str | None = None, tok
 
 
 def _group_sums(hits: dict[str, dict[str, list]], runs: list[str], where: str,
-                value: Callable[[dict[str, list]], list[float]]) -> tuple[Any, Any]:
+                value: Callable[[dict[str, list]], list[float]], names: list[str] | None = None) -> tuple[Any, Any]:
     """([R, G] each run's ``value`` summed per concept group, [G] images per group); every run must have
-    been scored on the same images."""
+    been scored on the same images. ``names``: the groups' order (default: those of ``where``, sorted), so
+    that several sets can share one."""
     import numpy as np
 
     groups = hits[runs[0]][f"{where}|group"]
     if any(hits[r][f"{where}|group"] != groups for r in runs):
-        raise SystemExit("the checkpoints were scored on different images")
-    names = sorted(set(groups))
+        raise SystemExit(f"{where}: the checkpoints were scored on different images")
+    names = names if names is not None else sorted(set(groups))
     g = np.array([names.index(x) for x in groups])  # [N]
     sums = np.stack([np.bincount(g, weights=np.asarray(value(hits[r]), float), minlength=len(names)) for r in runs])
     return sums, np.bincount(g, minlength=len(names))

@@ -53,6 +53,15 @@ differences lies above zero.
 
     python experiments/emoji_head.py cv runs/protocol/hits-select-head.json runs/protocol/hits-cv.json \
         lit-style-rconv-pd75 lit-style-rconv --out benchmarks/results_emoji_head.json
+
+(Not adopted: -2.01 ± 2.15. Val not touched.)
+
+Then twice the learning rate (``optim.lr: 0.002``, ``lit-style-rconv-lr2``; run_all.sh step 1k, fixed before
+its runs trained): the recipe ends at a training loss near 3.5, still falling as the rate reaches zero. Same
+cross-validated rule as 1j.
+
+    python experiments/emoji_head.py cv runs/protocol/hits-select-head.json runs/protocol/hits-cv.json \
+        lit-style-rconv-lr2 lit-style-rconv --out benchmarks/results_emoji_head.json
 """
 
 from __future__ import annotations

@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "per_fold": [round(x, 2) for x in col]} for n, (m, h, col) in folds.items()}
             entry["kept by the cross-validated rule"] = kept
             doc.setdefault("cross-validation", {})[f"{args.candidate} vs {args.incumbent}"] = entry
+            for recipe, runs in ((args.candidate, a), (args.incumbent, b)):  # each run's four numbers
+                for run, h in zip([f"sel-{recipe}"] + [f"cv-{recipe}-fold{k}" for k in range(1, 5)], runs):
+                    doc["runs"][run] = {f"{s} {k}": round(v, 2) for (s, k), v in zip(METRICS, rule_numbers(h))}
             args.out.write_text(json.dumps(doc, indent=1) + "\n")
         return 0
     if args.cmd == "hits":

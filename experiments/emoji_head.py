@@ -62,6 +62,10 @@ cross-validated rule as 1j.
 
     python experiments/emoji_head.py cv runs/protocol/hits-select-head.json runs/protocol/hits-cv.json \
         lit-style-rconv-lr2 lit-style-rconv --out benchmarks/results_emoji_head.json
+
+(Not adopted: -1.11 ± 0.86.) Then, by the same rule (steps 1l and 1m, each fixed before its runs trained):
+zoom-out added to the recipe (``lit-style-rconv-zoom``; not adopted, +0.52 ± 1.74), and half the learning rate
+(``lit-style-rconv-lr05``).
 """
 
 from __future__ import annotations

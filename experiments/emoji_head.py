@@ -218,6 +218,17 @@ def fold_interval(a: list[dict[str, list]], b: list[dict[str, list]]) -> dict[st
     return out
 
 
+def fold_table(runs: dict[str, dict[str, float]], recipes: list[str]) -> str:
+    """Markdown rows: per recipe, the mean over its 5 out-of-fold runs of each rule number and of the rule value."""
+    cols = [f"{s} {k}" for s, k in METRICS]
+    lines = ["| recipe | " + " | ".join(cols) + " | rule value |", "|---" + "|---:" * (len(cols) + 1) + "|"]
+    for r in recipes:
+        per_run = [runs[n] for n in [f"sel-{r}"] + [f"cv-{r}-fold{k}" for k in range(1, 5)]]
+        means = [sum(x[c] for x in per_run) / len(per_run) for c in cols]
+        lines.append(f"| {r} | " + " | ".join(f"{m:.1f}" for m in means) + f" | {sum(means) / len(means):.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -237,7 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("candidate")
     v.add_argument("incumbent")
     v.add_argument("--out", type=Path)
+    t = sub.add_parser("folds", help="a markdown table: each recipe's four numbers and rule value, mean over its "
+                       "5 fold runs (from a results JSON that cv --out wrote)")
+    t.add_argument("json", type=Path)
+    t.add_argument("recipes", nargs="+")
     args = p.parse_args(argv)
+    if args.cmd == "folds":
+        print(fold_table(json.loads(args.json.read_text())["runs"], args.recipes))
+        return 0
     if args.cmd == "cv":
         select, folds = json.loads(args.select.read_text()), json.loads(args.folds.read_text())
         a, b = cv_runs(select, folds, args.candidate), cv_runs(select, folds, args.incumbent)

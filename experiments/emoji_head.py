@@ -66,7 +66,8 @@ cross-validated rule as 1j.
 (Not adopted: -1.11 ± 0.86.) Then, by the same rule (steps 1l and 1m, each fixed before its runs trained):
 zoom-out added to the recipe (``lit-style-rconv-zoom``; not adopted, +0.52 ± 1.74), and half the learning rate
 (``lit-style-rconv-lr05``; not adopted, -0.88 ± 1.73); then zoom-out to side 0.8-1.0 (step 1n,
-``lit-style-rconv-zoom08``; not adopted, +0.67 ± 1.74).
+``lit-style-rconv-zoom08``; not adopted, +0.67 ± 1.74), and the same with every caption keeping the name (step
+1o, ``lit-style-rconv-zoom08-names``; not adopted, +0.40 ± 1.23).
 """
 
 from __future__ import annotations

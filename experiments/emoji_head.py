@@ -126,6 +126,16 @@ def rule_numbers(run: dict[str, list]) -> list[float]:
     return [100 * sum(run[f"{s}|{k}"]) / len(run[f"{s}|{k}"]) for s, k in METRICS]
 
 
+def run_entry(run: dict[str, list]) -> dict[str, float]:
+    """A run's four numbers as the results JSON keeps them ('<set> <key>': points)."""
+    return {f"{s} {k}": round(v, 2) for (s, k), v in zip(METRICS, rule_numbers(run))}
+
+
+def fold_run_names(recipe: str) -> list[str]:
+    """A recipe's out-of-fold runs: its seed-0 select run (fold 0), then cv-<recipe>-fold1..4."""
+    return [f"sel-{recipe}"] + [f"cv-{recipe}-fold{k}" for k in range(1, 5)]
+
+
 def _per_group(runs: list[dict[str, list]], key: str, groups: list[str]) -> tuple[Any, Any]:
     """([R, G] hits per concept group, [G] images per group) of one metric, groups in ``groups``' order."""
     by = {str(i): r for i, r in enumerate(runs)}
@@ -193,9 +203,9 @@ def concept_interval(a: list[dict[str, list]], b: list[dict[str, list]], rounds:
 
 
 def cv_runs(select: dict[str, dict[str, list]], folds: dict[str, dict[str, list]], recipe: str) -> list[dict[str, list]]:
-    """A recipe's out-of-fold runs: its seed-0 select run (fold 0), then cv-<recipe>-fold1..4."""
+    """A recipe's out-of-fold runs' hits, in ``fold_run_names`` order."""
     by = {Path(k).name: v for k, v in {**select, **folds}.items()}
-    names = [f"sel-{recipe}"] + [f"cv-{recipe}-fold{k}" for k in range(1, 5)]
+    names = fold_run_names(recipe)
     missing = [n for n in names if n not in by]
     if missing:
         raise SystemExit(f"no hits for {missing}")
@@ -225,7 +235,7 @@ def fold_table(runs: dict[str, dict[str, float]], recipes: list[str]) -> str:
     cols = [f"{s} {k}" for s, k in METRICS]
     lines = ["| recipe | " + " | ".join(cols) + " | rule value |", "|---" + "|---:" * (len(cols) + 1) + "|"]
     for r in recipes:
-        per_run = [runs[n] for n in [f"sel-{r}"] + [f"cv-{r}-fold{k}" for k in range(1, 5)]]
+        per_run = [runs[n] for n in fold_run_names(r)]
         means = [sum(x[c] for x in per_run) / len(per_run) for c in cols]
         lines.append(f"| {r} | " + " | ".join(f"{m:.1f}" for m in means) + f" | {sum(means) / len(means):.2f} |")
     return "\n".join(lines)
@@ -281,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             entry["kept by the cross-validated rule"] = kept
             doc.setdefault("cross-validation", {})[f"{args.candidate} vs {args.incumbent}"] = entry
             for recipe, runs in ((args.candidate, a), (args.incumbent, b)):  # each run's four numbers
-                for run, h in zip([f"sel-{recipe}"] + [f"cv-{recipe}-fold{k}" for k in range(1, 5)], runs):
-                    doc["runs"][run] = {f"{s} {k}": round(v, 2) for (s, k), v in zip(METRICS, rule_numbers(h))}
+                for run, h in zip(fold_run_names(recipe), runs):
+                    doc["runs"][run] = run_entry(h)
             args.out.write_text(json.dumps(doc, indent=1) + "\n")
         return 0
     if args.cmd == "hits":
@@ -302,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         doc = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}, "comparisons": {}}
         for run, h in results.items():
-            doc["runs"][Path(run).name] = {f"{s} {k}": round(v, 2) for (s, k), v in zip(METRICS, rule_numbers(h))}
+            doc["runs"][Path(run).name] = run_entry(h)
         doc["comparisons"][f"{args.candidate} vs {args.incumbent}"] = {
             "kept": kept, **{n: {"difference": round(d, 2), "low": round(lo, 2), "high": round(hi, 2)}
                              for n, (d, lo, hi) in out.items()}}

@@ -33,7 +33,7 @@ import torchclip.loss as loss_mod
 from torchclip.loss import clip_loss, gather_features, siglip_loss
 
 GLOBAL_BATCH = 12  # divisible by both world sizes: B_local = 6 (W=2) and 3 (W=4)
-EXACT_CASES = ("clip_local", "clip_global", "siglip")
+EXACT_CASES = ("clip_local", "clip_global", "clip_soft_local", "clip_soft_global", "siglip")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 TOL = {"float64": 1e-12, "float32": 1e-5}
 SPAWN_TIMEOUT_S = 120
@@ -72,7 +72,8 @@ def _loss(case: str, model: _Towers, img: torch.Tensor, txt: torch.Tensor, group
     scale = model.logit_scale.exp()
     if case.startswith("siglip"):
         return siglip_loss(img, txt, scale, model.logit_bias, group=group)
-    return clip_loss(img, txt, scale, group=group, local_loss=case != "clip_global")
+    soft = 0.5 if "soft" in case else 0.0  # a temperature that spreads the targets well beyond the diagonal
+    return clip_loss(img, txt, scale, group=group, local_loss=not case.endswith("global"), soft_targets=soft)
 
 
 def _reference(case: str, dtype: torch.dtype) -> dict:
@@ -252,7 +253,7 @@ def test_distributed_matches_single_process(
             dl, dg = _max_diffs(res["cases"][case, dname], ref)
             print(f"[{case} {dname} W={world} run{i} rank{r}] max |dloss| = {dl:.2e}, max |dgrad| = {dg:.2e}")
             assert dl <= TOL[dname] and dg <= TOL[dname], (case, dname, world, i, r, dl, dg)
-        if case != "clip_global":  # clip_global: every rank computes the whole [N, N] loss by design
+        if not case.endswith("global"):  # *_global: every rank computes the whole [N, N] loss by design
             # The shards really differ: the per-rank losses are not each the global one.
             rank_losses = torch.stack([res["cases"][case, dname]["rank_loss"] for res in ranks])
             assert (rank_losses - ref["loss"]).abs().max() > 1e-3
@@ -401,3 +402,70 @@ def test_bad_shapes_raise() -> None:
         siglip_loss(img[0], txt[0], 1.0, 0.0)
     with pytest.raises(ValueError, match="scalar"):
         clip_loss(img, txt, torch.ones(2))
+
+
+def test_soft_targets_hand_computed_2x2() -> None:
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    txt = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
+    tau = 0.5
+    # caption similarity [[1, 0.6], [0.6, 1]] -> each row's target: own caption p, the other 1 - p
+    p = 1 / (1 + math.exp((0.6 - 1) / tau))
+    logits = [[2.0, 1.2], [0.0, 1.6]]  # scale 2
+
+    def ce(row: list[float], target: list[float]) -> float:
+        lse = math.log(sum(math.exp(v) for v in row))
+        return -sum(t * (v - lse) for v, t in zip(row, target))
+
+    targets = [[p, 1 - p], [1 - p, p]]
+    rows = sum(ce(logits[i], targets[i]) for i in range(2)) / 2
+    cols = sum(ce([logits[0][j], logits[1][j]], targets[j]) for j in range(2)) / 2
+    got = clip_loss(img, txt, torch.tensor(2.0, dtype=torch.float64), soft_targets=tau)
+    assert abs(got.item() - (rows + cols) / 2) < 1e-12
+    # negative control: the one-hot loss is a different number on the same features
+    assert abs(clip_loss(img, txt, torch.tensor(2.0, dtype=torch.float64)).item() - got.item()) > 1e-2
+
+
+def test_soft_targets_at_a_tiny_temperature_are_one_hot() -> None:
+    img, txt = _feats(b=4, d=6, dtype=torch.float64)
+    txt = torch.cat([txt[:3], txt[:1]])  # caption 3 is caption 0 again
+    s = torch.tensor(10.0, dtype=torch.float64)
+    tiny = 1e-4  # far below any gap between distinct cosines: only exact ties share mass
+    logits = s * img @ txt.T  # [4, 4]
+    target = torch.eye(4, dtype=torch.float64)
+    target[0, 3] = target[3, 0] = 1.0
+    target[0] /= 2
+    target[3] /= 2
+    expected = (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean()) / 2
+    torch.testing.assert_close(clip_loss(img, txt, s, soft_targets=tiny), expected)
+    # the one-hot loss has the same value: a twin's logit equals its own in every row it meets
+    torch.testing.assert_close(clip_loss(img, txt, s), expected)
+    # with distinct captions a tiny temperature is the one-hot loss
+    img, txt = _feats(b=4, d=6, dtype=torch.float64, seed=3)
+    torch.testing.assert_close(clip_loss(img, txt, s, soft_targets=tiny), clip_loss(img, txt, s))
+
+
+def test_soft_targets_carry_no_gradient() -> None:
+    img, txt = _feats(b=5, d=4, dtype=torch.float64)
+    txt.requires_grad_()
+    s = torch.tensor(5.0, dtype=torch.float64)
+    clip_loss(img, txt, s, soft_targets=0.3).backward()
+    # the same loss with the targets as constants
+    target = torch.softmax(txt.detach() @ txt.detach().T / 0.3, dim=-1)
+    ref_txt = txt.detach().clone().requires_grad_()
+    logits = s * img @ ref_txt.T
+    ref = (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean()) / 2
+    ref.backward()
+    torch.testing.assert_close(txt.grad, ref_txt.grad)
+    # negative control: targets that keep their graph give another gradient
+    live_txt = txt.detach().clone().requires_grad_()
+    live = torch.softmax(live_txt @ live_txt.T / 0.3, dim=-1)
+    logits = s * img @ live_txt.T
+    ((-(live * logits.log_softmax(1)).sum(1).mean() - (live * logits.T.log_softmax(1)).sum(1).mean()) / 2).backward()
+    assert (live_txt.grad - ref_txt.grad).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
+def test_soft_targets_must_be_a_temperature(bad: float) -> None:
+    img, txt = _feats()
+    with pytest.raises(ValueError, match="soft_targets"):
+        clip_loss(img, txt, torch.tensor(2.0), soft_targets=bad)

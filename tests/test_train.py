@@ -228,8 +228,7 @@ def test_nonfinite_loss_skip_or_stop(tmp_path: Path, shards: str, monkeypatch: p
         loss = real(*a, **kw)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(loop, "accumulate_gradients", lambda *a, **kw: real_acc(*a, **kw, loss_fn=sometimes_nan))
-    real_acc = accumulate_gradients
+    monkeypatch.setattr(loop, "clip_loss", sometimes_nan)
     train(TrainConfig.from_dict(tiny_overrides(shards, tmp_path / "skip", optim={"steps": 3})))
     assert "non-finite loss" in capsys.readouterr().err
     recs = read_metrics(tmp_path / "skip" / "metrics.jsonl")
@@ -449,3 +448,29 @@ def test_training_evaluates_with_the_hubness_bank(tmp_path: Path, monkeypatch: p
     cfg["run"]["output_dir"] = str(tmp_path / "run2")
     with pytest.raises(ValueError, match="eval.hubness bank for 'name' has 8 images, fewer than eval.hubness_k=9"):
         loop.train(TrainConfig.from_dict(cfg))
+
+
+# ---- targets from the captions' own similarity (optim.soft_targets) -------------------------------------------
+
+
+@pytest.mark.parametrize("temp", [0.0, 0.2])
+def test_training_uses_the_configured_soft_targets(tmp_path: Path, shards: str, monkeypatch: pytest.MonkeyPatch,
+                                                   temp: float) -> None:
+    from torchclip.train import loop
+
+    seen: list[float] = []
+
+    def spy(*args, soft_targets: float = 0.0, **kwargs):
+        seen.append(soft_targets)
+        return clip_loss(*args, soft_targets=soft_targets, **kwargs)
+
+    monkeypatch.setattr(loop, "clip_loss", spy)
+    cfg = TrainConfig.from_dict(tiny_overrides(shards, tmp_path / "run", optim={"steps": 2, "soft_targets": temp}))
+    assert math.isfinite(train(cfg)["loss"])
+    assert seen == [temp, temp]
+
+
+def test_soft_targets_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="optim.soft_targets"):
+        load_config(None, ["--optim.soft_targets=-0.1"])
+    assert load_config(None, ["--optim.soft_targets=0.05"]).optim.soft_targets == 0.05

@@ -239,6 +239,15 @@ cv_lever() {  # suffix, what to say
 # recipe is still in force; then, and only then, its 5 final seeds train on all train concepts and are scored
 # on val once.
 [[ $trained == "$chosen" ]] && cv_lever zoom08-names "zoom-out to 0.8, names kept"
+# 1p. soft targets (optim.soft_targets 0.17): each image's target is the softmax of its caption's MiniLM
+# similarity to the batch's captions, so what the locked text tower knows of which concepts are alike reaches
+# the image tower; every lever so far changed the images or the schedule, none the loss. τ was read off the fit
+# captions before any run (experiments/emoji_soft_targets.py: the grid value nearest half of each target's mass
+# on identical captions). Not blind to val: val results of the chosen recipe were known. Rule, fixed here before
+# any of its runs trained: the cross-validated one of 1j (a seventh try on the same folds), decided only if the
+# chosen recipe is still in force; then, and only then, its 5 final seeds train on all train concepts and are
+# scored on val once.
+[[ $trained == "$chosen" ]] && cv_lever soft17 "soft targets 0.17"
 final=final-${trained#sel-}
 $PY - "$trained" "$final" <<'PYEOF'
 import sys

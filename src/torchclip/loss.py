@@ -24,6 +24,7 @@ as a negative control.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -147,6 +148,17 @@ def _check_pair(image_features: torch.Tensor, text_features: torch.Tensor) -> No
         )
 
 
+def _targets(rows: torch.Tensor, columns: torch.Tensor, temperature: float, labels: torch.Tensor) -> torch.Tensor:
+    """One-hot ``labels`` for temperature 0, else each row caption's softmax similarity to the column captions.
+
+    The similarity matrix is symmetric, so the same rows serve as targets for images->texts and texts->images.
+    """
+    if temperature == 0:
+        return labels
+    with torch.no_grad():
+        return torch.softmax(rows.detach() @ columns.detach().T / temperature, dim=-1)  # [rows, columns]
+
+
 def clip_loss(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -155,6 +167,7 @@ def clip_loss(
     group: dist.ProcessGroup | None = None,
     local_loss: bool = True,
     upcast: bool = True,
+    soft_targets: float = 0.0,
 ) -> torch.Tensor:
     """Symmetric cross-entropy of CLIP: (CE(l, y) + CE(lᵀ, y)) / 2 with l = s * I @ Tᵀ and y = arange.
 
@@ -169,6 +182,10 @@ def clip_loss(
             computes the full ``[N, N]`` loss (same value and gradient, W times the work and memory).
         upcast: compute logits and the loss in fp32 (with autocast off) when the features are fp16/bf16;
             a scale of up to 100 on low-precision dot products otherwise loses the softmax's precision.
+        soft_targets: ``0`` (default) for CLIP's one-hot targets. ``τ > 0``: row i's target is
+            ``softmax(t_i · Tᵀ / τ)``, the captions' own cosine similarity (no gradient), in both directions:
+            an image is pushed from a caption close to its own (another dog breed) less than from an
+            unrelated one. As τ -> 0 it becomes the one-hot loss.
 
     Returns:
         A scalar. Single process: the loss on the batch. Distributed: this rank's loss; the global loss
@@ -176,6 +193,8 @@ def clip_loss(
         after DDP gradient averaging the gradients match it exactly. All ranks need the same B.
     """
     _check_pair(image_features, text_features)
+    if not (math.isfinite(soft_targets) and soft_targets >= 0):
+        raise ValueError(f"soft_targets must be a temperature >= 0 (0: one-hot targets); got {soft_targets}")
     world, rank = _world(group)
     with _fp32_region(image_features, upcast):
         scale = _promote(_scalar(logit_scale, image_features, "logit_scale"), upcast)
@@ -184,7 +203,7 @@ def clip_loss(
         b = img.shape[0]
         if world == 1:
             logits = scale * (img @ txt.T)  # [B, B], rows: images, columns: texts
-            labels = torch.arange(b, device=img.device)  # [B]
+            labels = _targets(txt, txt, soft_targets, torch.arange(b, device=img.device))  # [B] or [B, B]
             return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         # Gather in the features' own dtype (half the traffic under AMP), upcast afterwards.
         all_img = _promote(gather_features(image_features, group), upcast)  # [N, D]
@@ -193,10 +212,11 @@ def clip_loss(
             logits_per_image = scale * (img @ all_txt.T)  # [B, N]: my images vs every text
             logits_per_text = scale * (txt @ all_img.T)  # [B, N]: my texts vs every image
             labels = rank * b + torch.arange(b, device=img.device)  # [B]: my diagonal block
+            labels = _targets(txt, all_txt, soft_targets, labels)  # [B] or [B, N]
         else:
             logits_per_image = scale * (all_img @ all_txt.T)  # [N, N]
             logits_per_text = logits_per_image.T  # [N, N]
-            labels = torch.arange(world * b, device=img.device)  # [N]
+            labels = _targets(all_txt, all_txt, soft_targets, torch.arange(world * b, device=img.device))
         return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 

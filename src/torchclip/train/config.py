@@ -112,6 +112,7 @@ class OptimSection:
     accum_steps: int = 1  # micro-batches per step; exact for the contrastive loss (features cached)
     max_logit_scale: float = math.log(100)
     ema: float = 0.0  # decay of an exponential moving average of the weights, which eval and the saved model use; 0: off
+    soft_targets: float = 0.0  # temperature of targets from the captions' own similarity (clip_loss); 0: one-hot
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ class TrainConfig:
 # refused when the config is read, not hours later (or never: a NaN learning rate trains on silently).
 _BOUNDS: dict[tuple[float, float, bool, bool], str] = {
     (0, math.inf, False, True): "optim.lr optim.eps optim.epochs optim.max_logit_scale",
-    (0, math.inf, True, True): "optim.weight_decay optim.warmup optim.grad_clip data.num_workers "
+    (0, math.inf, True, True): "optim.weight_decay optim.warmup optim.grad_clip optim.soft_targets data.num_workers "
                                "run.keep_checkpoints run.max_nonfinite eval.every model.lock_text_unlocked_layers",
     (1, math.inf, True, True): "optim.steps optim.accum_steps data.batch_size data.shuffle_buffer "
                                "data.num_samples data.bpe_samples model.embed_dim model.image_size "

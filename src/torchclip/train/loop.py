@@ -435,6 +435,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
     # the weights' moving average (a copy of the model), updated after every optimizer step
     ema = (torch.optim.swa_utils.AveragedModel(clip, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(o.ema),
                                                use_buffers=True) if o.ema else None)
+    loss_fn = functools.partial(clip_loss, soft_targets=o.soft_targets)
 
     # resume: weights, optimizer, schedule, scaler, RNG and the data position
     step, batches_seen, cursors, skips, nonfinite = 0, 0, {}, {}, 0
@@ -524,7 +525,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
             wait += time.perf_counter() - t0
 
             # gradients (exact over the accumulated and global batch), then the update
-            loss = accumulate_gradients(model, micro, autocast, scaler.scale)
+            loss = accumulate_gradients(model, micro, autocast, scaler.scale, loss_fn)
             grad_norm = float("nan")
             if loss is not None:
                 D.sync_replicated_grads(model)

@@ -132,8 +132,11 @@ def run_entry(run: dict[str, list]) -> dict[str, float]:
 
 
 def fold_run_names(recipe: str) -> list[str]:
-    """A recipe's out-of-fold runs: its seed-0 select run (fold 0), then cv-<recipe>-fold1..4."""
-    return [f"sel-{recipe}"] + [f"cv-{recipe}-fold{k}" for k in range(1, 5)]
+    """A recipe's out-of-fold runs: its seed-0 select run (fold 0), then cv-<recipe>-fold1..4. A recipe
+    retrained later is named '<recipe>@<tag>', and so are its runs ('sel-<recipe>@<tag>', ...)."""
+    base, _, tag = recipe.partition("@")
+    at = f"@{tag}" if tag else ""
+    return [f"sel-{base}{at}"] + [f"cv-{base}-fold{k}{at}" for k in range(1, 5)]
 
 
 def _per_group(runs: list[dict[str, list]], key: str, groups: list[str]) -> tuple[Any, Any]:
@@ -260,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("candidate")
     v.add_argument("incumbent")
     v.add_argument("--out", type=Path)
+    v.add_argument("--retrained", metavar="TAG", help="the incumbent's runs were trained again (a fresh checkout): "
+                   "--out records them as '<run>@TAG' beside the earlier numbers")
     t = sub.add_parser("folds", help="a markdown table: each recipe's four numbers and rule value, mean over its "
                        "5 fold runs (from a results JSON that cv --out wrote)")
     t.add_argument("json", type=Path)
@@ -289,9 +294,13 @@ def main(argv: list[str] | None = None) -> int:
             entry["t over folds"] = {n: {"difference": round(m, 2), "half_width": round(h, 2),
                                          "per_fold": [round(x, 2) for x in col]} for n, (m, h, col) in folds.items()}
             entry["kept by the cross-validated rule"] = kept
-            doc.setdefault("cross-validation", {})[f"{args.candidate} vs {args.incumbent}"] = entry
-            for recipe, runs in ((args.candidate, a), (args.incumbent, b)):  # each run's four numbers
+            incumbent = f"{args.incumbent}@{args.retrained}" if args.retrained else args.incumbent
+            doc.setdefault("cross-validation", {})[f"{args.candidate} vs {incumbent}"] = entry
+            for recipe, runs in ((args.candidate, a), (incumbent, b)):  # each run's four numbers
                 for run, h in zip(fold_run_names(recipe), runs):
+                    if doc["runs"].get(run, run_entry(h)) != run_entry(h):  # never overwrite what a decision read
+                        raise SystemExit(f"{args.out}: {run} is recorded with other numbers; a run trained again "
+                                         "is recorded with --retrained TAG")
                     doc["runs"][run] = run_entry(h)
             args.out.write_text(json.dumps(doc, indent=1) + "\n")
         return 0

@@ -181,6 +181,9 @@ def test_one_step_run_writes_everything(tmp_path: Path, shards: str) -> None:
     # image->prompt recall@k is top-k accuracy: reported once, as accK
     assert "val/name/acc10" in last and not [k for k in last if "i2t" in k]
     assert json.loads((out / "config.json").read_text()) == cfg.to_dict()
+    env = json.loads((out / "environment.json").read_text())  # the machine and packages beside the config
+    assert len(env) == 1 and env[0]["step"] == 0 and env[0]["packages"]["torch"] == torch.__version__
+    assert env[0]["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env[0]["world_size"] == 1
     recs = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in recs] == [1, 2] and all(r["samples_per_s"] > 0 for r in recs)
     assert len(read_metrics(out / "metrics.jsonl", "eval")) == 2
@@ -298,6 +301,9 @@ def test_resume_restores_the_average(tmp_path: Path, shards: str) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
     state = load_checkpoint(list_checkpoints(cut / "checkpoints")[-1])
     assert state["ema"] is not None and int(state["ema"]["n_averaged"]) == 3
+    # each start is on record: the first at step 0, the resumed one at step 2
+    assert [e["step"] for e in json.loads((cut / "environment.json").read_text())] == [0, 2]
+    assert [e["step"] for e in json.loads((whole / "environment.json").read_text())] == [0]
 
 
 def test_resume_refuses_a_checkpoint_with_the_other_setting(tmp_path: Path, shards: str) -> None:

@@ -7,12 +7,16 @@ checkpoint) are dropped, so ``metrics.jsonl`` reads as one uninterrupted run.
 from __future__ import annotations
 
 import json
+import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLogger", "read_metrics", "format_eval_table"]
+__all__ = ["MetricsLogger", "read_metrics", "format_eval_table", "environment", "record_environment"]
+
+# what a run's numbers depend on beyond its config; versions read from package metadata, nothing imported
+_PACKAGES = ("torchclip", "torch", "numpy", "pillow", "safetensors", "tokenizers", "transformers", "webdataset")
 
 # column order of the evaluation table; other metrics follow in the order they come
 _COLUMNS = {"classes": "classes", "acc1": "acc1", "acc5": "acc5", "acc10": "acc10",
@@ -120,3 +124,47 @@ def read_metrics(path: str | Path, kind: str | None = "train") -> list[dict[str,
     """Records of a ``metrics.jsonl`` (of one ``kind``, or all)."""
     recs = [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
     return [r for r in recs if kind is None or r.get("kind") == kind]
+
+
+def environment(device: Any, precision: Any, world_size: int) -> dict[str, Any]:
+    """The machine and packages a run trained on. The same config and seed give the same weights on one
+    machine, not across machines (CPU kernels under bf16, package versions), so a run keeps this beside its
+    config."""
+    from importlib import metadata
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    packages = {}
+    for name in _PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    gpu = torch.cuda.get_device_name(device) if getattr(device, "type", None) == "cuda" else None
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "device": str(device), "gpu": gpu, "cuda": torch.version.cuda if gpu else None,
+            "precision": str(precision or torch.float32), "world_size": world_size, "packages": packages}
+
+
+def record_environment(out: Path, step: int, env: dict[str, Any]) -> Path:
+    """Append ``env`` for a (re)start at ``step`` to ``out/environment.json``, a list with one entry per start,
+    so a run resumed on another machine says so. A fresh run (step 0) starts the list anew."""
+    path = out / "environment.json"
+    entries: list[Any] = []
+    if step > 0 and path.exists():
+        try:
+            entries = json.loads(path.read_text())
+        except ValueError:
+            entries = []
+        entries = entries if isinstance(entries, list) else []
+    entries.append({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **env})
+    path.write_text(json.dumps(entries, indent=1) + "\n")
+    return path

@@ -44,7 +44,7 @@ from ..tokenizer import Tokenizer, check_compatible, load_tokenizer
 from . import distributed as D
 from .config import TrainConfig
 from .evaluate import check_class_prompts, evaluate_sets, load_eval_sets
-from .logs import MetricsLogger
+from .logs import MetricsLogger, environment, record_environment
 from .state import (
     RunFolderError,
     RunWriteError,
@@ -464,6 +464,10 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
                     f"{amp or torch.float32}, world {info.world_size}" + (f", resumed from {path}" if path else ""))
         for bad, reason in damaged:
             logger.info(f"{reason}; set aside as {bad.name}.damaged, resumed from {path}")
+        env = environment(info.device, amp, info.world_size)
+        record_environment(out, step, env)
+        logger.info(f"torch {env['packages'].get('torch', '?')} on {env['cpu']} ({env['cpu_capability']}"
+                    + (f", {env['gpu']}" if env["gpu"] else "") + f"): {out / 'environment.json'}")
 
     d = cfg.data
     nw = d.num_workers

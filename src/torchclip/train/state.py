@@ -29,8 +29,8 @@ __all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_che
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
 
 # What a run writes into its folder: files, then folders.
-RUN_FILES = ("config.json", "metrics.jsonl", "train.log", "model.safetensors", "tokenizer.txt.gz", "tokenizer.json",
-             "tokenizer_config.json")
+RUN_FILES = ("config.json", "environment.json", "metrics.jsonl", "train.log", "model.safetensors", "tokenizer.txt.gz",
+             "tokenizer.json", "tokenizer_config.json")
 RUN_DIRS = ("checkpoints", "tensorboard")
 RESUME_KEYS = ("step", "model", "optimizer", "scheduler", "scaler", "rng", "data", "skips", "nonfinite",
                "world_size")

@@ -67,7 +67,12 @@ cross-validated rule as 1j.
 zoom-out added to the recipe (``lit-style-rconv-zoom``; not adopted, +0.52 ± 1.74), and half the learning rate
 (``lit-style-rconv-lr05``; not adopted, -0.88 ± 1.73); then zoom-out to side 0.8-1.0 (step 1n,
 ``lit-style-rconv-zoom08``; not adopted, +0.67 ± 1.74), and the same with every caption keeping the name (step
-1o, ``lit-style-rconv-zoom08-names``; not adopted, +0.40 ± 1.23).
+1o, ``lit-style-rconv-zoom08-names``; not adopted, +0.40 ± 1.23). Then soft targets (step 1p,
+``lit-style-rconv-soft17``; not adopted, -3.27 ± 4.08), paired with the chosen recipe's fold runs trained again
+on a fresh checkout, recorded as ``lit-style-rconv@2026-12-08``:
+
+    python experiments/emoji_head.py cv runs/protocol/hits-select-head.json runs/protocol/hits-cv.json \
+        lit-style-rconv-soft17 lit-style-rconv --retrained 2026-12-08 --out benchmarks/results_emoji_head.json
 """
 
 from __future__ import annotations

@@ -247,6 +247,8 @@ cv_lever() {  # suffix, what to say
 # any of its runs trained: the cross-validated one of 1j (a seventh try on the same folds), decided only if the
 # chosen recipe is still in force; then, and only then, its 5 final seeds train on all train concepts and are
 # scored on val once.
+# (Its runs were paired with the chosen recipe's fold runs trained again on a fresh checkout: emoji_head.py cv
+# --retrained 2026-12-08, by hand. This script, run from nothing, trains those fold runs once, in 1i+.)
 [[ $trained == "$chosen" ]] && cv_lever soft17 "soft targets 0.17"
 final=final-${trained#sel-}
 $PY - "$trained" "$final" <<'PYEOF'

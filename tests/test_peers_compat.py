@@ -229,6 +229,43 @@ def test_torchclip_open_clip_folders_load_in_open_clip(tmp_path: Path, name: str
         torch.testing.assert_close(ours.encode_text(ids), theirs.encode_text(ids), atol=1e-4, rtol=0)
 
 
+def test_sigmoid_loss_models_of_open_clip_load_with_their_bias(tmp_path: Path) -> None:
+    """OpenCLIP's trainer with --siglip builds CLIP(init_logit_bias=-10); its folders and training checkpoints load
+    in torchclip with the bias, and the compat call returns what OpenCLIP's does."""
+    from open_clip.push_to_hf_hub import save_config_for_hf
+
+    from torchclip.compat import open_clip as compat
+
+    cfg = {**_shrunk_config("ViT-B-32"), "init_logit_bias": -10}  # full size: the name below means it
+    torch.manual_seed(0)
+    theirs = open_clip.model.CLIP(**cfg).eval()
+    theirs.visual.image_mean, theirs.visual.image_std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # create_model sets them
+    with torch.no_grad():
+        theirs.logit_bias.fill_(-7.25)
+    folder = tmp_path / "oc"
+    folder.mkdir()
+    save_config_for_hf(theirs, folder / "open_clip_config.json", cfg)
+    torch.save(theirs.state_dict(), folder / "open_clip_pytorch_model.bin")
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in theirs.state_dict().items()}},
+               tmp_path / "epoch_1.pt")
+    size = cfg["vision_cfg"]["image_size"]
+    px = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    ids = torch.tensor([[49406, 320, 1125, 49407] + [0] * 73])
+    with torch.no_grad():
+        want = theirs(px, ids)
+        assert len(want) == 4
+        for ours in (compat.create_model(f"local-dir:{folder}").eval(),
+                     compat.create_model("ViT-B-32", pretrained=str(tmp_path / "epoch_1.pt")).eval()):
+            got = ours(px, ids)
+            assert len(got) == 4 and float(got[3]) == float(want[3]) == -7.25
+            for a, b in zip(got[:3], want[:3]):
+                torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    # and back: torchclip's OpenCLIP folder of such a model loads in OpenCLIP with its bias
+    torchclip.save_open_clip(torchclip.load_model(folder), tmp_path / "back")
+    again = open_clip.create_model(f"local-dir:{tmp_path / 'back'}").eval()
+    assert float(again.logit_bias) == -7.25
+
+
 def test_compat_listings_match_open_clip() -> None:
     from torchclip.compat import open_clip as ours
 

@@ -105,6 +105,13 @@ def _clip_text_tower(model: CLIP, layout: str) -> None:
                               "with torchclip.save (a .safetensors file or folder), which keeps it whole")
 
 
+def _no_logit_bias(model: CLIP, layout: str) -> None:
+    """OpenAI's and HF's CLIP have no logit bias; dropping it would change a sigmoid-loss model's scores."""
+    if model.config.init_logit_bias is not None:
+        raise CheckpointError(f"{layout} has no place for a logit bias (a model trained with the sigmoid loss): "
+                              "save it with torchclip.save or save_open_clip, which keep it")
+
+
 def _cpu_state(model: CLIP) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
@@ -147,6 +154,7 @@ def save_openai(model: CLIP, path: str | os.PathLike[str]) -> Path:
     """
     path = Path(path)
     _clip_text_tower(model, "OpenAI's layout")
+    _no_logit_bias(model, "OpenAI's layout")
     if model.config.activation != "quick_gelu":
         warnings.warn(f"{path}: OpenAI's state-dict layout cannot record the {model.config.activation!r} "
                       "activation: load it with activation='gelu' (torchclip) or a GELU architecture name "
@@ -185,6 +193,7 @@ def save_hf(model: CLIP, folder: str | os.PathLike[str], tokenizer: Any = None) 
 
     folder = Path(folder)
     _clip_text_tower(model, "HF's CLIPModel")
+    _no_logit_bias(model, "HF's CLIPModel")
     cfg = torchclip_to_hf_config(model.config)
     sd = openai_to_hf(torchclip_to_openai(_cpu_state(model)))
     pp = torchclip_to_hf_preprocess_config(preprocess_config_of(model))

@@ -185,6 +185,7 @@ class CLIPConfig:
     text: TextConfig | HFTextConfig
     activation: str = "quick_gelu"  # "quick_gelu" (all OpenAI checkpoints) or "gelu"
     init_logit_scale: float = math.log(1 / 0.07)
+    init_logit_bias: float | None = None  # a learned logit bias, as models trained with the sigmoid loss carry
     source: str = field(default="", compare=False)  # where the preset's numbers come from
 
     def __post_init__(self) -> None:
@@ -199,6 +200,8 @@ class CLIPConfig:
         d["vision"]["layers"] = (
             list(self.vision.layers) if isinstance(self.vision.layers, tuple) else self.vision.layers
         )
+        if self.init_logit_bias is None:  # files of models without one stay readable by earlier versions
+            del d["init_logit_bias"]
         return d
 
     @classmethod
@@ -237,8 +240,8 @@ _OC_TEXT_DEFAULTS: dict[str, Any] = {
     "scale_attn_inner": False, "scale_attn": False, "scale_fc": False, "hf_model_name": None,
     "hf_model_pretrained": True, "hf_proj_type": "mlp", "hf_pooler_type": "mean_pooler",
 }
-_OC_TOP_DEFAULTS: dict[str, Any] = {"custom_text": False, "init_logit_bias": None, "nonscalar_logit_scale": False,
-                                    "cast_dtype": None, "output_dict": False}
+_OC_TOP_DEFAULTS: dict[str, Any] = {"custom_text": False, "nonscalar_logit_scale": False, "cast_dtype": None,
+                                    "output_dict": False}
 
 
 def from_open_clip(model_cfg: dict[str, Any], where: str = "open_clip config") -> CLIPConfig:
@@ -250,7 +253,8 @@ def from_open_clip(model_cfg: dict[str, Any], where: str = "open_clip config") -
     def refuse(field_: str, value: Any) -> ValueError:
         return ValueError(f"{where}: {field_}={value!r} is not CLIP's architecture; torchclip cannot build it")
 
-    known_top = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg", "init_logit_scale", *_OC_TOP_DEFAULTS}
+    known_top = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg", "init_logit_scale", "init_logit_bias",
+                 *_OC_TOP_DEFAULTS}
     for k, v in model_cfg.items():
         if k not in known_top:
             raise refuse(k, v)
@@ -284,6 +288,7 @@ def from_open_clip(model_cfg: dict[str, Any], where: str = "open_clip config") -
         text=TextConfig(**text_kw),
         activation="quick_gelu" if model_cfg.get("quick_gelu") else "gelu",
         init_logit_scale=float(model_cfg.get("init_logit_scale", math.log(1 / 0.07))),
+        init_logit_bias=None if model_cfg.get("init_logit_bias") is None else float(model_cfg["init_logit_bias"]),
         source=where,
     )
 

@@ -71,6 +71,7 @@ def _block_rules(a: str, a_prefix: str, b: str, b_prefix: str) -> list[tuple[str
 # (torchclip template, OpenAI template)
 _OPENAI_RULES: list[tuple[str, str]] = [
     ("logit_scale", "logit_scale"),
+    ("logit_bias", "logit_bias"),  # OpenCLIP's name, in models trained with the sigmoid loss (OpenAI has none)
     ("text.token_embed.weight", "token_embedding.weight"),
     ("text.pos_embed", "positional_embedding"),
     ("text.norm_final.{p}", "ln_final.{p}"),
@@ -185,7 +186,8 @@ def infer_openai_config(sd: Mapping[str, torch.Tensor], where: str = "checkpoint
     hidden_t = _shape(sd, "transformer.resblocks.0.mlp.c_fc.weight", where)[0]
     text = TextConfig(context_length=ctx, vocab_size=vocab, width=wt, heads=wt // 64, layers=lt,
                       mlp_ratio=_ratio(hidden_t, wt))
-    return CLIPConfig(embed_dim=embed_dim, vision=vision, text=text, activation=activation)
+    bias = float(sd["logit_bias"]) if "logit_bias" in sd else None
+    return CLIPConfig(embed_dim=embed_dim, vision=vision, text=text, activation=activation, init_logit_bias=bias)
 
 
 def _ratio(hidden: int, width: int) -> float:
@@ -436,13 +438,16 @@ def torchclip_to_open_clip_config(config: CLIPConfig) -> dict[str, Any]:
                               "width": v.width, "patch_size": v.patch_size}
     if not v.is_resnet:
         vision.update(head_width=v.head_width, mlp_ratio=v.mlp_ratio)
-    return {
+    out = {
         "embed_dim": config.embed_dim,
         "quick_gelu": config.activation == "quick_gelu",
         "vision_cfg": vision,
         "text_cfg": {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width,
                      "heads": t.heads, "layers": t.layers, "mlp_ratio": t.mlp_ratio, "pad_id": t.pad_id},
     }
+    if config.init_logit_bias is not None:
+        out["init_logit_bias"] = config.init_logit_bias
+    return out
 
 
 def open_clip_preprocess_config(pp: Mapping[str, Any], image_size: int) -> PreprocessConfig:

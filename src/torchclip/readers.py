@@ -274,8 +274,9 @@ def _from_openai_layout(sd: dict[str, Any], path: Path, fmt: str, activation: st
     if config is None:
         config = _parse_config(lambda: infer_openai_config(sd, where, activation=activation), where)
         config = _known_heads(config, where)
-    else:
-        config = config.replace(activation=activation)
+    else:  # the architecture named; whether the file carries a sigmoid-loss bias, the file says
+        bias = float(sd["logit_bias"]) if "logit_bias" in sd else None
+        config = config.replace(activation=activation, init_logit_bias=bias)
     return LoadedCheckpoint(config, openai_to_torchclip(sd, where), fmt, path)
 
 
@@ -572,7 +573,7 @@ def _open_clip_name_config(name: Any) -> CLIPConfig | None:
 
 def _architecture(config: CLIPConfig) -> CLIPConfig:
     """What makes two configs the same network: not where they come from, nor the initial temperature."""
-    return config.replace(source="", init_logit_scale=0.0, vision=dataclasses.replace(config.vision,
+    return config.replace(source="", init_logit_scale=0.0, init_logit_bias=None, vision=dataclasses.replace(config.vision,
                           patch_dropout=0.0))
 
 

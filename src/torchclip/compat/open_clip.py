@@ -4,7 +4,7 @@ Names mean what they mean in OpenCLIP: ``ViT-B-32`` is the GELU architecture, ``
 QuickGELU one, a ``pretrained`` tag selects weights from the zoo (``list_pretrained()``), and
 ``hf-hub:org/repo`` / ``local-dir:/path`` load an OpenCLIP (or transformers) folder. Models come back in
 train mode, as OpenCLIP's do, and their call returns ``(image_features, text_features, logit_scale.exp())``
-(normalized features), or a dict with ``output_dict=True``. ``jit=True`` returns the eager model with a
+(normalized features; a sigmoid-loss model appends its ``logit_bias``), or a dict with ``output_dict=True``. ``jit=True`` returns the eager model with a
 warning: torchclip never runs TorchScript code.
 """
 
@@ -42,7 +42,10 @@ class OpenCLIPModel(CLIP):
         text_features = self.encode_text(text, normalize=True) if text is not None else None
         scale = self.logit_scale.exp()
         if self.output_dict:
-            return {"image_features": image_features, "text_features": text_features, "logit_scale": scale}
+            out = {"image_features": image_features, "text_features": text_features, "logit_scale": scale}
+            return out if self.logit_bias is None else {**out, "logit_bias": self.logit_bias}
+        if self.logit_bias is not None:  # a sigmoid-loss model: OpenCLIP appends its bias
+            return image_features, text_features, scale, self.logit_bias
         return image_features, text_features, scale
 
 

@@ -24,6 +24,7 @@ class CLIPOutput:
     image_embeds: torch.Tensor  # [N_img, E], unit norm
     text_embeds: torch.Tensor  # [N_txt, E], unit norm
     logit_scale: torch.Tensor  # [], exp(model.logit_scale): the temperature's inverse
+    logit_bias: torch.Tensor | None = None  # [], a sigmoid-loss model's bias: sigmoid(logits + bias) per pair
 
 
 class CLIP(nn.Module):
@@ -45,6 +46,9 @@ class CLIP(nn.Module):
         else:
             self.text = TextTransformer(config)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        # models trained with the sigmoid loss (OpenCLIP's --siglip) learn a bias as well
+        self.logit_bias = (None if config.init_logit_bias is None
+                           else nn.Parameter(torch.tensor(float(config.init_logit_bias))))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -73,7 +77,7 @@ class CLIP(nn.Module):
         txt = self.encode_text(ids, normalize=True)
         scale = self.logit_scale.exp()
         logits = scale * img @ txt.t()
-        return CLIPOutput(logits, logits.t(), img, txt, scale)
+        return CLIPOutput(logits, logits.t(), img, txt, scale, self.logit_bias)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Recompute transformer blocks in backward: activation memory O(layers) -> O(1) per tower."""

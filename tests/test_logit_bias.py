@@ -57,7 +57,7 @@ def test_torchclip_and_open_clip_folders_keep_the_bias(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "oc" / "open_clip_config.json").read_text())["model_cfg"]["init_logit_bias"] == -10
     for path in (tmp_path / "m.safetensors", tmp_path / "oc"):
         again = torchclip.load_model(path)
-        assert again.config == model.config and float(again.logit_bias) == BIAS
+        assert again.config == model.config and float(again.logit_bias.detach()) == BIAS
         with torch.no_grad():
             assert torch.equal(again.encode_image(px), model.encode_image(px))
 
@@ -69,9 +69,9 @@ def test_open_clip_training_checkpoint_with_a_bias(tmp_path: Path) -> None:
     sd["module.logit_bias"] = sd["module.logit_bias"].reshape(1)
     torch.save({"epoch": 1, "name": "run", "state_dict": sd}, tmp_path / "epoch_1.pt")
     inferred = torchclip.load_model(tmp_path / "epoch_1.pt", activation="gelu")
-    assert float(inferred.logit_bias) == BIAS and inferred.config.init_logit_bias == BIAS
+    assert float(inferred.logit_bias.detach()) == BIAS and inferred.config.init_logit_bias == BIAS
     named = torchclip.create_model("cpu-vit-32", pretrained=tmp_path / "epoch_1.pt")  # the architecture named
-    assert float(named.logit_bias) == BIAS
+    assert float(named.logit_bias.detach()) == BIAS
     # the same file without the bias loads as a plain CLIP (negative control: nothing invents one)
     del sd["module.logit_bias"]
     torch.save({"epoch": 1, "state_dict": sd}, tmp_path / "plain.pt")
@@ -102,8 +102,32 @@ def test_open_clip_compat_call_returns_the_bias(tmp_path: Path, output_dict: boo
     with torch.no_grad():
         out = model(px, ids)
     bias = out["logit_bias"] if output_dict else out[3]
-    assert float(bias) == BIAS and (len(out) == 4)
+    assert float(bias.detach()) == BIAS and (len(out) == 4)
     plain = open_clip.create_model("cpu-vit-32").eval()
     plain.output_dict = output_dict
     with torch.no_grad():
         assert len(plain(px, ids)) == 3  # no bias, OpenCLIP's three outputs
+
+
+def test_training_from_a_sigmoid_loss_model_drops_the_bias(tmp_path: Path) -> None:
+    """The trainer's softmax loss never reads the bias: the trained model has none, rather than a stale one."""
+    from trainkit import make_shards, tiny_overrides
+
+    from torchclip.train import train
+    from torchclip.train.config import TrainConfig
+
+    shards = make_shards(tmp_path / "shards", n_shards=1, per_shard=8)
+    first = tmp_path / "a"
+    train(TrainConfig.from_dict(tiny_overrides(shards, first, optim={"steps": 1})))
+    start = torchclip.load_model(first / "model.safetensors")
+    biased = torchclip.CLIP(start.config.replace(init_logit_bias=-10.0))
+    biased.load_state_dict({**start.state_dict(), "logit_bias": torch.tensor(BIAS)})
+    biased.tokenizer = start.tokenizer
+    torchclip.save(biased, tmp_path / "biased.safetensors")
+    assert torchclip.load_model(tmp_path / "biased.safetensors").logit_bias is not None
+    cfg = TrainConfig.from_dict(tiny_overrides(shards, tmp_path / "b", optim={"steps": 1},
+                                               model={"pretrained": str(tmp_path / "biased.safetensors")},
+                                               data={"vocab": str(first / "tokenizer.txt.gz")}))
+    train(cfg)
+    after = torchclip.load_model(tmp_path / "b" / "model.safetensors")
+    assert after.logit_bias is None and after.config.init_logit_bias is None

@@ -160,6 +160,9 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> CLIP:
     m = cfg.model
     if m.pretrained:
         model = load_model(m.pretrained, activation=m.activation)
+        if model.logit_bias is not None:  # a sigmoid-loss model: the softmax loss has no use for its bias
+            model.logit_bias = None
+            model.config = model.config.replace(init_logit_bias=None)
         model.train()
     else:
         base = get_preset(m.preset)

@@ -480,3 +480,67 @@ def test_soft_targets_config_is_checked() -> None:
     with pytest.raises(ValueError, match="optim.soft_targets"):
         load_config(None, ["--optim.soft_targets=-0.1"])
     assert load_config(None, ["--optim.soft_targets=0.05"]).optim.soft_targets == 0.05
+
+
+# ---- the sigmoid loss (optim.loss=siglip): a learned logit bias, trained and saved ---------------------------
+
+
+def test_siglip_accumulation_equals_one_big_batch() -> None:
+    """With the bias as a cached scalar like the scale, 3 micro-batches give the gradients of one batch."""
+    from torchclip.loss import siglip_loss
+
+    B, k = 3, 3
+    g = torch.Generator().manual_seed(2)
+    pixels = torch.randn(k * B, 3, 16, 16, generator=g, dtype=torch.float64)
+    ids = torch.randint(1, 98, (k * B, 12), generator=g)
+    ids[:, 0] = 98
+    ids[torch.arange(k * B), torch.randint(3, 12, (k * B,), generator=g)] = 99
+    base = _tiny_clip()
+    torch.manual_seed(0)
+    clip = CLIP(base.config.replace(init_logit_bias=-10.0)).double()
+    m = TwoTower(clip)
+    big = accumulate_gradients(m, [(pixels, ids)], loss_fn=siglip_loss)
+    ref = _grads(m)
+    assert "clip.logit_bias" in ref and ref["clip.logit_bias"].abs() > 0
+    m.zero_grad(set_to_none=True)
+    acc = accumulate_gradients(m, [(pixels[i * B:(i + 1) * B], ids[i * B:(i + 1) * B]) for i in range(k)],
+                               loss_fn=siglip_loss)
+    got = _grads(m)
+    assert float(big) == pytest.approx(float(acc), rel=1e-12)
+    assert set(got) == set(ref)
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-6, atol=1e-7, msg=n)
+    # control: a separate loss per micro-batch gives the bias another gradient
+    m.zero_grad(set_to_none=True)
+    for i in range(k):
+        accumulate_gradients(m, [(pixels[i * B:(i + 1) * B], ids[i * B:(i + 1) * B])], loss_fn=siglip_loss)
+    assert not torch.allclose(_grads(m)["clip.logit_bias"] / k, ref["clip.logit_bias"], rtol=1e-3)
+
+
+def test_siglip_run_trains_and_saves_the_bias(tmp_path: Path, shards: str) -> None:
+    out = tmp_path / "run"
+    cfg = TrainConfig.from_dict(tiny_overrides(shards, out, optim={"steps": 2, "loss": "siglip", "accum_steps": 2}))
+    assert math.isfinite(train(cfg)["loss"])
+    model = load_model(out / "model.safetensors")
+    assert model.config.init_logit_bias == -10.0 and model.config.init_logit_scale == pytest.approx(math.log(10))
+    assert float(model.logit_bias.detach()) != -10.0  # it trained
+    # a softmax run from it drops the bias; a sigmoid run from a softmax model starts one at the value given
+    first = out / "model.safetensors"
+    tok = {"vocab": str(out / "tokenizer.txt.gz")}
+    train(TrainConfig.from_dict(tiny_overrides(shards, tmp_path / "soft", optim={"steps": 1},
+                                               model={"pretrained": str(first)}, data=tok)))
+    assert load_model(tmp_path / "soft" / "model.safetensors").logit_bias is None
+    train(TrainConfig.from_dict(tiny_overrides(shards, tmp_path / "sig", optim={"steps": 1, "loss": "siglip"},
+                                               model={"pretrained": str(tmp_path / "soft" / "model.safetensors"),
+                                                      "init_logit_bias": -5.0}, data=tok)))
+    again = load_model(tmp_path / "sig" / "model.safetensors")
+    assert again.config.init_logit_bias == -5.0 and abs(float(again.logit_bias.detach()) + 5.0) < 0.1
+
+
+@pytest.mark.parametrize("args,match", [(["--optim.loss=sigmoid"], "optim.loss"),
+                                        (["--model.init_logit_bias=-10"], "optim.loss=siglip"),
+                                        (["--optim.loss=siglip", "--optim.soft_targets=0.1"], "soft_targets")])
+def test_loss_config_checks(args: list[str], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        load_config(None, args)
+    assert load_config(None, ["--optim.loss=siglip", "--model.init_logit_bias=-5"]).optim.loss == "siglip"

@@ -100,3 +100,24 @@ def test_fsdp_trains_the_same_model_as_ddp(tmp_path: Path) -> None:
     # Negative controls: FSDP sharding each rank's own random init, or leaving the replicated
     # logit_scale's gradient un-averaged, trains another model.
     assert gaps["no-broadcast"] > 1e-3 and gaps["no-grad-sync"] > 1e-5, gaps
+
+
+@pytest.mark.slow
+def test_siglip_trains_under_ddp_and_fsdp_alike(tmp_path: Path) -> None:
+    """The sigmoid loss's bias travels through both wrappers: 2 gloo processes, accumulation on, the same losses
+    and weights (bias included) under DDP and FSDP2, and the bias trained."""
+    shards = make_shards(tmp_path / "data", n_shards=3, per_shard=8)
+    runs = {}
+    for strategy in ("ddp", "fsdp"):
+        out = tmp_path / strategy
+        cfg_path = tmp_path / f"{strategy}.json"
+        cfg_path.write_text(json.dumps(tiny_overrides(shards, out, optim={"steps": 3, "accum_steps": 2, "loss": "siglip"},
+                                                      data={"batch_size": 4}, dist={"strategy": strategy})))
+        res = _torchrun(cfg_path)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        runs[strategy] = ([r["loss"] for r in read_metrics(out / "metrics.jsonl")],
+                          load_model(out / "model.safetensors").state_dict())
+    (loss_d, sd_d), (loss_f, sd_f) = runs["ddp"], runs["fsdp"]
+    assert "logit_bias" in sd_d and float(sd_d["logit_bias"]) != -10.0
+    assert max(abs(a - b) for a, b in zip(loss_d, loss_f, strict=True)) < 1e-6
+    assert max(float((sd_d[k].double() - sd_f[k].double()).abs().max()) for k in sd_d) < 1e-6

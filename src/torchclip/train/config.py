@@ -59,7 +59,8 @@ class ModelSection:
     text_heads: int | None = None
     text_layers: int | None = None
     context_length: int | None = None
-    init_logit_scale: float | None = None
+    init_logit_scale: float | None = None  # None: ln(1/0.07) for optim.loss=clip, ln(10) for siglip
+    init_logit_bias: float | None = None  # optim.loss=siglip only; None: -10 (SigLIP's start)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class OptimSection:
     max_logit_scale: float = math.log(100)
     ema: float = 0.0  # decay of an exponential moving average of the weights, which eval and the saved model use; 0: off
     soft_targets: float = 0.0  # temperature of targets from the captions' own similarity (clip_loss); 0: one-hot
+    loss: str = "clip"  # clip: the softmax loss (paper); siglip: the sigmoid loss, with a learned logit bias
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,12 @@ def _check_values(cfg: TrainConfig) -> None:
         raise ValueError("model.text_tower builds a new model; model.pretrained loads one: give one of them")
     if cfg.optim.ema and cfg.dist.strategy == "fsdp":
         raise ValueError("optim.ema keeps a full copy of the weights, which dist.strategy=fsdp shards: use ddp")
+    if cfg.optim.loss not in ("clip", "siglip"):
+        raise ValueError(f"optim.loss={cfg.optim.loss!r}: clip (softmax) or siglip (sigmoid)")
+    if cfg.optim.loss != "siglip" and m.init_logit_bias is not None:
+        raise ValueError("model.init_logit_bias is the sigmoid loss's: set optim.loss=siglip")
+    if cfg.optim.loss == "siglip" and cfg.optim.soft_targets:
+        raise ValueError("optim.soft_targets shapes the softmax loss's targets: it needs optim.loss=clip")
     if m.lock_text_unlocked_layers and not m.lock_text:
         raise ValueError("model.lock_text_unlocked_layers needs model.lock_text")
     vocab = cfg.data.vocab

@@ -65,7 +65,8 @@ def cleanup() -> None:
 
 
 class TwoTower(nn.Module):
-    """The training forward: normalized image/text embeddings and exp(logit_scale), as a tuple.
+    """The training forward: normalized image/text embeddings and exp(logit_scale) (and the logit bias of a
+    sigmoid-loss model), as a tuple.
 
     DDP and FSDP hook a module's ``forward``; this wrapper gives them one that returns only what the loss
     needs (no [B, B] logits) in a plain tuple they can traverse. A locked tower runs under ``no_grad``.
@@ -85,7 +86,7 @@ class TwoTower(nn.Module):
             self.clip.text.eval()
         return self
 
-    def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.lock_image):
             img = self.clip.encode_image(pixels, normalize=True)  # [B, E]
         # A locked tower whose head (or last blocks) still trains keeps autograd on; frozen parameters record
@@ -93,6 +94,8 @@ class TwoTower(nn.Module):
         text_trains = any(p.requires_grad for p in self.clip.text.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and (not self.lock_text or text_trains)):
             txt = self.clip.encode_text(ids, normalize=True)  # [B, E]
+        if self.clip.logit_bias is not None:  # the sigmoid loss's bias, after the scale
+            return img, txt, self.clip.logit_scale.exp(), self.clip.logit_bias
         return img, txt, self.clip.logit_scale.exp()
 
 
@@ -112,9 +115,9 @@ def wrap_model(module: TwoTower, info: DistInfo, strategy: str = "ddp") -> nn.Mo
             blocks += list(clip.visual.transformer.blocks)
         for block in blocks:
             fully_shard(block)
-        # FSDP2 cannot shard 0-dim parameters: logit_scale stays replicated and its gradient is averaged by
-        # sync_replicated_grads() after backward.
-        fully_shard(module, ignored_params={clip.logit_scale})
+        # FSDP2 cannot shard 0-dim parameters: logit_scale (and a logit bias) stay replicated and their
+        # gradients are averaged by sync_replicated_grads() after backward.
+        fully_shard(module, ignored_params=set(_scalars(clip)))
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -131,13 +134,19 @@ def broadcast_from_rank0(module: nn.Module) -> None:
 
 
 def sync_replicated_grads(model: nn.Module) -> None:
-    """Average the gradients FSDP2 leaves alone (its ignored, replicated ``logit_scale``); no-op otherwise."""
+    """Average the gradients FSDP2 leaves alone (its ignored, replicated ``logit_scale`` and logit bias); no-op
+    otherwise."""
     if not (hasattr(model, "unshard") and dist.is_available() and dist.is_initialized()):
         return
-    p = unwrap(model).clip.logit_scale
-    if p.grad is not None:
-        dist.all_reduce(p.grad)
-        p.grad /= dist.get_world_size()
+    for p in _scalars(unwrap(model).clip):
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
+def _scalars(clip: CLIP) -> list[nn.Parameter]:
+    """The model's 0-dim parameters: the temperature, and the sigmoid loss's bias where there is one."""
+    return [clip.logit_scale] + ([clip.logit_bias] if clip.logit_bias is not None else [])
 
 
 def unwrap(model: nn.Module) -> TwoTower:

@@ -37,7 +37,7 @@ from ..data import (
     seed_everything,
 )
 from ..evaluation.templates import load_class_prompts
-from ..loss import clip_loss
+from ..loss import clip_loss, siglip_loss
 from ..model import CLIP
 from ..optim import clamp_logit_scale_, cosine_schedule, param_groups
 from ..tokenizer import Tokenizer, check_compatible, load_tokenizer
@@ -158,11 +158,16 @@ def build_tokenizer(cfg: TrainConfig, out: Path, info: D.DistInfo) -> Tokenizer:
 def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> CLIP:
     """Preset + shape overrides (random init), or any checkpoint ``load()`` reads; towers locked as asked."""
     m = cfg.model
+    siglip = cfg.optim.loss == "siglip"
     if m.pretrained:
         model = load_model(m.pretrained, activation=m.activation)
-        if model.logit_bias is not None:  # a sigmoid-loss model: the softmax loss has no use for its bias
+        if model.logit_bias is not None and not siglip:  # the softmax loss has no use for a sigmoid model's bias
             model.logit_bias = None
             model.config = model.config.replace(init_logit_bias=None)
+        elif model.logit_bias is None and siglip:  # the sigmoid loss needs one: SigLIP's start unless given
+            bias = -10.0 if m.init_logit_bias is None else m.init_logit_bias
+            model.logit_bias = nn.Parameter(torch.tensor(bias, device=model.logit_scale.device))
+            model.config = model.config.replace(init_logit_bias=bias)
         model.train()
     else:
         base = get_preset(m.preset)
@@ -181,7 +186,8 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> CLIP:
                        sot_id=tokenizer.sot_id, eot_id=tokenizer.eot_id, pad_id=tokenizer.pad_id)
         config = base.replace(vision=vision, text=text, embed_dim=pick(m.embed_dim, base.embed_dim),
                               activation=pick(m.activation, base.activation),
-                              init_logit_scale=pick(m.init_logit_scale, base.init_logit_scale),
+                              init_logit_scale=pick(m.init_logit_scale, math.log(10) if siglip else base.init_logit_scale),
+                              init_logit_bias=pick(m.init_logit_bias, -10.0) if siglip else None,
                               source=f"torchclip.train from preset {m.preset}")
         if m.text_tower:
             from ..hf_text import create_lit_model
@@ -264,8 +270,8 @@ def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor,
     if len(batches) == 1:
         pixels, ids = batches[0]
         with autocast():
-            img, txt, scale = model(pixels, ids)
-            loss = loss_fn(img, txt, scale)
+            img, txt, *scalars = model(pixels, ids)  # scalars: exp(logit_scale) [, logit_bias]
+            loss = loss_fn(img, txt, *scalars)
         value = D.all_reduce_mean(loss.detach().float())
         if not bool(torch.isfinite(value)):
             return None
@@ -282,10 +288,12 @@ def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor,
     rng_after = rng_state()
     img_all = torch.cat([f[0] for f in feats]).detach().requires_grad_()  # [k*B, E]
     txt_all = torch.cat([f[1] for f in feats]).detach().requires_grad_()  # [k*B, E]
-    scale = inner.clip.logit_scale.exp().detach().requires_grad_()  # []
-    # 2. the loss of the whole accumulated batch; gradients w.r.t. the cached features and the scale
+    scalars = [inner.clip.logit_scale.exp().detach().requires_grad_()]  # [], exp(logit_scale)
+    if inner.clip.logit_bias is not None:
+        scalars.append(inner.clip.logit_bias.detach().requires_grad_())  # [], the sigmoid loss's bias
+    # 2. the loss of the whole accumulated batch; gradients w.r.t. the cached features, the scale (and bias)
     with autocast():
-        loss = loss_fn(img_all, txt_all, scale)
+        loss = loss_fn(img_all, txt_all, *scalars)
     value = D.all_reduce_mean(loss.detach().float())
     if not bool(torch.isfinite(value)):
         return None
@@ -298,9 +306,10 @@ def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor,
         set_rng_state(rng_before[j])
         with _sync_context(model, last):
             with autocast():
-                img, txt, s = model(pixels, ids)
-            outs = [img, txt] + ([s] if last else [])
-            grads = [img_all.grad[start:start + n], txt_all.grad[start:start + n]] + ([scale.grad] if last else [])
+                img, txt, *s = model(pixels, ids)
+            outs = [img, txt] + (s if last else [])
+            grads = [img_all.grad[start:start + n], txt_all.grad[start:start + n]] + (
+                [x.grad for x in scalars] if last else [])
             pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
             if pairs:
                 # d/dtheta of sum(out * g) is the vector-Jacobian product we want. (A scalar surrogate rather
@@ -438,7 +447,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
     # the weights' moving average (a copy of the model), updated after every optimizer step
     ema = (torch.optim.swa_utils.AveragedModel(clip, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(o.ema),
                                                use_buffers=True) if o.ema else None)
-    loss_fn = functools.partial(clip_loss, soft_targets=o.soft_targets)
+    loss_fn = siglip_loss if o.loss == "siglip" else functools.partial(clip_loss, soft_targets=o.soft_targets)
 
     # resume: weights, optimizer, schedule, scaler, RNG and the data position
     step, batches_seen, cursors, skips, nonfinite = 0, 0, {}, {}, 0
@@ -569,6 +578,8 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
                 last = {"loss": float("nan") if loss is None else float(loss), "lr": sched.get_last_lr()[0],
                         "logit_scale": float(clip.logit_scale.detach().exp()), "grad_norm": grad_norm,
                         "samples_per_s": samples / dt, "data_wait_frac": wait / dt}
+                if clip.logit_bias is not None:
+                    last["logit_bias"] = float(clip.logit_bias.detach())
                 last.update({f"skipped/{k}": float(v) for k, v in skips.items()})
                 logger.log(step, last)
                 t_log, n_log, wait, paused = time.perf_counter(), 0, 0.0, 0.0

@@ -250,6 +250,13 @@ cv_lever() {  # suffix, what to say
 # (Its runs were paired with the chosen recipe's fold runs trained again on a fresh checkout: emoji_head.py cv
 # --retrained 2026-12-08, by hand. This script, run from nothing, trains those fold runs once, in 1i+.)
 [[ $trained == "$chosen" ]] && cv_lever soft17 "soft targets 0.17"
+# 1q. the sigmoid loss (optim.loss siglip, SigLIP's start: scale 10, bias -10): argued from the SigLIP paper
+# (Zhai et al. 2023), where it beats the softmax loss most at small batches (this recipe's is 128) and with a
+# locked text tower, not from these folds (an eighth lever on them). Rule, fixed here before any of its runs
+# trained: the cross-validated one of 1j, paired with the chosen recipe's fold runs trained on the same machine
+# (2026-12-08, as 1p); decided only if the chosen recipe is still in force; then, and only then, its 5 final
+# seeds train on all train concepts and are scored on val once.
+[[ $trained == "$chosen" ]] && cv_lever siglip "sigmoid loss"
 final=final-${trained#sel-}
 $PY - "$trained" "$final" <<'PYEOF'
 import sys

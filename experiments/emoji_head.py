@@ -73,6 +73,8 @@ on a fresh checkout, recorded as ``lit-style-rconv@2026-12-08``:
 
     python experiments/emoji_head.py cv runs/protocol/hits-select-head.json runs/protocol/hits-cv.json \
         lit-style-rconv-soft17 lit-style-rconv --retrained 2026-12-08 --out benchmarks/results_emoji_head.json
+
+Then the sigmoid loss the same way (step 1q, ``lit-style-rconv-siglip``; not adopted, +1.94 ± 2.75).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ __all__ = [
     "hf_to_openai",
     "openai_to_hf",
     "infer_openai_config",
+    "logit_bias_of",
     "hf_config_to_torchclip",
     "torchclip_to_hf_config",
     "check_state_dict",
@@ -186,8 +187,13 @@ def infer_openai_config(sd: Mapping[str, torch.Tensor], where: str = "checkpoint
     hidden_t = _shape(sd, "transformer.resblocks.0.mlp.c_fc.weight", where)[0]
     text = TextConfig(context_length=ctx, vocab_size=vocab, width=wt, heads=wt // 64, layers=lt,
                       mlp_ratio=_ratio(hidden_t, wt))
-    bias = float(sd["logit_bias"]) if "logit_bias" in sd else None
-    return CLIPConfig(embed_dim=embed_dim, vision=vision, text=text, activation=activation, init_logit_bias=bias)
+    return CLIPConfig(embed_dim=embed_dim, vision=vision, text=text, activation=activation,
+                      init_logit_bias=logit_bias_of(sd))
+
+
+def logit_bias_of(sd: Mapping[str, torch.Tensor]) -> float | None:
+    """The learned bias of a model trained with the sigmoid loss (OpenCLIP's ``logit_bias``), else None."""
+    return float(sd["logit_bias"]) if "logit_bias" in sd else None
 
 
 def _ratio(hidden: int, width: int) -> float:

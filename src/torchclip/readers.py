@@ -43,6 +43,7 @@ from .formats import (
     hf_preprocess_config,
     hf_to_openai,
     infer_openai_config,
+    logit_bias_of,
     open_clip_preprocess_config,
     openai_to_torchclip,
 )
@@ -275,8 +276,7 @@ def _from_openai_layout(sd: dict[str, Any], path: Path, fmt: str, activation: st
         config = _parse_config(lambda: infer_openai_config(sd, where, activation=activation), where)
         config = _known_heads(config, where)
     else:  # the architecture named; whether the file carries a sigmoid-loss bias, the file says
-        bias = float(sd["logit_bias"]) if "logit_bias" in sd else None
-        config = config.replace(activation=activation, init_logit_bias=bias)
+        config = config.replace(activation=activation, init_logit_bias=logit_bias_of(sd))
     return LoadedCheckpoint(config, openai_to_torchclip(sd, where), fmt, path)
 
 
@@ -573,8 +573,8 @@ def _open_clip_name_config(name: Any) -> CLIPConfig | None:
 
 def _architecture(config: CLIPConfig) -> CLIPConfig:
     """What makes two configs the same network: not where they come from, nor the initial temperature."""
-    return config.replace(source="", init_logit_scale=0.0, init_logit_bias=None, vision=dataclasses.replace(config.vision,
-                          patch_dropout=0.0))
+    return config.replace(source="", init_logit_scale=0.0, init_logit_bias=None,
+                          vision=dataclasses.replace(config.vision, patch_dropout=0.0))
 
 
 # Folder readers first (a folder can hold a config.json that is not HF's), then files by content.

@@ -4,8 +4,8 @@ Names mean what they mean in OpenCLIP: ``ViT-B-32`` is the GELU architecture, ``
 QuickGELU one, a ``pretrained`` tag selects weights from the zoo (``list_pretrained()``), and
 ``hf-hub:org/repo`` / ``local-dir:/path`` load an OpenCLIP (or transformers) folder. Models come back in
 train mode, as OpenCLIP's do, and their call returns ``(image_features, text_features, logit_scale.exp())``
-(normalized features; a sigmoid-loss model appends its ``logit_bias``), or a dict with ``output_dict=True``. ``jit=True`` returns the eager model with a
-warning: torchclip never runs TorchScript code.
+(normalized features; a sigmoid-loss model appends its ``logit_bias``), or a dict with ``output_dict=True``.
+``jit=True`` returns the eager model with a warning: torchclip never runs TorchScript code.
 """
 
 from __future__ import annotations

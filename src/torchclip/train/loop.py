@@ -159,15 +159,15 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> CLIP:
     """Preset + shape overrides (random init), or any checkpoint ``load()`` reads; towers locked as asked."""
     m = cfg.model
     siglip = cfg.optim.loss == "siglip"
+    start_bias = -10.0 if m.init_logit_bias is None else m.init_logit_bias  # SigLIP's start unless given
     if m.pretrained:
         model = load_model(m.pretrained, activation=m.activation)
         if model.logit_bias is not None and not siglip:  # the softmax loss has no use for a sigmoid model's bias
             model.logit_bias = None
             model.config = model.config.replace(init_logit_bias=None)
-        elif model.logit_bias is None and siglip:  # the sigmoid loss needs one: SigLIP's start unless given
-            bias = -10.0 if m.init_logit_bias is None else m.init_logit_bias
-            model.logit_bias = nn.Parameter(torch.tensor(bias, device=model.logit_scale.device))
-            model.config = model.config.replace(init_logit_bias=bias)
+        elif model.logit_bias is None and siglip:  # the sigmoid loss needs one
+            model.logit_bias = nn.Parameter(torch.tensor(start_bias, device=model.logit_scale.device))
+            model.config = model.config.replace(init_logit_bias=start_bias)
         model.train()
     else:
         base = get_preset(m.preset)
@@ -187,7 +187,7 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> CLIP:
         config = base.replace(vision=vision, text=text, embed_dim=pick(m.embed_dim, base.embed_dim),
                               activation=pick(m.activation, base.activation),
                               init_logit_scale=pick(m.init_logit_scale, math.log(10) if siglip else base.init_logit_scale),
-                              init_logit_bias=pick(m.init_logit_bias, -10.0) if siglip else None,
+                              init_logit_bias=start_bias if siglip else None,
                               source=f"torchclip.train from preset {m.preset}")
         if m.text_tower:
             from ..hf_text import create_lit_model
@@ -288,9 +288,7 @@ def accumulate_gradients(model: nn.Module, batches: Sequence[tuple[torch.Tensor,
     rng_after = rng_state()
     img_all = torch.cat([f[0] for f in feats]).detach().requires_grad_()  # [k*B, E]
     txt_all = torch.cat([f[1] for f in feats]).detach().requires_grad_()  # [k*B, E]
-    scalars = [inner.clip.logit_scale.exp().detach().requires_grad_()]  # [], exp(logit_scale)
-    if inner.clip.logit_bias is not None:
-        scalars.append(inner.clip.logit_bias.detach().requires_grad_())  # [], the sigmoid loss's bias
+    scalars = [x.detach().requires_grad_() for x in feats[0][2:]]  # [] each: exp(logit_scale) [, logit_bias]
     # 2. the loss of the whole accumulated batch; gradients w.r.t. the cached features, the scale (and bias)
     with autocast():
         loss = loss_fn(img_all, txt_all, *scalars)

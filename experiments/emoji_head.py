@@ -74,7 +74,17 @@ on a fresh checkout, recorded as ``lit-style-rconv@2026-12-08``:
     python experiments/emoji_head.py cv runs/protocol/hits-select-head.json runs/protocol/hits-cv.json \
         lit-style-rconv-soft17 lit-style-rconv --retrained 2026-12-08 --out benchmarks/results_emoji_head.json
 
-Then the sigmoid loss the same way (step 1q, ``lit-style-rconv-siglip``; not adopted, +1.94 ± 2.75).
+Then the sigmoid loss the same way (step 1q, ``lit-style-rconv-siglip``; not adopted, +1.94 ± 2.75). Then a
+second look at it (step 1r, rule fixed before its runs trained): a second seed of it and of the chosen recipe on
+every fold, each fold's difference averaged over the two seeds. '+' joins a recipe's seed sets; '@TAG' names a
+retrained one in place:
+
+    python experiments/emoji_head.py cv runs/protocol/hits-select-head.json runs/protocol/hits-cv.json \
+        lit-style-rconv-siglip+lit-style-rconv-siglip-s1 lit-style-rconv@2026-12-08+lit-style-rconv-s1 \
+        --out benchmarks/results_emoji_head.json
+
+(**Adopted: +1.82 ± 1.66**; seed 1 alone +1.71 ± 0.77. Its 5 final seeds were then scored on val once.)
+``plot`` draws every decided lever (``experiments/plots/emoji_levers.png``).
 """
 
 from __future__ import annotations
@@ -213,13 +223,45 @@ def concept_interval(a: list[dict[str, list]], b: list[dict[str, list]], rounds:
 
 
 def cv_runs(select: dict[str, dict[str, list]], folds: dict[str, dict[str, list]], recipe: str) -> list[dict[str, list]]:
-    """A recipe's out-of-fold runs' hits, in ``fold_run_names`` order."""
+    """A recipe's out-of-fold runs' hits, in ``fold_run_names`` order. A '<recipe>@<tag>' is looked up by its
+    runs' folder names (a retrained run's hits are keyed by its folder, as any run's)."""
     by = {Path(k).name: v for k, v in {**select, **folds}.items()}
-    names = fold_run_names(recipe)
+    names = [n.partition("@")[0] for n in fold_run_names(recipe)]
     missing = [n for n in names if n not in by]
     if missing:
         raise SystemExit(f"no hits for {missing}")
     return [by[n] for n in names]
+
+
+def seed_mean(runs: list[dict[str, list]]) -> dict[str, list]:
+    """One fold's runs of one recipe (its seeds) as one run: each image's hit averaged over the seeds."""
+    out: dict[str, list] = {}
+    for k in runs[0]:
+        if k.endswith("|group"):
+            if any(r[k] != runs[0][k] for r in runs):
+                raise SystemExit(f"{k}: the seeds were scored on different images")
+            out[k] = runs[0][k]
+        else:
+            out[k] = [sum(v) / len(runs) for v in zip(*(r[k] for r in runs))]
+    return out
+
+
+def seed_spread(a: list[list[dict[str, list]]], b: list[list[dict[str, list]]]) -> dict[str, float]:
+    """How much of the per-fold rule-value difference's spread is the runs' and how much the concepts', from two
+    seeds per fold: d[f, s] = a - b on fold f with seed s = mu + c[f] + e[f, s]. Var(d[f, 0] - d[f, 1]) = 2 var(e)
+    and Var over folds of d[f, s] = var(c) + var(e). In rule points (standard deviations)."""
+    import numpy as np
+
+    def rule(run: dict[str, list]) -> float:
+        return sum(rule_numbers(run)) / len(METRICS)
+
+    d = np.array([[rule(x) - rule(y) for x, y in zip(xs, ys)] for xs, ys in zip(a, b)])  # [F, 2]
+    run_var = float(np.mean((d[:, 0] - d[:, 1]) ** 2) / 2)
+    fold_var = float(np.var(d, axis=0, ddof=1).mean())
+    return {"run sd of one paired difference": run_var ** 0.5,
+            "fold sd of one paired difference": fold_var ** 0.5,
+            "concept sd (fold less run)": max(fold_var - run_var, 0.0) ** 0.5,
+            "seed-averaged fold sd": float(np.std(d.mean(axis=1), ddof=1))}
 
 
 def fold_interval(a: list[dict[str, list]], b: list[dict[str, list]]) -> dict[str, tuple[float, float, list[float]]]:
@@ -251,6 +293,45 @@ def fold_table(runs: dict[str, dict[str, float]], recipes: list[str]) -> str:
     return "\n".join(lines)
 
 
+LEVER_NAMES = {"fullpatch": "every patch seen", "pd75": "patch dropout 0.75", "lr2": "learning rate 0.002",
+               "zoom": "zoom-out, side 0.6-1.0", "lr05": "learning rate 0.0005", "zoom08": "zoom-out, side 0.8-1.0",
+               "zoom08-names": "zoom-out 0.8-1.0, names kept", "soft17": "soft targets 0.17",
+               "siglip": "sigmoid loss", "siglip+siglip-s1": "sigmoid loss, seeds 0 and 1"}
+
+
+def plot_levers(doc: dict[str, Any], path: Path) -> Path:
+    """A forest plot of every lever the cross-validated rule decided: per lever, the mean per-fold difference
+    from the chosen recipe and its 95% t-interval, for the rule value and each of its four numbers."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from torchclip.evaluation.plots import _pyplot, _save
+
+    plt = _pyplot()
+    entries = [(k.split(" vs ")[0], v["t over folds"]) for k, v in doc["cross-validation"].items()]
+    labels = []
+    for cand, _ in entries:
+        short = "+".join(r.removeprefix("lit-style-rconv-") for r in cand.split("+"))
+        labels.append(LEVER_NAMES.get(short, short))
+    cols = ["rule"] + [f"{s} {k}" for s, k in METRICS]
+    titles = ["rule value", "category in-style", "category openmoji", "category fluent-flat", "name R@1 in-style"]
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.1 * len(cols), 0.42 * len(entries) + 1.4), sharey=True)
+    y = list(range(len(entries)))[::-1]  # the first decided on top
+    for ax, col, title in zip(axes, cols, titles):
+        m = [e[col]["difference"] for _, e in entries]
+        h = [e[col]["half_width"] for _, e in entries]
+        color = ["tab:green" if a - b > 0 else "tab:red" if a + b < 0 else "tab:blue" for a, b in zip(m, h)]
+        ax.errorbar(m, y, xerr=h, fmt="none", ecolor="0.6", capsize=3)
+        ax.scatter(m, y, c=color, zorder=3)  # green: interval above zero, red: below
+        ax.axvline(0, color="0.2", lw=0.8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("points vs chosen recipe")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, labels)
+    fig.suptitle("Levers on the emoji LiT recipe: mean per-fold difference, 95% t-interval over 5 folds "
+                 "(train concepts only)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -267,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
                        "prints the recipe the cross-validated rule keeps")
     v.add_argument("select", type=Path, help="hits of the select runs (fold 0)")
     v.add_argument("folds", type=Path, help="hits of the fold 1-4 runs")
-    v.add_argument("candidate")
-    v.add_argument("incumbent")
+    v.add_argument("candidate", help="a recipe, or several seeds of one joined by '+' (each fold's runs averaged)")
+    v.add_argument("incumbent", help="the same, with as many seeds")
     v.add_argument("--out", type=Path)
     v.add_argument("--retrained", metavar="TAG", help="the incumbent's runs were trained again (a fresh checkout): "
                    "--out records them as '<run>@TAG' beside the earlier numbers")
@@ -276,13 +357,37 @@ def main(argv: list[str] | None = None) -> int:
                        "5 fold runs (from a results JSON that cv --out wrote)")
     t.add_argument("json", type=Path)
     t.add_argument("recipes", nargs="+")
+    g = sub.add_parser("plot", help="a forest plot of every decided lever (from a results JSON that cv --out wrote)")
+    g.add_argument("json", type=Path)
+    g.add_argument("--out", type=Path, default=Path("experiments/plots/emoji_levers.png"))
     args = p.parse_args(argv)
+    if args.cmd == "plot":
+        print(f"wrote {plot_levers(json.loads(args.json.read_text()), args.out)}")
+        return 0
     if args.cmd == "folds":
         print(fold_table(json.loads(args.json.read_text())["runs"], args.recipes))
         return 0
     if args.cmd == "cv":
         select, folds = json.loads(args.select.read_text()), json.loads(args.folds.read_text())
-        a, b = cv_runs(select, folds, args.candidate), cv_runs(select, folds, args.incumbent)
+        # 'r1+r2': one recipe's seeds, each a full set of fold runs; each fold's runs are averaged over seeds
+        seeds_a = [cv_runs(select, folds, r) for r in args.candidate.split("+")]
+        seeds_b = [cv_runs(select, folds, r) for r in args.incumbent.split("+")]
+        if args.retrained and "+" in args.incumbent:
+            raise SystemExit("with seeds joined by '+', tag a retrained recipe in place: <recipe>@TAG")
+        if len(seeds_a) != len(seeds_b):
+            raise SystemExit("the candidate and the incumbent need as many seeds each")
+        a, b = [seed_mean(list(f)) for f in zip(*seeds_a)], [seed_mean(list(f)) for f in zip(*seeds_b)]
+        per_seed = {}
+        if len(seeds_a) > 1:
+            for i, (sa, sb) in enumerate(zip(seeds_a, seeds_b)):
+                m, h, col = fold_interval(sa, sb)["rule"]
+                per_seed[f"seed set {i}"] = {"difference": round(m, 2), "half_width": round(h, 2),
+                                             "per_fold": [round(x, 2) for x in col]}
+                print(f"t over folds, seed set {i} alone, rule: {m:+.2f} ± {h:.2f}", file=sys.stderr)
+            if len(seeds_a) == 2:
+                per_seed["spread"] = {k: round(v, 2) for k, v in seed_spread(list(zip(*seeds_a)),
+                                                                             list(zip(*seeds_b))).items()}
+                print(f"spread: {per_seed['spread']}", file=sys.stderr)
         both = {"all folds": concept_interval(a, b), "select fold only": concept_interval(a[:1], b[:1])}
         for where, out in both.items():
             for name, (d, lo, hi) in out.items():
@@ -300,10 +405,13 @@ def main(argv: list[str] | None = None) -> int:
                      for where, out in both.items()}
             entry["t over folds"] = {n: {"difference": round(m, 2), "half_width": round(h, 2),
                                          "per_fold": [round(x, 2) for x in col]} for n, (m, h, col) in folds.items()}
+            if per_seed:
+                entry["each seed set alone, t over folds (rule)"] = per_seed
             entry["kept by the cross-validated rule"] = kept
             incumbent = f"{args.incumbent}@{args.retrained}" if args.retrained else args.incumbent
             doc.setdefault("cross-validation", {})[f"{args.candidate} vs {incumbent}"] = entry
-            for recipe, runs in ((args.candidate, a), (incumbent, b)):  # each run's four numbers
+            pairs = [*zip(args.candidate.split("+"), seeds_a), *zip(incumbent.split("+"), seeds_b)]
+            for recipe, runs in pairs:  # each run's four numbers
                 for run, h in zip(fold_run_names(recipe), runs):
                     if doc["runs"].get(run, run_entry(h)) != run_entry(h):  # never overwrite what a decision read
                         raise SystemExit(f"{args.out}: {run} is recorded with other numbers; a run trained again "

@@ -333,6 +333,7 @@ def test_shipped_configs_parse() -> None:
     lit = cfgs["emoji-lit.yaml"]
     assert lit.model.lock_text and not lit.eval.trim_margin  # trimming was not adopted by its rule
     assert [e.split("=")[0] for e in lit.eval.hubness] == ["name"]  # the hubness correction was, for names
+    assert lit.optim.loss == "siglip" and lit.model.init_logit_bias is None  # adopted in 1r, SigLIP's start
 
 
 def test_eval_class_prompts_config_is_checked() -> None:

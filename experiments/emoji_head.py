@@ -296,7 +296,8 @@ def fold_table(runs: dict[str, dict[str, float]], recipes: list[str]) -> str:
 LEVER_NAMES = {"fullpatch": "every patch seen", "pd75": "patch dropout 0.75", "lr2": "learning rate 0.002",
                "zoom": "zoom-out, side 0.6-1.0", "lr05": "learning rate 0.0005", "zoom08": "zoom-out, side 0.8-1.0",
                "zoom08-names": "zoom-out 0.8-1.0, names kept", "soft17": "soft targets 0.17",
-               "siglip": "sigmoid loss", "siglip+siglip-s1": "sigmoid loss, seeds 0 and 1"}
+               "siglip": "sigmoid loss", "siglip+siglip-s1": "sigmoid loss, seeds 0 and 1",
+               "siglip-names+siglip-names-s1": "names kept, vs the sigmoid loss"}
 
 
 def plot_levers(doc: dict[str, Any], path: Path) -> Path:
@@ -323,7 +324,7 @@ def plot_levers(doc: dict[str, Any], path: Path) -> Path:
         ax.scatter(m, y, c=color, zorder=3)  # green: interval above zero, red: below
         ax.axvline(0, color="0.2", lw=0.8)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("points vs chosen recipe")
+        ax.set_xlabel("points vs the recipe in force")
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, labels)
     fig.suptitle("Levers on the emoji LiT recipe: mean per-fold difference, 95% t-interval over 5 folds "

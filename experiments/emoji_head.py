@@ -84,6 +84,9 @@ retrained one in place:
         --out benchmarks/results_emoji_head.json
 
 (**Adopted: +1.82 ± 1.66**; seed 1 alone +1.71 ± 0.77. Its 5 final seeds were then scored on val once.)
+Then every caption keeping the name on the sigmoid-loss recipe (step 1s, two seeds per fold from the start,
+``lit-style-rconv-siglip-names+lit-style-rconv-siglip-names-s1`` against
+``lit-style-rconv-siglip+lit-style-rconv-siglip-s1``; not adopted, +0.12 ± 1.00; val not touched).
 ``plot`` draws every decided lever (``experiments/plots/emoji_levers.png``).
 """
 

@@ -146,6 +146,12 @@ def rule_numbers(run: dict[str, list]) -> list[float]:
     return [100 * sum(run[f"{s}|{k}"]) / len(run[f"{s}|{k}"]) for s, k in METRICS]
 
 
+def rule_value(run: dict[str, list]) -> float:
+    """The mean of a run's four numbers, in points."""
+    numbers = rule_numbers(run)
+    return sum(numbers) / len(numbers)
+
+
 def run_entry(run: dict[str, list]) -> dict[str, float]:
     """A run's four numbers as the results JSON keeps them ('<set> <key>': points)."""
     return {f"{s} {k}": round(v, 2) for (s, k), v in zip(METRICS, rule_numbers(run))}
@@ -255,10 +261,7 @@ def seed_spread(a: list[list[dict[str, list]]], b: list[list[dict[str, list]]]) 
     and Var over folds of d[f, s] = var(c) + var(e). In rule points (standard deviations)."""
     import numpy as np
 
-    def rule(run: dict[str, list]) -> float:
-        return sum(rule_numbers(run)) / len(METRICS)
-
-    d = np.array([[rule(x) - rule(y) for x, y in zip(xs, ys)] for xs, ys in zip(a, b)])  # [F, 2]
+    d = np.array([[rule_value(x) - rule_value(y) for x, y in zip(xs, ys)] for xs, ys in zip(a, b)])  # [F, 2]
     run_var = float(np.mean((d[:, 0] - d[:, 1]) ** 2) / 2)
     fold_var = float(np.var(d, axis=0, ddof=1).mean())
     return {"run sd of one paired difference": run_var ** 0.5,
@@ -276,7 +279,7 @@ def fold_interval(a: list[dict[str, list]], b: list[dict[str, list]]) -> dict[st
     per_fold = []
     for x, y in zip(a, b):
         va, vb = rule_numbers(x), rule_numbers(y)
-        per_fold.append([p - q for p, q in zip(va, vb)] + [sum(va) / len(va) - sum(vb) / len(vb)])
+        per_fold.append([p - q for p, q in zip(va, vb)] + [rule_value(x) - rule_value(y)])
     names = [f"{s} {k}" for s, k in METRICS] + ["rule"]
     out = {}
     for j, n in enumerate(names):
@@ -306,7 +309,6 @@ LEVER_NAMES = {"fullpatch": "every patch seen", "pd75": "patch dropout 0.75", "l
 def plot_levers(doc: dict[str, Any], path: Path) -> Path:
     """A forest plot of every lever the cross-validated rule decided: per lever, the mean per-fold difference
     from the chosen recipe and its 95% t-interval, for the rule value and each of its four numbers."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from torchclip.evaluation.plots import _pyplot, _save
 
     plt = _pyplot()
@@ -374,10 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "cv":
         select, folds = json.loads(args.select.read_text()), json.loads(args.folds.read_text())
         # 'r1+r2': one recipe's seeds, each a full set of fold runs; each fold's runs are averaged over seeds
-        seeds_a = [cv_runs(select, folds, r) for r in args.candidate.split("+")]
-        seeds_b = [cv_runs(select, folds, r) for r in args.incumbent.split("+")]
         if args.retrained and "+" in args.incumbent:
             raise SystemExit("with seeds joined by '+', tag a retrained recipe in place: <recipe>@TAG")
+        seeds_a = [cv_runs(select, folds, r) for r in args.candidate.split("+")]
+        seeds_b = [cv_runs(select, folds, r) for r in args.incumbent.split("+")]
         if len(seeds_a) != len(seeds_b):
             raise SystemExit("the candidate and the incumbent need as many seeds each")
         a, b = [seed_mean(list(f)) for f in zip(*seeds_a)], [seed_mean(list(f)) for f in zip(*seeds_b)]
